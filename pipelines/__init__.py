@@ -1,0 +1,1 @@
+"""Runnable pipelines, one module per dataset: `python -m pipelines.<dataset>`."""

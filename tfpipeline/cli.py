@@ -1,0 +1,179 @@
+"""Command line for the pipelines: `python -m pipelines.<dataset> [flags]`.
+
+A thin layer: parse flags into a `PipelineConfig`, call `pipeline.run`, print a summary.
+User mistakes end with one clear paragraph and a non-zero exit status, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+
+# Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_EXPORT_FAILED = 4
+EXIT_INTERRUPTED = 130
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def hparam(text: str) -> tuple[str, object]:
+    """`KEY=VALUE`, VALUE read as JSON when it parses (numbers, true/false, lists), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
+    from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR
+    from tfpipeline.models import FAMILIES
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m pipelines.{dataset}",
+        description=textwrap.dedent(
+            f"""\
+            Train, evaluate and export an image classifier on the TFDS dataset {dataset!r}:
+            TFDS → tf.data → Keras model → test evaluation → verified SavedModel in
+            <export-dir>/<dataset>/<version>/, ready for TF Serving or `python -m tfpipeline.serve`."""
+        ),
+        epilog=textwrap.dedent(
+            f"""\
+            examples:
+              python -m pipelines.{dataset}                      # defaults: the CNN
+              python -m pipelines.{dataset} --model transformer --epochs 5
+              python -m pipelines.{dataset} --quick              # smoke test: small subset, 1 epoch
+              python -m pipelines.{dataset} --hparam filters=[32,64,128] --hparam dropout=0.4
+
+            offline: put the dataset's published files in a folder and pass --manual-dir DIR
+            (or set {ENV_MANUAL_DIR}); TFDS checks their checksums and prepares them once.
+            Re-running a command that was interrupted resumes from its last finished epoch."""
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--dataset", default=dataset, help=f"TFDS dataset name (default: {dataset})")
+    what.add_argument("--model", default="cnn", choices=list(FAMILIES), help="model family (default: cnn)")
+    what.add_argument(
+        "--hparam", type=hparam, action="append", default=[], metavar="KEY=VALUE",
+        help="override one of the family's hyperparameters (repeatable); see tfpipeline/models/",
+    )
+    how = parser.add_argument_group("how to train (default: the family's own settings)")
+    how.add_argument("--epochs", type=positive_int, help="number of epochs")
+    how.add_argument("--batch-size", type=positive_int, help="batch size")
+    how.add_argument("--learning-rate", type=positive_float, help="peak learning rate (warmup, then cosine decay)")
+    how.add_argument("--seed", type=int, default=42, help="seed for weights and data order (default: 42)")
+    how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
+    how.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
+                     help="share of the TFDS train split held out for validation (default: 0.1)")
+    how.add_argument("--quick", action="store_true", help="small subset and one epoch: a smoke test in seconds")
+    where = parser.add_argument_group("where things go")
+    where.add_argument("--data-dir", help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
+    where.add_argument("--manual-dir", help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")
+    where.add_argument("--export-dir", default="exported", help="SavedModel root; versions go to <dir>/<dataset>/<N> (default: exported)")
+    where.add_argument("--logdir", default="runs", help="TensorBoard root; runs go to <dir>/<dataset>/<run-id> (default: runs)")
+    where.add_argument("--work-dir", default="work", help="checkpoints that let an interrupted run resume (default: work)")
+    where.add_argument("--run-name", help="run id for the logs (default: time and model family)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    from tfpipeline.pipeline import PipelineConfig
+
+    return PipelineConfig(
+        dataset=args.dataset,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        hparams=dict(args.hparam),
+        seed=args.seed,
+        deterministic=args.deterministic,
+        validation_fraction=args.validation_fraction,
+        data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+        export_dir=args.export_dir,
+        logdir=args.logdir,
+        work_dir=args.work_dir,
+        run_name=args.run_name,
+        quick=args.quick,
+    )
+
+
+def summary(result) -> str:
+    test = result.metadata["metrics"]["test"]
+    wall = result.metadata["run"]["wall_seconds"]
+    return textwrap.dedent(
+        f"""\
+
+        Done in {wall:.0f} s.
+          test accuracy   {test['accuracy']:.2%} on {result.metadata['dataset']['num_examples']['test']:,} images
+          exported model  {result.export_path}  (reloaded and verified with tf.saved_model.load)
+          metadata        {result.metadata_path}
+          metrics         {result.logdir / 'metrics.json'}
+          inspect it      tensorboard --logdir {result.logdir.parent}
+          serve it        python -m tfpipeline.serve --model-name {result.metadata['dataset']['name']} --model-base-path {result.export_path.parent}"""
+    )
+
+
+def fail(message: str, code: int) -> int:
+    print(textwrap.fill(f"error: {message}", width=100), file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None, dataset: str = "mnist") -> int:
+    args = build_parser(dataset).parse_args(argv)  # exits 2 with a usage message on bad flags
+
+    from tfpipeline.errors import UserError
+    from tfpipeline.export import ExportVerificationError
+    from tfpipeline.pipeline import run
+    from tfpipeline.training import TrainingDiverged
+
+    try:
+        result = run(config_from_args(args))
+    except UserError as exc:
+        return fail(str(exc), EXIT_USER_ERROR)
+    except TrainingDiverged as exc:
+        return fail(
+            f"Training diverged: {exc}. Nothing was exported. Try a lower --learning-rate "
+            "(or a smaller --batch-size).",
+            EXIT_DIVERGED,
+        )
+    except ExportVerificationError as exc:
+        return fail(f"Export failed verification: {exc}. Nothing was published.", EXIT_EXPORT_FAILED)
+    except KeyboardInterrupt:
+        return fail(
+            "Interrupted. Nothing half-written was published; run the same command again to "
+            "resume from the last finished epoch.",
+            EXIT_INTERRUPTED,
+        )
+    print(summary(result))
+    return 0

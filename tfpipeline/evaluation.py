@@ -1,0 +1,57 @@
+"""Final evaluation on the test split: accuracy, loss, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class Evaluation:
+    accuracy: float
+    loss: float
+    num_examples: int
+    per_class_accuracy: dict[str, float]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def collect(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """All `(images, labels)` of a finite batched dataset, in order, as NumPy arrays."""
+    images, labels = [], []
+    for x, y in dataset:
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def summarize(logits: np.ndarray, labels: np.ndarray, class_names) -> Evaluation:
+    """Metrics from a model's logits on labelled examples."""
+    num_classes = len(class_names)
+    predictions = logits.argmax(axis=-1)
+    matrix = confusion_matrix(labels, predictions, num_classes)
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    return Evaluation(
+        accuracy=float((predictions == labels).mean()),
+        loss=float(loss),
+        num_examples=int(labels.shape[0]),
+        per_class_accuracy={str(name): float(acc) for name, acc in zip(class_names, per_class)},
+        confusion_matrix=matrix.tolist(),
+    )
+
+
+def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, class_names, batch_size: int = 1000) -> Evaluation:
+    logits = model.predict(images, batch_size=batch_size, verbose=0)
+    return summarize(np.asarray(logits, dtype=np.float32), labels, class_names)

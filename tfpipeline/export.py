@@ -1,0 +1,174 @@
+"""Verified, versioned, atomic SavedModel export in TF Serving's layout.
+
+    exported/<dataset>/<N>/            the SavedModel (saved_model.pb, variables/)
+    exported/<dataset>/<N>/metadata.json
+
+A version is written into a hidden temporary folder beside its final place, reloaded with
+plain `tf.saved_model.load` and checked against the in-memory model on the test set, and
+only then renamed to the next free integer. A crash at any point leaves at most a hidden
+`.tmp-*` folder, which TF Serving ignores (it only looks at integer names) and the next
+export removes; never a half-written numbered version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfpipeline.errors import UserError
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "images"
+TMP_PREFIX = ".tmp-"
+
+
+class ExportVerificationError(Exception):
+    """The reloaded SavedModel does not reproduce the in-memory model; nothing was published."""
+
+
+@dataclasses.dataclass
+class ExportResult:
+    path: Path
+    version: int
+    metadata_path: Path
+    verified_accuracy: float
+
+
+def versions(base: Path) -> list[int]:
+    """Published versions under `base`, ascending (integer-named folders only)."""
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def ensure_writable(base: Path) -> Path:
+    """Create `base` if needed and prove we can write in it, before any training time is spent."""
+    base = Path(base)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=base, prefix=TMP_PREFIX):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"Cannot write to the export directory {base}: {exc.strerror or exc}. "
+            "Choose a writable folder with --export-dir or fix its permissions."
+        ) from exc
+    return base
+
+
+def serving_function(model: keras.Model, input_shape) -> tf.types.experimental.PolymorphicFunction:
+    """The `serving_default` signature: raw uint8 images in, probabilities and classes out."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name=INPUT_NAME)])
+    def serve(images):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        return {
+            "probabilities": probabilities,
+            "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+        }
+
+    return serve
+
+
+def write_savedmodel(model: keras.Model, input_shape, path: Path) -> None:
+    """Write `model` as a SavedModel with our serving signature, using Keras's own exporter."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, serving_function(model, tuple(input_shape)))
+    archive.write_out(str(path), verbose=False)
+
+
+def savedmodel_predict(path: Path, images: np.ndarray, batch_size: int = 1000) -> dict[str, np.ndarray]:
+    """Run the SavedModel at `path` on `images` through `serving_default`, with TF alone."""
+    loaded = tf.saved_model.load(str(path))
+    serve = loaded.signatures[SIGNATURE]
+    outputs: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(images), batch_size):
+        result = serve(**{INPUT_NAME: tf.constant(images[start : start + batch_size])})
+        for key, value in result.items():
+            outputs.setdefault(key, []).append(value.numpy())
+    return {key: np.concatenate(parts) for key, parts in outputs.items()}
+
+
+def _remove_stale_temporaries(base: Path) -> None:
+    """Delete `.tmp-<pid>-*` folders whose writing process is gone (a crashed export)."""
+    for entry in base.glob(f"{TMP_PREFIX}*"):
+        parts = entry.name[len(TMP_PREFIX) :].split("-")
+        if not entry.is_dir() or not parts[0].isdigit():
+            continue
+        pid = int(parts[0])
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _publish(tmp: Path, base: Path) -> int:
+    """Rename `tmp` to the next free version; retry if another export took that number."""
+    for _ in range(100):
+        version = (versions(base) or [0])[-1] + 1
+        try:
+            os.rename(tmp, base / str(version))  # atomic on one filesystem
+            return version
+        except OSError:
+            if not (base / str(version)).exists():
+                raise
+    raise RuntimeError(f"could not find a free version number in {base}")
+
+
+def export_verified(
+    model: keras.Model,
+    input_shape,
+    export_base: Path,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    expected_accuracy: float,
+    metadata: dict,
+) -> ExportResult:
+    """Export, reload, verify on the test set, write metadata, then publish atomically."""
+    base = ensure_writable(Path(export_base))
+    _remove_stale_temporaries(base)
+    tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        write_savedmodel(model, input_shape, tmp)
+        outputs = savedmodel_predict(tmp, test_images)
+        accuracy = float((outputs["classes"] == test_labels).mean())
+        if accuracy != expected_accuracy:
+            raise ExportVerificationError(
+                f"the reloaded SavedModel scores {accuracy:.4%} on the test set but the trained "
+                f"model scored {expected_accuracy:.4%}"
+            )
+        metadata = {**metadata, "export": {"signature": SIGNATURE, "verified_test_accuracy": accuracy}}
+        with open(tmp / "metadata.json", "w") as f:
+            json.dump(metadata, f, indent=2, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        version = _publish(tmp, base)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    path = base / str(version)
+    return ExportResult(path, version, path / "metadata.json", accuracy)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (Path, tuple)):
+        return str(value) if isinstance(value, Path) else list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

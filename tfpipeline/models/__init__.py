@@ -1,0 +1,52 @@
+"""Model families and the registry that maps `--model NAME` to a builder.
+
+Each family is one short module with a `Hyperparams` dataclass (architecture and the
+training settings that suit it, all with working defaults) and
+`build(input_shape, num_classes, hp) -> keras.Model`, an uncompiled functional model that
+takes raw `uint8` images and returns logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+from typing import Any
+
+import keras
+
+from tfpipeline.errors import UserError
+from tfpipeline.models import cnn, mlp, rnn, transformer
+
+FAMILIES: dict[str, ModuleType] = {"mlp": mlp, "cnn": cnn, "rnn": rnn, "transformer": transformer}
+
+
+def family(name: str) -> ModuleType:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UserError(
+            f"Unknown model family {name!r}. Choose one of: {', '.join(FAMILIES)}."
+        ) from None
+
+
+def hyperparams(name: str, overrides: dict[str, Any] | None = None):
+    """The family's default hyperparameters with `overrides` applied (checked by name and type)."""
+    defaults = family(name).Hyperparams()
+    fields = {f.name: f for f in dataclasses.fields(defaults)}
+    values = {}
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise UserError(
+                f"Model family {name!r} has no hyperparameter {key!r}. "
+                f"Its hyperparameters are: {', '.join(fields)}."
+            )
+        default = getattr(defaults, key)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)  # JSON has no tuples
+        values[key] = value
+    return dataclasses.replace(defaults, **values)
+
+
+def build(name: str, input_shape, num_classes: int, hp=None) -> keras.Model:
+    module = family(name)
+    return module.build(tuple(input_shape), num_classes, hp or module.Hyperparams())

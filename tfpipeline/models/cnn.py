@@ -1,0 +1,50 @@
+"""CNN: conv blocks (conv, batch norm, activation, pooling), dropout and a dense head."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from tfpipeline.models.layers import image_inputs
+
+
+@dataclasses.dataclass
+class Hyperparams:
+    filters: tuple[int, ...] = (32, 64)  # one conv block per entry, each halving the resolution
+    convs_per_block: int = 1
+    kernel_size: int = 3
+    batch_norm: bool = True
+    dropout: float = 0.3
+    dense_units: int = 0  # 0: straight from the last block to the logits
+    augment: float = 0.0  # max random shift, as a fraction of the image size; 0 disables
+    learning_rate: float = 3e-3
+    epochs: int = 10
+    batch_size: int = 128
+
+
+def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras.Model:
+    hp = hp or Hyperparams()
+    images, x = image_inputs(input_shape)
+    if hp.augment:
+        # Active only in training; the exported model sees the image unchanged.
+        x = keras.layers.RandomTranslation(hp.augment, hp.augment, fill_mode="constant", name="shift")(x)
+    for b, filters in enumerate(hp.filters):
+        for c in range(hp.convs_per_block):
+            # No bias before batch norm: its shift makes the bias redundant.
+            x = keras.layers.Conv2D(
+                filters, hp.kernel_size, padding="same", use_bias=not hp.batch_norm, name=f"conv{b}_{c}"
+            )(x)
+            if hp.batch_norm:
+                x = keras.layers.BatchNormalization(name=f"bn{b}_{c}")(x)
+            x = keras.layers.Activation("relu", name=f"relu{b}_{c}")(x)
+        x = keras.layers.MaxPooling2D(name=f"pool{b}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    if hp.dropout:
+        x = keras.layers.Dropout(hp.dropout, name="dropout")(x)
+    if hp.dense_units:
+        x = keras.layers.Dense(hp.dense_units, activation="relu", name="dense")(x)
+        if hp.dropout:
+            x = keras.layers.Dropout(hp.dropout, name="dense_dropout")(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return keras.Model(images, logits, name="cnn")

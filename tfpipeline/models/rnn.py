@@ -1,0 +1,42 @@
+"""RNN: an LSTM or GRU reading the image row by row (MNIST: 28 steps of 28 features)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from tfpipeline.models.layers import image_inputs
+
+CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+
+
+@dataclasses.dataclass
+class Hyperparams:
+    cell: str = "lstm"  # "lstm" or "gru"
+    units: int = 128
+    layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.1
+    learning_rate: float = 2e-3
+    epochs: int = 8
+    batch_size: int = 128
+
+
+def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras.Model:
+    hp = hp or Hyperparams()
+    if hp.cell not in CELLS:
+        raise ValueError(f"Unknown RNN cell {hp.cell!r}; use one of {sorted(CELLS)}.")
+    height, width, channels = input_shape
+    images, x = image_inputs(input_shape)
+    # Each image row is one time step whose features are the row's pixels (and channels).
+    x = keras.layers.Reshape((height, width * channels), name="rows")(x)
+    for i in range(hp.layers):
+        rnn = CELLS[hp.cell](hp.units, return_sequences=i < hp.layers - 1, name=f"{hp.cell}_{i}")
+        if hp.bidirectional:
+            rnn = keras.layers.Bidirectional(rnn, name=f"bi_{hp.cell}_{i}")
+        x = rnn(x)
+    if hp.dropout:
+        x = keras.layers.Dropout(hp.dropout, name="dropout")(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return keras.Model(images, logits, name="rnn")

@@ -1,0 +1,68 @@
+"""Transformer (ViT-style): patch embedding, learned positions, pre-norm encoder blocks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from tfpipeline.models.layers import ClassToken, PositionEmbedding, image_inputs
+
+
+@dataclasses.dataclass
+class Hyperparams:
+    patch_size: int = 4  # MNIST: 7x7 = 49 patches of 4x4 pixels
+    embed_dim: int = 64
+    num_heads: int = 4
+    layers: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    pooling: str = "mean"  # "mean" over patches, or "cls" for a class token
+    learning_rate: float = 2e-3
+    epochs: int = 12
+    batch_size: int = 128
+
+
+def encoder_block(x, hp: Hyperparams, name: str):
+    """Pre-norm block: x + MHA(LN(x)), then x + MLP(LN(x)); norm first keeps training stable."""
+    h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln1")(x)
+    h = keras.layers.MultiHeadAttention(
+        hp.num_heads, hp.embed_dim // hp.num_heads, dropout=hp.dropout, name=f"{name}_mha"
+    )(h, h)
+    x = keras.layers.Add(name=f"{name}_add1")([x, h])
+    h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln2")(x)
+    h = keras.layers.Dense(hp.embed_dim * hp.mlp_ratio, activation="gelu", name=f"{name}_mlp1")(h)
+    h = keras.layers.Dropout(hp.dropout, name=f"{name}_drop")(h)
+    h = keras.layers.Dense(hp.embed_dim, name=f"{name}_mlp2")(h)
+    return keras.layers.Add(name=f"{name}_add2")([x, h])
+
+
+def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras.Model:
+    hp = hp or Hyperparams()
+    height, width, _ = input_shape
+    if height % hp.patch_size or width % hp.patch_size:
+        raise ValueError(f"patch_size {hp.patch_size} must divide the image size {height}x{width}.")
+    if hp.embed_dim % hp.num_heads:
+        raise ValueError(f"embed_dim {hp.embed_dim} must be a multiple of num_heads {hp.num_heads}.")
+    if hp.pooling not in ("mean", "cls"):
+        raise ValueError(f"Unknown pooling {hp.pooling!r}; use 'mean' or 'cls'.")
+    images, x = image_inputs(input_shape)
+    # A strided convolution is the usual way to cut patches and project them in one step.
+    x = keras.layers.Conv2D(hp.embed_dim, hp.patch_size, strides=hp.patch_size, name="patchify")(x)
+    num_patches = (height // hp.patch_size) * (width // hp.patch_size)
+    x = keras.layers.Reshape((num_patches, hp.embed_dim), name="patches")(x)
+    if hp.pooling == "cls":
+        x = ClassToken(name="cls_token")(x)
+    x = PositionEmbedding(name="positions")(x)
+    x = keras.layers.Dropout(hp.dropout, name="embed_dropout")(x)
+    for i in range(hp.layers):
+        x = encoder_block(x, hp, name=f"block{i}")
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
+    if hp.pooling == "cls":
+        # Keep only the class token: crop the patch positions away, then drop the length axis.
+        x = keras.layers.Cropping1D((0, num_patches), name="take_cls")(x)
+        x = keras.layers.Reshape((hp.embed_dim,), name="cls")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return keras.Model(images, logits, name="transformer")

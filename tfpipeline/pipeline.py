@@ -1,0 +1,217 @@
+"""The end-to-end run: data → model → train → evaluate → verified export.
+
+`run(PipelineConfig(...))` is what `python -m pipelines.mnist` calls and what tests call
+directly. Each stage is a function in its own module; this one only wires them together
+and records where everything went.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tfpipeline import data as data_lib
+from tfpipeline import evaluation, export, models, training
+from tfpipeline.errors import UserError
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    dataset: str = "mnist"
+    model: str = "cnn"
+    # None: the model family's own default (see tfpipeline/models/<family>.py).
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # architecture overrides
+    seed: int = 42
+    deterministic: bool = False
+    validation_fraction: float = 0.1
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    export_dir: str = "exported"
+    logdir: str = "runs"
+    work_dir: str = "work"
+    run_name: str | None = None
+    quick: bool = False
+    verbose: int | None = None
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}.")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise UserError(f"--learning-rate must be a positive number, got {self.learning_rate}.")
+        models.family(self.model)  # unknown family → UserError
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    run_id: str
+    export_path: Path
+    metadata_path: Path
+    logdir: Path
+    test_accuracy: float
+    metadata: dict
+
+
+def family_hyperparams(config: PipelineConfig):
+    overrides = dict(config.hparams)
+    for key in ("epochs", "batch_size", "learning_rate"):
+        if getattr(config, key) is not None:
+            overrides[key] = getattr(config, key)
+    hp = models.hyperparams(config.model, overrides)
+    if config.quick:
+        hp = dataclasses.replace(hp, epochs=1)
+    return hp
+
+
+def _config_key(config: PipelineConfig, hp) -> str:
+    """Identifies "the same command" so a re-run after a crash finds its backup."""
+    identity = {
+        "dataset": config.dataset,
+        "model": config.model,
+        "hp": dataclasses.asdict(hp),
+        "seed": config.seed,
+        "quick": config.quick,
+        "validation_fraction": config.validation_fraction,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{config.model}-{digest[:10]}"
+
+
+def _run_id(config: PipelineConfig, state_dir: Path) -> tuple[str, bool]:
+    """Readable run id (time + family); an interrupted run being resumed keeps its id."""
+    state_file = state_dir / "run.json"
+    if state_file.exists() and (state_dir / "backup").exists():
+        return json.loads(state_file.read_text())["run_id"], True
+    run_id = config.run_name or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{config.model}"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"run_id": run_id}))
+    return run_id, False
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance() -> dict:
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tensorflow_datasets": tfds.__version__,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "host": platform.node(),
+    }
+
+
+def run(config: PipelineConfig) -> PipelineResult:
+    started = time.time()
+    started_at = dt.datetime.now(dt.timezone.utc)
+    config.validate()
+    hp = family_hyperparams(config)
+    export_base = export.ensure_writable(Path(config.export_dir) / config.dataset)
+
+    keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: same weights, same order
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    datasets = data_lib.load(
+        config.dataset,
+        data_dir=config.data_dir,
+        manual_dir=config.manual_dir,
+        validation_fraction=config.validation_fraction,
+        quick=config.quick,
+    )
+    spec = datasets.spec
+
+    def pipeline(ds, training_split):
+        # Data order is always deterministic (cheap here); --deterministic adds op determinism.
+        return data_lib.make_pipeline(ds, batch_size=hp.batch_size, training=training_split, seed=config.seed)
+
+    train_ds = pipeline(datasets.train, True)
+    val_ds = pipeline(datasets.validation, False)
+    test_images, test_labels = evaluation.collect(pipeline(datasets.test, False))
+
+    state_dir = Path(config.work_dir) / config.dataset / _config_key(config, hp)
+    run_id, resumed = _run_id(config, state_dir)
+    logdir = Path(config.logdir) / config.dataset / run_id
+    if resumed:
+        print(f"Resuming interrupted run {run_id} from its last saved epoch ({state_dir / 'backup'}).")
+
+    model = models.build(config.model, spec.input_shape, spec.num_classes, hp)
+    steps_per_epoch = -(-spec.num_examples["train"] // hp.batch_size)
+    settings = training.TrainSettings(
+        epochs=hp.epochs,
+        batch_size=hp.batch_size,
+        learning_rate=hp.learning_rate,
+        steps_per_epoch=steps_per_epoch,
+        verbose=config.verbose,
+    )
+    history = training.fit(
+        model, train_ds, val_ds, settings, logdir=logdir, backup_dir=state_dir / "backup"
+    )
+    epochs_run = training.epochs_completed(history)
+
+    val_images, val_labels = evaluation.collect(val_ds)
+    val_eval = evaluation.evaluate(model, val_images, val_labels, spec.class_names)
+    test_eval = evaluation.evaluate(model, test_images, test_labels, spec.class_names)
+    metrics = {"validation": val_eval.to_json(), "test": test_eval.to_json()}
+    logdir.mkdir(parents=True, exist_ok=True)
+    (logdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    metadata = {
+        "dataset": {"name": spec.name, "version": spec.version, "splits": spec.splits,
+                    "num_examples": spec.num_examples, "class_names": list(spec.class_names)},
+        "model": {"family": config.model, "hyperparameters": dataclasses.asdict(hp),
+                  "parameters": model.count_params()},
+        "training": {"epochs_requested": hp.epochs, "epochs_run": epochs_run,
+                     "steps_per_epoch": steps_per_epoch, "seed": config.seed,
+                     "deterministic": config.deterministic, "quick": config.quick,
+                     "resumed": resumed},
+        "metrics": {
+            "validation": {"accuracy": val_eval.accuracy, "loss": val_eval.loss},
+            "test": {"accuracy": test_eval.accuracy, "loss": test_eval.loss,
+                     "per_class_accuracy": test_eval.per_class_accuracy,
+                     "confusion_matrix": test_eval.confusion_matrix},
+        },
+        "run": {"id": run_id, "logdir": str(logdir), **provenance(),
+                "started": started_at.isoformat(timespec="seconds"),
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "wall_seconds": round(time.time() - started, 1)},
+    }
+    result = export.export_verified(
+        model, spec.input_shape, export_base, test_images, test_labels, test_eval.accuracy, metadata
+    )
+    return PipelineResult(
+        run_id=run_id,
+        export_path=result.path,
+        metadata_path=result.metadata_path,
+        logdir=logdir,
+        test_accuracy=test_eval.accuracy,
+        metadata=metadata,
+    )

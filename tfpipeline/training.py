@@ -1,0 +1,150 @@
+"""Compile and fit a model on the tf.data pipelines, with the callbacks a real run needs.
+
+Keras does the work: `compile` + `fit`, a warmup + cosine learning-rate schedule stepped per
+batch, TensorBoard, EarlyStopping on validation accuracy, TerminateOnNaN, and
+BackupAndRestore so a killed run picks up from its last finished epoch when re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import keras
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the model must not be exported."""
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    learning_rate: float  # peak learning rate, reached after the warmup
+    steps_per_epoch: int
+    warmup_fraction: float = 0.1  # of all steps, at most one epoch's worth
+    weight_decay: float = 0.0
+    early_stopping_patience: int = 4
+    steps_per_execution: int = 1
+    jit_compile: bool | str = "auto"
+    verbose: int | None = None  # None: progress bar on a terminal, one line per epoch otherwise
+
+
+def learning_rate_schedule(settings: TrainSettings) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warmup to the peak rate, then cosine decay to zero at the last step.
+
+    Warmup lets a high peak rate (fast progress) start without wrecking the random initial
+    weights; decaying to zero settles the weights for the last epochs.
+    """
+    total = max(1, settings.epochs * settings.steps_per_epoch)
+    warmup = min(settings.steps_per_epoch, int(total * settings.warmup_fraction))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=settings.learning_rate / 100 if warmup else settings.learning_rate,
+        decay_steps=max(1, total - warmup),
+        warmup_target=settings.learning_rate if warmup else None,
+        warmup_steps=warmup,
+        alpha=0.0,
+    )
+
+
+def compile_model(model: keras.Model, settings: TrainSettings) -> keras.Model:
+    schedule = learning_rate_schedule(settings)
+    if settings.weight_decay:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
+    model.compile(
+        optimizer=optimizer,
+        # Models output logits: softmax happens in the loss here and in the export's signature.
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        steps_per_execution=settings.steps_per_execution,
+        jit_compile=settings.jit_compile,
+    )
+    return model
+
+
+def default_verbosity() -> int:
+    """Keras progress bars on a terminal; one concise line per epoch in logs and CI."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def make_callbacks(
+    logdir: str | Path | None,
+    backup_dir: str | Path | None,
+    settings: TrainSettings,
+    extra: list[keras.callbacks.Callback] | None = None,
+) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if backup_dir is not None:
+        # Saves model, optimizer (and so the schedule's step) and epoch after every epoch;
+        # deleted when training finishes, so only an interrupted run leaves it behind.
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+    if settings.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                mode="max",
+                patience=settings.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    if logdir is not None:
+        # Also logs the learning rate (Keras adds it to the train scalars).
+        callbacks.append(keras.callbacks.TensorBoard(str(logdir), histogram_freq=1))
+    return callbacks + list(extra or [])
+
+
+def epochs_completed(history: keras.callbacks.History) -> int:
+    """Epochs done in total, counting those a resumed run restored from its backup."""
+    return history.epoch[-1] + 1 if history.epoch else 0
+
+
+def check_finite(history: keras.callbacks.History) -> None:
+    for epoch, loss in zip(history.epoch, history.history.get("loss", [])):
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"the training loss became {loss} in epoch {epoch + 1}")
+
+
+def fit(
+    model: keras.Model,
+    train,
+    validation,
+    settings: TrainSettings,
+    *,
+    logdir: str | Path | None = None,
+    backup_dir: str | Path | None = None,
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+) -> keras.callbacks.History:
+    """Compile (if needed) and train; raise `TrainingDiverged` on a NaN/inf loss."""
+    if not model.compiled:
+        compile_model(model, settings)
+    nan_watch = _NaNWatch()
+    history = model.fit(
+        train,
+        validation_data=validation,
+        epochs=settings.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles, with its own seed
+        callbacks=[nan_watch] + make_callbacks(logdir, backup_dir, settings, extra_callbacks),
+        verbose=default_verbosity() if settings.verbose is None else settings.verbose,
+    )
+    if nan_watch.bad_batch is not None:
+        raise TrainingDiverged(f"the training loss became NaN or infinite at batch {nan_watch.bad_batch}")
+    check_finite(history)
+    return history
+
+
+class _NaNWatch(keras.callbacks.Callback):
+    """Remembers whether a batch loss went non-finite (TerminateOnNaN only stops training)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad_batch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.bad_batch is None:
+            self.bad_batch = batch
