@@ -1,0 +1,200 @@
+"""Classify image files with an exported model, locally or through a running server.
+
+    python -m tfpipeline.predict digit.png other.jpg --model-dir exported/mnist
+    python -m tfpipeline.predict digit.png --server http://127.0.0.1:8501 [--model-name mnist]
+
+Images are converted to the signature's input: grayscale or RGB by its channel count and
+resized to its height and width. Prints one line per file: class and its probability.
+The --server mode talks plain TF Serving REST, so it works against TF Serving itself too,
+and does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tfpipeline.errors import UserError
+
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_CHUNK = 256  # examples per request/call: stays under the server's --max-instances default
+
+
+@dataclass
+class InputSpec:
+    """What the signature's single input wants: (height, width, channels), None = any."""
+
+    name: str
+    height: int | None
+    width: int | None
+    channels: int | None
+    dtype: str  # numpy dtype name
+
+
+def load_image(path: Path, spec: InputSpec) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            mode = _MODES.get(spec.channels or 1)
+            if mode is None:
+                raise UserError(f"The model wants {spec.channels} channels; images have 1, 3 or 4")
+            image = image.convert(mode)
+            size = (spec.width or image.width, spec.height or image.height)
+            if image.size != size:
+                image = image.resize(size, Image.Resampling.BILINEAR)
+            pixels = np.asarray(image)
+    except (FileNotFoundError, IsADirectoryError, UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"Cannot read image {path}: {exc}") from None
+    pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+    return pixels.astype(spec.dtype)
+
+
+def _spec_from_dims(name: str, dims: list[int | None], dtype: str) -> InputSpec:
+    if len(dims) != 4:
+        raise UserError(
+            f"Input '{name}' has shape {dims}; this command handles image inputs [batch, H, W, C]")
+    height, width, channels = dims[1:]
+    return InputSpec(name, height, width, channels, dtype)
+
+
+def _classify(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Class and its probability per example, from `classes` + `probabilities` if present."""
+    if "probabilities" in outputs:
+        probabilities = np.asarray(outputs["probabilities"], dtype=np.float64)
+    elif len(outputs) == 1:
+        probabilities = np.asarray(next(iter(outputs.values())), dtype=np.float64)
+    else:
+        raise UserError(f"Cannot tell which output holds probabilities: {sorted(outputs)}")
+    if "classes" in outputs:
+        classes = np.asarray(outputs["classes"]).astype(np.int64).reshape(-1)
+    else:
+        classes = probabilities.argmax(-1)
+    return classes, probabilities[np.arange(len(classes)), classes]
+
+
+# -- through a server ---------------------------------------------------------------------
+
+_DTYPES = {"DT_UINT8": "uint8", "DT_FLOAT": "float32", "DT_DOUBLE": "float64",
+           "DT_INT32": "int32", "DT_INT64": "int64"}
+
+
+class ServerModel:
+    def __init__(self, server: str, model_name: str, signature: str = "serving_default"):
+        self.base = f"{server.rstrip('/')}/v1/models/{model_name}"
+        self.signature = signature
+        metadata = self._call(self.base + "/metadata")
+        try:
+            sig = metadata["metadata"]["signature_def"]["signature_def"][signature]
+            (name, info), = sig["inputs"].items()
+        except (KeyError, ValueError):
+            raise UserError(f"Signature {signature} with a single input not found at {self.base}")
+        dims = [int(d["size"]) for d in info["tensor_shape"]["dim"]]
+        dims = [None if d < 0 else d for d in dims]
+        dtype = _DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise UserError(f"Input '{name}' is {info['dtype']}; images need a numeric input")
+        self.spec = _spec_from_dims(name, dims, dtype)
+
+    def _call(self, url: str, payload: dict | None = None) -> dict:
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]
+            except (ValueError, KeyError, TypeError):
+                message = exc.reason
+            raise UserError(f"Server answered {exc.code}: {message}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"Cannot reach the server at {url}: {reason}") from None
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        payload = {"signature_name": self.signature, "inputs": {self.spec.name: batch.tolist()}}
+        outputs = self._call(self.base + ":predict", payload)["outputs"]
+        if not isinstance(outputs, dict):  # a single output is given without its name
+            outputs = {"probabilities": outputs}
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+# -- in this process ----------------------------------------------------------------------
+
+class LocalModel:
+    def __init__(self, model_dir: Path, signature: str = "serving_default"):
+        from tfpipeline.serving.versions import discover_versions
+
+        if not model_dir.is_dir():
+            raise UserError(f"Model directory {model_dir} does not exist")
+        versions = discover_versions(model_dir)
+        if versions:
+            version = max(versions)
+            path = versions[version]
+        elif (model_dir / "saved_model.pb").is_file():  # a version directory itself
+            version, path = 0, model_dir
+        else:
+            raise UserError(f"No SavedModel versions under {model_dir} (expected {model_dir}/1/)")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from tfpipeline.serving.servable import load_servable
+
+        servable = load_servable(path, version)
+        if signature not in servable.signatures:
+            raise UserError(f"{path} has no signature {signature}")
+        self.signature = servable.signatures[signature]
+        if len(self.signature.inputs) != 1:
+            raise UserError(f"Signature {signature} has several inputs; images need one")
+        (info,) = self.signature.inputs.values()
+        if info.shape is None:
+            raise UserError(f"Input '{info.name}' has unknown rank")
+        self.spec = _spec_from_dims(info.name, list(info.shape), info.dtype.name)
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.signature({self.spec.name: batch})
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tfpipeline.predict",
+                                description="Print the predicted class of each image file.")
+    p.add_argument("images", nargs="+", type=Path, help="PNG or JPEG files")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model-dir", type=Path,
+                       help="exported base path (its highest version is used) or a version dir")
+    where.add_argument("--server", help="TF Serving REST address, e.g. http://127.0.0.1:8501")
+    p.add_argument("--model-name", default="mnist", help="model name on the server (default mnist)")
+    p.add_argument("--signature-name", default="serving_default")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.server:
+            model = ServerModel(args.server, args.model_name, args.signature_name)
+        else:
+            model = LocalModel(args.model_dir, args.signature_name)
+        images = [load_image(path, model.spec) for path in args.images]
+        # Images can only share a batch when the model fixes their size.
+        step = _CHUNK if model.spec.height and model.spec.width else 1
+        for start in range(0, len(images), step):
+            chunk = args.images[start:start + step]
+            classes, probabilities = _classify(model.predict(np.stack(images[start:start + step])))
+            for path, cls, prob in zip(chunk, classes, probabilities):
+                print(f"{path}: class {int(cls)} (probability {prob:.4f})")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Merge concurrent predict requests on one signature into one model call.
+
+TF Serving's idea (`max_batch_size`, `batch_timeout_micros`), with one change so a lone
+client pays no timeout: a batch is started at once when nothing else is on its way, and
+waits up to the timeout only while other requests have already arrived at the server and
+are still being read and validated (`Arrivals`). While a model call runs, new requests queue
+up and form the next batch, so under load batches fill by themselves.
+
+Model calls run in a thread pool (TensorFlow releases the GIL), so the event loop keeps
+accepting and parsing requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class BatchStats:
+    """Counts served at /monitoring/stats, to see how well requests are being merged."""
+
+    requests: int = 0
+    model_calls: int = 0
+    instances: int = 0
+    batch_sizes: Counter = field(default_factory=Counter)  # instances per call -> calls
+
+    def record(self, requests: int, instances: int) -> None:
+        self.requests += requests
+        self.model_calls += 1
+        self.instances += instances
+        self.batch_sizes[instances] += 1
+
+    def as_json(self) -> dict:
+        return {
+            "requests": self.requests,
+            "model_calls": self.model_calls,
+            "instances": self.instances,
+            "max_batch_size": max(self.batch_sizes, default=0),
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
+
+
+class Arrivals:
+    """Requests that reached the server but are not yet queued for a model call.
+
+    Batchers wait for these (never for requests that may or may not come), and are woken
+    whenever one leaves, whether it was queued or rejected.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = asyncio.Event()
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        self.changed.set()
+
+
+@dataclass
+class _Pending:
+    arrays: Arrays
+    rows: int
+    future: asyncio.Future
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    enabled: bool = True
+    max_batch_size: int = 64
+    timeout_seconds: float = 0.002
+
+
+class Batcher:
+    """Queue for one signature of one version; `enqueue` returns a future of its outputs."""
+
+    def __init__(self, run: Callable[[Arrays], Arrays], *, batchable: bool, config: BatchConfig,
+                 executor: Executor, stats: BatchStats, arrivals: Arrivals):
+        self._run = run
+        self._merge = config.enabled and batchable
+        self._config = config
+        self._executor = executor
+        self._stats = stats
+        self._arrivals = arrivals
+        self._queue: list[_Pending] = []
+        self._queued_rows = 0
+        self._worker: asyncio.Task | None = None
+
+    def enqueue(self, arrays: Arrays, rows: int) -> asyncio.Future:
+        """Queue one validated request. Synchronous, so the caller can leave `Arrivals` right
+        after and a waiting batch sees the request already in the queue."""
+        loop = asyncio.get_running_loop()
+        if not self._merge or rows >= self._config.max_batch_size:
+            # Merging is off, impossible (no batch dimension) or pointless (already full).
+            return asyncio.ensure_future(self._call_alone(arrays, rows))
+        future = loop.create_future()
+        self._queue.append(_Pending(arrays, rows, future))
+        self._queued_rows += rows
+        if self._worker is None:
+            self._worker = loop.create_task(self._drain())
+        return future
+
+    async def _call_alone(self, arrays: Arrays, rows: int) -> Arrays:
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._executor, self._run, arrays)
+        self._stats.record(1, rows)
+        return outputs
+
+    async def _drain(self) -> None:
+        """Run batches until the queue is empty, one model call at a time."""
+        try:
+            while self._queue:
+                await self._wait_for_arrivals()
+                batch = self._take_batch()
+                await self._call_batch(batch)
+        finally:
+            self._worker = None
+
+    async def _wait_for_arrivals(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.timeout_seconds
+        while self._queued_rows < self._config.max_batch_size and self._arrivals.count > 0:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrivals.changed.clear()
+            try:
+                await asyncio.wait_for(self._arrivals.changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        batch, rows = [], 0
+        while self._queue and rows + self._queue[0].rows <= self._config.max_batch_size:
+            item = self._queue.pop(0)
+            batch.append(item)
+            rows += item.rows
+        self._queued_rows -= rows
+        return batch
+
+    async def _call_batch(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        rows = sum(item.rows for item in batch)
+        try:
+            merged = _concatenate([item.arrays for item in batch])
+            outputs = await loop.run_in_executor(self._executor, self._run, merged)
+        except Exception as exc:  # every request in the batch gets the same error
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        self._stats.record(len(batch), rows)
+        start = 0
+        for item in batch:
+            if not item.future.done():  # the client may have gone away meanwhile
+                item.future.set_result({k: v[start:start + item.rows] for k, v in outputs.items()})
+            start += item.rows
+
+
+def _concatenate(parts: list[Arrays]) -> Arrays:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

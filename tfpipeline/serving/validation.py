@@ -1,0 +1,236 @@
+"""Predict request JSON -> arrays checked against the signature, and outputs -> response JSON.
+
+Formats are TF Serving's: row (`instances`, a list with one entry per example) and columnar
+(`inputs`, one value or an object of named values). Every check happens here, before any
+model runs, so a bad request is a 400 with a message naming the problem and can never fail
+a batch it would otherwise have joined.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import NotFound, RequestError
+from .servable import Signature, TensorInfo
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclass
+class PredictRequest:
+    signature: Signature
+    inputs: dict[str, np.ndarray]
+    rows: int  # size of dimension 0 shared by all inputs, 0 when they differ (columnar only)
+    row_format: bool
+
+
+def parse_json_object(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise RequestError("Malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise RequestError(f"Malformed JSON in request body: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError("Request body must be a JSON object, e.g. {\"instances\": [...]}")
+    return data
+
+
+def parse_predict(body: bytes, signatures: Mapping[str, Signature], max_instances: int) -> PredictRequest:
+    data = parse_json_object(body)
+    signature = _pick_signature(data.get("signature_name"), signatures)
+    has_rows, has_columns = "instances" in data, "inputs" in data
+    if has_rows == has_columns:
+        raise RequestError(
+            "Request must have exactly one of 'instances' (row format) or 'inputs' "
+            f"(columnar format); it has {'both' if has_rows else 'neither'}"
+        )
+    if has_rows:
+        inputs = _parse_rows(data["instances"], signature, max_instances)
+    else:
+        inputs = _parse_columns(data["inputs"], signature, max_instances)
+    sizes = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
+    rows = sizes.pop() if len(sizes) == 1 else 0
+    return PredictRequest(signature, inputs, max(rows, 0), has_rows)
+
+
+def _pick_signature(name: Any, signatures: Mapping[str, Signature]) -> Signature:
+    if name is None or name == "":
+        name = DEFAULT_SIGNATURE
+    if not isinstance(name, str):
+        raise RequestError("'signature_name' must be a string")
+    if name not in signatures:
+        raise NotFound(
+            f"Serving signature name: \"{name}\" not found in signature def "
+            f"(available: {', '.join(sorted(signatures))})"
+        )
+    return signatures[name]
+
+
+def _parse_rows(instances: Any, signature: Signature, max_instances: int) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list):
+        raise RequestError("'instances' must be a list with one entry per example")
+    if not instances:
+        raise RequestError("'instances' is empty: send at least one example")
+    _check_count(len(instances), max_instances, "'instances'")
+    names = list(signature.inputs)
+    if all(isinstance(item, dict) for item in instances):
+        # Objects of named inputs, one per example (required when there are several inputs).
+        for i, item in enumerate(instances):
+            _check_names(set(item), names, f"instances[{i}]")
+        columns = {n: [item[n] for item in instances] for n in names}
+    elif len(names) == 1:
+        columns = {names[0]: instances}
+    else:
+        raise RequestError(
+            f"This signature has {len(names)} inputs ({', '.join(names)}): each instance must "
+            "be an object mapping input names to values"
+        )
+    return {n: to_array(v, signature.inputs[n], row_format=True) for n, v in columns.items()}
+
+
+def _parse_columns(inputs: Any, signature: Signature, max_instances: int) -> dict[str, np.ndarray]:
+    names = list(signature.inputs)
+    if isinstance(inputs, dict):  # a tensor is never an object, so this names the inputs
+        _check_names(set(inputs), names, "'inputs'")
+        columns = inputs
+    elif len(names) == 1:
+        columns = {names[0]: inputs}
+    else:
+        raise RequestError(
+            f"This signature has {len(names)} inputs ({', '.join(names)}): 'inputs' must be an "
+            "object mapping input names to values"
+        )
+    arrays = {}
+    for name in names:
+        value = columns[name]
+        if isinstance(value, list):
+            if not value:
+                raise RequestError(f"Input '{name}' is an empty list: send at least one example")
+            _check_count(len(value), max_instances, f"input '{name}'")
+        arrays[name] = to_array(value, signature.inputs[name], row_format=False)
+    return arrays
+
+
+def _check_count(count: int, max_instances: int, what: str) -> None:
+    if count > max_instances:
+        raise RequestError(
+            f"{what} has {count} examples; this server accepts at most {max_instances} per "
+            "request (see --max-instances): split the request"
+        )
+
+
+def _check_names(given: set, expected: list[str], where: str) -> None:
+    missing = [n for n in expected if n not in given]
+    unknown = sorted(str(n) for n in given - set(expected))
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown input(s) {', '.join(unknown)}")
+        raise RequestError(f"{where}: {'; '.join(parts)} (expected: {', '.join(expected)})")
+
+
+def to_array(value: Any, info: TensorInfo, row_format: bool) -> np.ndarray:
+    """Convert one input's JSON value to an array of the signature's dtype, or raise 400.
+
+    `value` carries the batch dimension: in row format it is the list of instances.
+    """
+    where = f"Input '{info.name}'"
+    try:
+        array = np.array(value)
+    except (ValueError, TypeError):  # ragged nesting
+        raise RequestError(f"{where} is not a rectangular nested list of numbers") from None
+    array = _convert_dtype(array, info, where)
+    _check_shape(array, info, where, row_format)
+    return array
+
+
+def _convert_dtype(array: np.ndarray, info: TensorInfo, where: str) -> np.ndarray:
+    kind, target = array.dtype.kind, info.dtype
+    expected = f"{info.dt_name} ({_describe_kind(target)})"
+    if kind in "US":
+        raise RequestError(f"{where} contains strings; expected {expected}")
+    if kind == "O":
+        raise RequestError(
+            f"{where} contains values that are not numbers (null, objects, or integers too "
+            f"large to represent); expected {expected}"
+        )
+    if target.kind in "iu":
+        if kind == "f":
+            if array.size and not np.isfinite(array).all():
+                raise RequestError(f"{where} contains NaN or Infinity; expected {expected}")
+            raise RequestError(f"{where} contains non-integer numbers; expected {expected}")
+        if kind not in "iu":
+            raise RequestError(f"{where} has {_describe_kind(array.dtype)}; expected {expected}")
+        limits = np.iinfo(target)
+        if array.size and (array.min() < limits.min or array.max() > limits.max):
+            raise RequestError(
+                f"{where} has values outside [{limits.min}, {limits.max}] "
+                f"(got {array.min()}..{array.max()}); expected {expected}"
+            )
+    elif target.kind == "f":
+        # Integers are valid JSON for float tensors; NaN and Infinity are allowed, as in
+        # TF Serving's JSON mapping for DT_FLOAT and DT_DOUBLE.
+        if kind not in "iuf":
+            raise RequestError(f"{where} has {_describe_kind(array.dtype)}; expected {expected}")
+    elif target.kind == "b":
+        if kind != "b":
+            raise RequestError(f"{where} has {_describe_kind(array.dtype)}; expected {expected}")
+    else:
+        raise RequestError(f"{where} is {info.dt_name}, which this server does not accept over JSON")
+    return array.astype(target, copy=False)
+
+
+def _describe_kind(dtype: np.dtype) -> str:
+    return {"i": "integers", "u": "integers", "f": "numbers", "b": "booleans"}.get(
+        dtype.kind, str(dtype))
+
+
+def _check_shape(array: np.ndarray, info: TensorInfo, where: str, row_format: bool) -> None:
+    if info.shape is None:
+        return
+    ok = array.ndim == len(info.shape) and all(
+        want is None or want == got for want, got in zip(info.shape, array.shape))
+    if ok:
+        return
+    if row_format and info.batched:
+        got = list(array.shape[1:])
+        raise RequestError(
+            f"{where}: each instance must have shape {info.shape_text(skip_batch=True)}; "
+            f"got {got}"
+        )
+    raise RequestError(f"{where} must have shape {info.shape_text()}; got {list(array.shape)}")
+
+
+def format_predict_response(request: PredictRequest, outputs: dict[str, np.ndarray]) -> dict:
+    """TF Serving's response: one output is given bare, several by name; row format turns
+    named outputs into one object per example."""
+    ordered = {k: outputs[k] for k in request.signature.outputs if k in outputs}
+    if not request.row_format:
+        if len(ordered) == 1:
+            return {"outputs": _to_json(next(iter(ordered.values())))}
+        return {"outputs": {k: _to_json(v) for k, v in ordered.items()}}
+    for name, value in ordered.items():
+        if value.ndim == 0 or value.shape[0] != request.rows:
+            raise RequestError(
+                f"Output '{name}' has no per-example dimension, so it cannot be returned in row "
+                "format; send 'inputs' (columnar format) instead"
+            )
+    if len(ordered) == 1:
+        return {"predictions": _to_json(next(iter(ordered.values())))}
+    columns = {k: _to_json(v) for k, v in ordered.items()}
+    return {"predictions": [{k: columns[k][i] for k in columns} for i in range(request.rows)]}
+
+
+def _to_json(array: np.ndarray):
+    if array.dtype.kind == "O":  # string outputs come back as bytes
+        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(array).tolist()
+    # tolist gives Python floats holding the exact float32 values, so a client that converts
+    # back to float32 gets bit-identical numbers.
+    return array.tolist()
