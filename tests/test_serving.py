@@ -209,6 +209,10 @@ ONE = random_images(1).tolist()
 BAD_REQUESTS = {
     "malformed json": (PREDICT, b'{"instances": [1, 2', 400, "Malformed JSON"),
     "not an object": (PREDICT, b"[1, 2, 3]", 400, "JSON object"),
+    "empty body": (PREDICT, b"", 400, "Malformed JSON"),
+    "not UTF-8": (PREDICT, b"\xff\xfe{}", 400, "Malformed JSON"),
+    "nested too deeply": (PREDICT, b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                          400, "nested too deeply"),
     "both formats": (PREDICT, {"instances": ONE, "inputs": ONE}, 400, "both"),
     "neither format": (PREDICT, {"signature_name": "serving_default"}, 400, "neither"),
     "wrong shape": (PREDICT, {"instances": [[[1, 2, 3]]]}, 400, "shape [28, 28, 1]"),

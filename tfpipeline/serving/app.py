@@ -167,6 +167,7 @@ class ModelServer:
             "batching": {"enabled": batching.enabled, "max_batch_size": batching.max_batch_size,
                          "batch_timeout_micros": round(batching.timeout_seconds * 1e6)},
             **self.stats.as_json(),
+            "arriving": self.arrivals.count,
             "responses": {str(k): v for k, v in sorted(self.responses.items())},
         })
 
