@@ -1,0 +1,68 @@
+"""Shared fixtures: the real MNIST files, a TFDS data dir prepared once, tiny synthetic data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+@pytest.fixture(scope="session")
+def manual_dir() -> Path:
+    """The four published MNIST files: $TFPIPELINE_MANUAL_DIR, else ../shared/data/mnist."""
+    path = Path(os.environ.get("TFPIPELINE_MANUAL_DIR") or ROOT.parent / "shared" / "data" / "mnist")
+    missing = [name for name in MNIST_FILES if not (path / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"The MNIST files are needed for these tests; {path} lacks {missing}. "
+            "Set TFPIPELINE_MANUAL_DIR to a folder holding the four published files."
+        )
+    return path.resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir(manual_dir, tmp_path_factory) -> str:
+    """A TFDS data dir with MNIST prepared (once per session, about 20 s, unless reused)."""
+    path = os.environ.get("TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+    from tfpipeline import data
+
+    data.prepare("mnist", data_dir=path, manual_dir=manual_dir)
+    return path
+
+
+@pytest.fixture
+def tiny_images():
+    """512 learnable 28x28x1 uint8 images: the label is which quadrant is bright."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=512)
+    images = rng.integers(0, 60, size=(512, 28, 28, 1), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        r, c = divmod(int(label), 2)
+        images[i, r * 14 : r * 14 + 14, c * 14 : c * 14 + 14] += 150
+    return images, labels.astype(np.int32)
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m pipelines.mnist ARGS` in a real subprocess from `cwd`."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.mnist", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )

@@ -1,0 +1,139 @@
+"""`python -m pipelines.mnist` end to end on the real MNIST files, and its user-error paths."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory, manual_dir, data_dir):
+    """Two quick runs of the CLI in one working folder (versions 1 and 2)."""
+    cwd = tmp_path_factory.mktemp("cli")
+    env = {"TFPIPELINE_MANUAL_DIR": str(manual_dir), "TFDS_DATA_DIR": data_dir}
+    first = run_cli("--quick", cwd=cwd, env=env)
+    second = run_cli("--quick", "--model", "mlp", "--seed", "3", cwd=cwd, env=env)
+    return cwd, first, second
+
+
+def test_quick_run_exports_and_summarizes(quick_runs):
+    cwd, first, _ = quick_runs
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = first.stdout
+    assert "test accuracy" in out and "exported/mnist/1" in out
+    assert "metadata        exported/mnist/1/metadata.json" in out
+    assert "tensorboard --logdir runs/mnist" in out
+    metadata = json.loads((cwd / "exported/mnist/1/metadata.json").read_text())
+    assert metadata["dataset"]["name"] == "mnist" and metadata["dataset"]["version"]
+    assert metadata["model"]["family"] == "cnn" and metadata["model"]["hyperparameters"]["filters"]
+    assert metadata["training"]["epochs_run"] == 1 and metadata["training"]["seed"] == 42
+    test = metadata["metrics"]["test"]
+    assert 0.5 < test["accuracy"] <= 1 and len(test["per_class_accuracy"]) == 10
+    assert np.array(test["confusion_matrix"]).sum() == 10000
+    assert metadata["run"]["tensorflow"] and metadata["run"]["keras"] and metadata["run"]["wall_seconds"] > 0
+    metrics = json.loads((cwd / metadata["run"]["logdir"] / "metrics.json").read_text())
+    assert metrics["test"]["confusion_matrix"] == test["confusion_matrix"]
+
+
+def test_second_run_is_version_two(quick_runs):
+    cwd, _, second = quick_runs
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert sorted(p.name for p in (cwd / "exported/mnist").iterdir()) == ["1", "2"]
+    assert json.loads((cwd / "exported/mnist/2/metadata.json").read_text())["model"]["family"] == "mlp"
+
+
+# Runs in a fresh interpreter that imports TensorFlow and NumPy only: no project code.
+TF_ONLY_CHECK = textwrap.dedent(
+    """
+    import gzip, json, sys
+    import numpy as np
+    import tensorflow as tf
+    export_dir, manual_dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    with gzip.open(f"{manual_dir}/t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)[:n]
+    with gzip.open(f"{manual_dir}/t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:n]
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    classes = serve(images=tf.constant(images))["classes"].numpy()
+    print(json.dumps({"accuracy": float((classes == labels).mean()),
+                      "project_modules": sorted(m for m in sys.modules if m.startswith(("tfpipeline", "pipelines")))}))
+    """
+)
+
+
+def test_export_serves_from_plain_tensorflow(quick_runs, manual_dir):
+    cwd, first, _ = quick_runs
+    assert first.returncode == 0
+    metadata = json.loads((cwd / "exported/mnist/1/metadata.json").read_text())
+    n = metadata["dataset"]["num_examples"]["test"]
+    assert n == 10000  # the whole published test file, in TFDS's order or not
+    proc = subprocess.run(
+        [sys.executable, "-c", TF_ONLY_CHECK, str(cwd / "exported/mnist/1"), str(manual_dir), str(n)],
+        capture_output=True, text=True, timeout=300, cwd=cwd,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["project_modules"] == []
+    assert abs(result["accuracy"] - metadata["metrics"]["test"]["accuracy"]) <= 0.001
+
+
+def test_help_reads_well(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for flag in ("--model", "--epochs", "--batch-size", "--learning-rate", "--seed", "--dataset",
+                 "--data-dir", "--manual-dir", "--export-dir", "--logdir", "--quick"):
+        assert flag in proc.stdout
+    assert "TFPIPELINE_MANUAL_DIR" in proc.stdout
+
+
+def _assert_user_error(proc, *phrases):
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for phrase in phrases:
+        assert phrase in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "args, phrases",
+    [
+        (["--model", "resnet"], ["invalid choice: 'resnet'"]),
+        (["--epochs", "0"], ["--epochs", "positive whole number"]),
+        (["--batch-size", "-4"], ["--batch-size", "positive"]),
+        (["--learning-rate", "nan"], ["--learning-rate", "positive"]),
+        (["--dataset", "no_such_dataset"], ["Unknown dataset 'no_such_dataset'"]),
+        (["--hparam", "depth=3"], ["no hyperparameter 'depth'"]),
+    ],
+)
+def test_bad_flags_are_explained(tmp_path, data_dir, args, phrases):
+    proc = run_cli("--quick", "--data-dir", data_dir, *args, cwd=tmp_path)
+    _assert_user_error(proc, *phrases)
+
+
+def test_missing_data_files_are_named(tmp_path):
+    empty = tmp_path / "manual"
+    empty.mkdir()
+    proc = run_cli("--quick", "--data-dir", str(tmp_path / "tfds"), "--manual-dir", str(empty), cwd=tmp_path)
+    _assert_user_error(proc, "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", str(empty))
+
+
+def test_unwritable_export_dir_fails_before_training(tmp_path, data_dir):
+    (tmp_path / "exported").write_text("a file where the export folder should be")
+    proc = run_cli("--quick", "--data-dir", data_dir, cwd=tmp_path)
+    _assert_user_error(proc, "Cannot write to the export directory", "--export-dir")
+    assert "Epoch" not in proc.stdout
+
+
+def test_nan_loss_stops_and_publishes_nothing(tmp_path, data_dir):
+    proc = run_cli("--quick", "--data-dir", data_dir, "--model", "mlp", "--learning-rate", "1e12", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Training diverged" in proc.stderr and "Nothing was exported" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "exported" / "mnist").glob("[0-9]*"))

@@ -1,0 +1,82 @@
+"""Each model family: builds from the registry, takes raw uint8 images, learns on tiny data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from tfpipeline import models, training
+from tfpipeline.errors import UserError
+
+# Small versions of each family so a few training steps take a second or two.
+TINY = {
+    "mlp": {"units": 32, "layers": 2, "normalization": "batch"},
+    "cnn": {"filters": [8, 16], "batch_norm": True, "dense_units": 16, "augment": 0.05},
+    "rnn": {"units": 16, "layers": 2, "bidirectional": True, "cell": "gru"},
+    "transformer": {"embed_dim": 16, "num_heads": 2, "layers": 1, "patch_size": 7, "pooling": "cls"},
+}
+
+
+@pytest.mark.parametrize("family", sorted(models.FAMILIES))
+def test_default_model_builds_with_uint8_input_and_logits(family):
+    model = models.build(family, (28, 28, 1), 10)
+    assert isinstance(model, keras.Model)
+    assert model.inputs[0].dtype == "uint8"
+    assert tuple(model.inputs[0].shape) == (None, 28, 28, 1)
+    out = model(np.zeros((3, 28, 28, 1), np.uint8), training=False)
+    assert tuple(out.shape) == (3, 10)
+
+
+@pytest.mark.parametrize("family", sorted(models.FAMILIES))
+def test_family_learns_on_tiny_data(family, tiny_images):
+    images, labels = tiny_images
+    keras.utils.set_random_seed(0)
+    hp = models.hyperparams(family, {**TINY[family], "learning_rate": 3e-3})
+    model = models.build(family, (28, 28, 1), 4, hp)
+    settings = training.TrainSettings(
+        epochs=6, batch_size=64, learning_rate=hp.learning_rate, steps_per_epoch=8,
+        early_stopping_patience=0, verbose=0,
+    )
+    training.compile_model(model, settings)
+    # Training-mode loss per epoch: evaluation would use batch-norm statistics that lag
+    # far behind after so few steps.
+    losses = model.fit(images, labels, batch_size=64, epochs=settings.epochs, verbose=0).history["loss"]
+    assert losses[-1] < losses[0] * 0.7, f"{family}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("family", sorted(models.FAMILIES))
+def test_model_config_round_trips(family):
+    hp = models.hyperparams(family, TINY[family])
+    model = models.build(family, (28, 28, 1), 4, hp)
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    x = np.random.default_rng(0).integers(0, 255, (2, 28, 28, 1)).astype(np.uint8)
+    # training=False: Keras 3 augmentation layers apply themselves when `training` is unset.
+    np.testing.assert_allclose(model(x, training=False), clone(x, training=False), rtol=1e-5, atol=1e-5)
+
+
+def test_input_shape_comes_from_the_caller():
+    model = models.build("cnn", (32, 32, 3), 7)
+    assert tuple(model.inputs[0].shape) == (None, 32, 32, 3)
+    assert tuple(model.outputs[0].shape) == (None, 7)
+
+
+def test_hyperparameter_overrides_are_checked():
+    hp = models.hyperparams("cnn", {"filters": [16, 32, 64], "dropout": 0.5})
+    assert hp.filters == (16, 32, 64) and hp.dropout == 0.5
+    assert dataclasses.replace(hp, dropout=0.1).dropout == 0.1
+    with pytest.raises(UserError, match="no hyperparameter 'depth'"):
+        models.hyperparams("cnn", {"depth": 3})
+
+
+def test_unknown_family_is_a_user_error():
+    with pytest.raises(UserError, match="Choose one of: mlp, cnn, rnn, transformer"):
+        models.build("resnet", (28, 28, 1), 10)
+
+
+def test_invalid_architecture_is_explained():
+    with pytest.raises(ValueError, match="patch_size 5 must divide"):
+        models.build("transformer", (28, 28, 1), 10, models.hyperparams("transformer", {"patch_size": 5}))
