@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfpipeline import data as data_lib
-from tfpipeline import evaluation, export, models, training
+from tfpipeline import evaluation, export, models, tensorboard_logs, training
 from tfpipeline.errors import UserError
 
 
@@ -47,6 +47,10 @@ class PipelineConfig:
     run_name: str | None = None
     quick: bool = False
     verbose: int | None = None
+    # TensorBoard extras (see tfpipeline/tensorboard_logs.py).
+    histogram_freq: int = 1  # weight histograms every N epochs; 0: none
+    image_freq: int = 0  # validation prediction images every N epochs; 0: only the test images at the end
+    profile_batches: tuple[int, int] | None = None  # trace training batches START..END (1-based)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -56,6 +60,15 @@ class PipelineConfig:
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UserError(f"--learning-rate must be a positive number, got {self.learning_rate}.")
         models.family(self.model)  # unknown family → UserError
+        for name in ("histogram_freq", "image_freq"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 or a positive whole number, got {value}.")
+        if self.profile_batches:
+            try:
+                tensorboard_logs.check_batch_range(self.profile_batches)
+            except ValueError as exc:
+                raise UserError(f"--profile-batches {exc}.") from None
 
 
 @dataclasses.dataclass
@@ -164,16 +177,17 @@ def run(config: PipelineConfig) -> PipelineResult:
         print(f"Resuming interrupted run {run_id} from its last saved epoch ({state_dir / 'backup'}).")
 
     model = models.build(config.model, spec.input_shape, spec.num_classes, hp)
-    steps_per_epoch = -(-spec.num_examples["train"] // hp.batch_size)
-    settings = training.TrainSettings(
-        epochs=hp.epochs,
-        batch_size=hp.batch_size,
-        learning_rate=hp.learning_rate,
-        steps_per_epoch=steps_per_epoch,
-        verbose=config.verbose,
+    settings = training.settings_for(
+        hp, spec.num_examples["train"], verbose=config.verbose,
+        histogram_freq=config.histogram_freq, profile_batches=config.profile_batches,
+    )
+    # HParams session now (a failed run still gets its row); images and summary at the end.
+    run_log = tensorboard_logs.RunLog(
+        logdir, config, hp, model, spec.class_names, settings.epochs * settings.steps_per_epoch
     )
     history = training.fit(
-        model, train_ds, val_ds, settings, logdir=logdir, backup_dir=state_dir / "backup"
+        model, train_ds, val_ds, settings, logdir=logdir, backup_dir=state_dir / "backup",
+        extra_callbacks=run_log.callbacks(val_ds),
     )
     epochs_run = training.epochs_completed(history)
 
@@ -190,7 +204,7 @@ def run(config: PipelineConfig) -> PipelineResult:
         "model": {"family": config.model, "hyperparameters": dataclasses.asdict(hp),
                   "parameters": model.count_params()},
         "training": {"epochs_requested": hp.epochs, "epochs_run": epochs_run,
-                     "steps_per_epoch": steps_per_epoch, "seed": config.seed,
+                     "steps_per_epoch": settings.steps_per_epoch, "seed": config.seed,
                      "deterministic": config.deterministic, "quick": config.quick,
                      "resumed": resumed},
         "metrics": {
@@ -207,6 +221,7 @@ def run(config: PipelineConfig) -> PipelineResult:
     result = export.export_verified(
         model, spec.input_shape, export_base, test_images, test_labels, test_eval.accuracy, metadata
     )
+    run_log.finish(model, test_images, test_labels, metadata, result.path)
     return PipelineResult(
         run_id=run_id,
         export_path=result.path,

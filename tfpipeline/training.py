@@ -31,6 +31,19 @@ class TrainSettings:
     steps_per_execution: int = 1
     jit_compile: bool | str = "auto"
     verbose: int | None = None  # None: progress bar on a terminal, one line per epoch otherwise
+    histogram_freq: int = 1  # weight histograms every N epochs; 0: none
+    profile_batches: tuple[int, int] | None = None  # (START, END), 1-based training batches to trace
+
+
+def settings_for(hp, num_train_examples: int, **overrides) -> TrainSettings:
+    """Training settings from a family's hyperparameters (epochs, batch size, learning rate)."""
+    return TrainSettings(
+        epochs=hp.epochs,
+        batch_size=hp.batch_size,
+        learning_rate=hp.learning_rate,
+        steps_per_epoch=-(-num_train_examples // hp.batch_size),
+        **overrides,
+    )
 
 
 def learning_rate_schedule(settings: TrainSettings) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -94,7 +107,14 @@ def make_callbacks(
         )
     if logdir is not None:
         # Also logs the learning rate (Keras adds it to the train scalars).
-        callbacks.append(keras.callbacks.TensorBoard(str(logdir), histogram_freq=1))
+        callbacks.append(
+            keras.callbacks.TensorBoard(
+                str(logdir),
+                histogram_freq=settings.histogram_freq,
+                # The trace goes to <logdir>/train/plugins/profile/, where the profile tab finds it.
+                profile_batch=settings.profile_batches or 0,
+            )
+        )
     return callbacks + list(extra or [])
 
 

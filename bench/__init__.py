@@ -1,0 +1,1 @@
+"""Benchmarks. `python -m bench` runs the speed suite; `python bench/serving.py` the server's."""

@@ -1,0 +1,161 @@
+"""Speed suite: our default CNN against the plain-Keras reference, side by side, same run.
+
+    python -m bench [--repeats 3] [--skip-reference] [--manual-dir DIR] [--data-dir DIR]
+
+Reports, on this machine, in one invocation:
+  * reference vs ours: training seconds to first reach 99.0% test accuracy (test accuracy
+    evaluated at each epoch end with the clock stopped), final test accuracy, images/s;
+  * the tf.data input pipeline alone (images/s, no model) vs what our training consumes;
+  * training images/s of each model family at its default settings.
+Machines here are shared and noisy, so the goal figures are ratios from the same run, and
+the cheap measurements are repeated (median). Prints a table; writes JSON to
+bench/results/ and prints its path on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bench import reference  # noqa: E402
+from bench.timing import TimeToAccuracy, machine  # noqa: E402
+from tfpipeline import data, evaluation, models, training  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def train_ours(datasets, test_images, test_labels, seed: int = 0) -> dict:
+    """Our default CNN through our own pipeline, with the settings `pipelines.mnist` uses."""
+    keras.utils.set_random_seed(seed)
+    hp = models.hyperparams("cnn")
+    settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0)
+    train = data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=seed)
+    model = training.compile_model(models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp), settings)
+    timer = TimeToAccuracy(test_images, test_labels)
+    model.fit(train, epochs=settings.epochs, callbacks=[timer], verbose=0, shuffle=False)
+    trained_images = datasets.spec.num_examples["train"] * len(timer.epochs)
+    return {
+        "seconds_to_99": timer.seconds_to_target,
+        "final_test_accuracy": timer.final_accuracy,
+        "images_per_second": round(trained_images / timer.train_seconds, 1),
+        "train_seconds": round(timer.train_seconds, 2),
+        "epochs": timer.epochs,
+        "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(hp).items()},
+    }
+
+
+def input_pipeline_rate(datasets, batch_size: int, repeats: int) -> float:
+    """Images/s the training pipeline delivers with no model attached (after its cache fills)."""
+    ds = data.make_pipeline(datasets.train, batch_size=batch_size, training=True, seed=0)
+    for _ in ds:  # first pass decodes and fills the cache, as the first training epoch does
+        pass
+    rates = []
+    for _ in range(repeats):
+        start, n = time.perf_counter(), 0
+        for images, _ in ds:
+            n += int(images.shape[0])
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def family_rate(name: str, datasets, repeats: int, steps: int = 30) -> float:
+    """Training images/s of a family's default model (median of `repeats` timed runs)."""
+    keras.utils.set_random_seed(0)
+    hp = models.hyperparams(name)
+    settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0)
+    model = training.compile_model(models.build(name, datasets.spec.input_shape, datasets.spec.num_classes, hp), settings)
+    ds = data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=0).repeat()
+    model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0)  # trace and warm up
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        rates.append(steps * hp.batch_size / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else round(a / b, 3)
+
+
+def table(result: dict) -> str:
+    ref, ours = result.get("reference") or {}, result["ours"]
+
+    def fmt(value, spec):
+        return "—" if value is None else format(value, spec)
+
+    lines = [
+        f"{'':32}{'reference':>14}{'ours':>14}{'ours/ref':>10}",
+        f"{'seconds to 99.0% test accuracy':32}{fmt(ref.get('seconds_to_99'), '.1f'):>14}{fmt(ours['seconds_to_99'], '.1f'):>14}"
+        f"{fmt(result['ratios']['seconds_to_99'], '.3f'):>10}",
+        f"{'final test accuracy':32}{fmt(ref.get('final_test_accuracy'), '.2%'):>14}{fmt(ours['final_test_accuracy'], '.2%'):>14}",
+        f"{'training images/s':32}{fmt(ref.get('images_per_second'), ',.0f'):>14}{fmt(ours['images_per_second'], ',.0f'):>14}"
+        f"{fmt(result['ratios']['images_per_second'], '.2f'):>10}",
+        f"{'training seconds (all epochs)':32}{fmt(ref.get('train_seconds'), '.1f'):>14}{fmt(ours['train_seconds'], '.1f'):>14}",
+        "",
+        f"input pipeline alone: {result['input_pipeline_images_per_second']:,.0f} images/s = "
+        f"{result['ratios']['input_pipeline_over_training']:.1f}x what our training consumes",
+        "family training images/s (default settings): "
+        + ", ".join(f"{k} {v:,.0f}" for k, v in result["families_images_per_second"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the cheap measurements (median)")
+    parser.add_argument("--skip-reference", action="store_true", help="do not train the plain-Keras reference")
+    parser.add_argument("--manual-dir", help="folder with the MNIST files (default: $TFPIPELINE_MANUAL_DIR)")
+    parser.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR)")
+    args = parser.parse_args(argv)
+
+    started = time.time()
+    datasets = data.load("mnist", data_dir=args.data_dir, manual_dir=args.manual_dir)
+    test_images, test_labels = evaluation.collect(
+        data.make_pipeline(datasets.test, batch_size=1000, training=False, seed=0)
+    )
+    result: dict = {"machine": machine(), "started": dt.datetime.now().isoformat(timespec="seconds")}
+
+    if not args.skip_reference:
+        print("plain-Keras reference (15 epochs):", flush=True)
+        full_train = data.load("mnist", data_dir=args.data_dir, manual_dir=args.manual_dir, validation_fraction=0.1)
+        x_train, y_train = reference.as_arrays(full_train.train.concatenate(full_train.validation))
+        result["reference"] = reference.train(x_train, y_train, test_images, test_labels)
+    print("ours (default CNN, default settings):", flush=True)
+    result["ours"] = train_ours(datasets, test_images, test_labels)
+
+    print("input pipeline and family throughput...", flush=True)
+    result["input_pipeline_images_per_second"] = round(
+        input_pipeline_rate(datasets, models.hyperparams("cnn").batch_size, args.repeats), 1
+    )
+    result["families_images_per_second"] = {
+        name: round(family_rate(name, datasets, args.repeats), 1) for name in models.FAMILIES
+    }
+    ref = result.get("reference") or {}
+    result["ratios"] = {
+        "seconds_to_99": ratio(result["ours"]["seconds_to_99"], ref.get("seconds_to_99")),
+        "images_per_second": ratio(result["ours"]["images_per_second"], ref.get("images_per_second")),
+        "input_pipeline_over_training": ratio(
+            result["input_pipeline_images_per_second"], result["ours"]["images_per_second"]
+        ),
+    }
+    result["wall_seconds"] = round(time.time() - started, 1)
+
+    print()
+    print(table(result))
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"speed-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nwall time {result['wall_seconds']:.0f} s; results: {path}")
+    return 0
