@@ -41,6 +41,26 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive whole number, got {value}")
+    return value
+
+
+def batch_range(text: str) -> tuple[int, int]:
+    """`START,END`: training batches to profile, counted from 1, END included."""
+    from tfpipeline.tensorboard_logs import parse_batch_range
+
+    try:
+        return parse_batch_range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def hparam(text: str) -> tuple[str, object]:
     """`KEY=VALUE`, VALUE read as JSON when it parses (numbers, true/false, lists), else a string."""
     key, sep, raw = text.partition("=")
@@ -102,6 +122,15 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
     where.add_argument("--logdir", default="runs", help="TensorBoard root; runs go to <dir>/<dataset>/<run-id> (default: runs)")
     where.add_argument("--work-dir", default="work", help="checkpoints that let an interrupted run resume (default: work)")
     where.add_argument("--run-name", help="run id for the logs (default: time and model family)")
+    board = parser.add_argument_group("TensorBoard (tensorboard --logdir <logdir>)")
+    board.add_argument("--histogram-freq", type=non_negative_int, default=1, metavar="N",
+                       help="weight histograms every N epochs; 0 turns them off (default: 1)")
+    board.add_argument("--image-freq", type=non_negative_int, default=0, metavar="N",
+                       help="also log validation prediction images and confusion matrix every N epochs "
+                            "(default: 0, only the test ones at the end)")
+    board.add_argument("--profile-batches", type=batch_range, metavar="START,END",
+                       help="profile training batches START to END (from 1) for TensorBoard's profile tab, "
+                            "e.g. 2,4; the first batch includes tracing and compilation")
     return parser
 
 
@@ -125,6 +154,9 @@ def config_from_args(args: argparse.Namespace):
         work_dir=args.work_dir,
         run_name=args.run_name,
         quick=args.quick,
+        histogram_freq=args.histogram_freq,
+        image_freq=args.image_freq,
+        profile_batches=args.profile_batches,
     )
 
 

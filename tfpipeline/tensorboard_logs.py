@@ -1,0 +1,329 @@
+"""What a run writes for TensorBoard beyond Keras's own callback.
+
+Layout of one run, `<logdir>/<dataset>/<run-id>/`:
+
+    train/, validation/   Keras's TensorBoard callback: epoch scalars (loss, accuracy,
+                          learning rate), the graph, weight histograms, profiler traces
+    (the run folder)      this module: the HParams session (the run's hyperparameters),
+                          final scalars test/* and validation/* of the exported model,
+                          images (sample predictions, mistakes, confusion matrix) and a
+                          Markdown run summary
+    trials/<id>/...       a tuner's trials, each its own HParams session (KerasTuner adds
+                          one per trial under the TensorBoard callback's log dir)
+
+HParams: every run is a session (`hp.hparams` in the run folder). No experiment summary
+(`hp.hparams_config`) is written on purpose: TensorBoard uses the first one it finds and
+then ignores hyperparameters it does not declare, so runs of different families (each with
+its own hyperparameters) and tuner trials could not share one table. Without it, TensorBoard
+builds the experiment from all sessions: the union of their hyperparameters, and as metrics
+every scalar tag under a session, named by (group = sub-folder, tag). A run and a trial
+therefore share the column (validation, epoch_accuracy); runs also have ("", test/accuracy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
+from tensorboard.plugins.hparams import api as hp_api
+
+from tfpipeline.errors import UserError
+
+SAMPLE_IMAGES = 40  # the fixed test sample shown with its predictions: 8 columns x 5 rows
+GRID_COLUMNS = 8
+CELL_SCALE = 3  # 28-pixel MNIST digits become 84 pixels: readable at a glance
+MISTAKE_COLOR = (200, 0, 0)
+CORRECT_COLOR = (20, 20, 20)
+
+
+# --- hyperparameters ------------------------------------------------------------------
+
+def _scalar(value: Any) -> bool | int | float | str:
+    """HParams values must be bool, number or string; tuples like filters=(32, 64) become "32,64"."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def run_hparams(config, hp, parameters: int) -> dict[str, bool | int | float | str]:
+    """One flat row for the HParams table.
+
+    The family's own hyperparameters keep their plain names (dropout, learning_rate,
+    batch_size...): the names shared by families, and by tuner trials that use the same
+    names, line up in one column; a family's other hyperparameters are blank for the rest.
+    """
+    row = {
+        "family": config.model,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "quick": config.quick,
+        "validation_fraction": config.validation_fraction,
+        "parameters": int(parameters),
+    }
+    row.update({name: _scalar(value) for name, value in dataclasses.asdict(hp).items()})
+    return row
+
+
+# --- images ---------------------------------------------------------------------------
+
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)  # Pillow's bundled font: no system fonts needed
+
+
+def _short(name: str, limit: int = 11) -> str:
+    # ASCII only: the bundled font lacks symbols such as arrows and the ellipsis.
+    return name if len(name) <= limit else name[: limit - 1] + "."
+
+
+def _as_rgb(image: np.ndarray) -> Image.Image:
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+
+
+def prediction_grid(images, labels, predictions, class_names, columns: int = GRID_COLUMNS) -> np.ndarray:
+    """Images with "pred / true" titles; a wrong prediction gets a red title and frame.
+
+    Returns an RGB uint8 array (height, width, 3), the layout `tf.summary.image` takes.
+    """
+    count = len(images)
+    height, width = images.shape[1] * CELL_SCALE, images.shape[2] * CELL_SCALE
+    title, pad = 30, 6
+    cell_w, cell_h = max(width, 84) + 2 * pad, height + title + pad
+    rows = max(1, -(-count // columns))
+    canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = _font(12)
+    for i in range(count):
+        x0, y0 = (i % columns) * cell_w, (i // columns) * cell_h
+        wrong = int(predictions[i]) != int(labels[i])
+        color = MISTAKE_COLOR if wrong else CORRECT_COLOR
+        draw.text((x0 + pad, y0 + 2), f"pred {_short(str(class_names[predictions[i]]))}", fill=color, font=font)
+        draw.text((x0 + pad, y0 + 15), f"true {_short(str(class_names[labels[i]]))}", fill=color, font=font)
+        tile = _as_rgb(images[i]).resize((width, height), Image.NEAREST)
+        left = x0 + (cell_w - width) // 2
+        canvas.paste(tile, (left, y0 + title))
+        if wrong:
+            draw.rectangle((left - 2, y0 + title - 2, left + width + 1, y0 + title + height + 1),
+                           outline=MISTAKE_COLOR, width=2)
+    return np.asarray(canvas)
+
+
+def confusion_matrix_image(matrix, class_names) -> np.ndarray:
+    """Rows: true class, columns: predicted class; each cell shaded by its share of the row
+    (so rare classes read as clearly as common ones) and labelled with its count."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    n = matrix.shape[0]
+    cell = int(np.clip(720 // max(n, 1), 12, 44))  # 10 classes: 44 px; 100 classes: 12 px
+    show_counts = cell >= 24
+    label_w = 90 if max(len(str(c)) for c in class_names) > 3 else 40
+    top, left = 50, label_w + 24
+    size = (left + n * cell + 10, top + n * cell + 10)
+    canvas = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(canvas)
+    font, small = _font(13), _font(max(8, min(12, cell // 3)))
+    draw.text((left, 4), "predicted class (columns)", fill="black", font=font)
+    draw.text((4, 4), "true (rows)", fill="black", font=font)
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    for j in range(n):
+        draw.text((left + j * cell + 3, top - 18), _short(str(class_names[j]), max(2, cell // 7)),
+                  fill="black", font=small)
+    for i in range(n):
+        draw.text((4, top + i * cell + cell // 3), _short(str(class_names[i]), 12), fill="black", font=small)
+        for j in range(n):
+            x0, y0 = left + j * cell, top + i * cell
+            # Diagonal (right) in blue, errors in red, both darker with a larger share.
+            strength = float(share[i, j]) if i == j else min(1.0, float(share[i, j]) * 5)
+            base = (30, 90, 200) if i == j else (200, 30, 30)
+            fill = tuple(int(255 - (255 - c) * strength) for c in base)
+            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=fill, outline=(225, 225, 225))
+            if show_counts and matrix[i, j]:
+                text_color = "white" if strength > 0.55 else "black"
+                draw.text((x0 + 3, y0 + cell // 3), str(matrix[i, j]), fill=text_color, font=small)
+    return np.asarray(canvas)
+
+
+def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(images, batch_size=1000, verbose=0)).argmax(axis=-1)
+
+
+def _write_image(tag: str, image: np.ndarray, step: int, description: str) -> None:
+    tf.summary.image(tag, image[np.newaxis], step=step, description=description)
+
+
+def write_prediction_images(prefix, images, labels, predictions, class_names, step) -> None:
+    """`<prefix>/predictions` (a fixed sample: the same images every time, so epochs and runs
+    compare), `<prefix>/mistakes` (the first misclassified ones) and `<prefix>/confusion_matrix`.
+    Needs a default summary writer."""
+    sample = slice(0, min(SAMPLE_IMAGES, len(images)))
+    _write_image(f"{prefix}/predictions",
+                 prediction_grid(images[sample], labels[sample], predictions[sample], class_names),
+                 step, f"The first {SAMPLE_IMAGES} {prefix} images: predicted and true class; mistakes in red.")
+    wrong = np.flatnonzero(predictions != labels)[:SAMPLE_IMAGES]
+    if len(wrong):
+        _write_image(f"{prefix}/mistakes",
+                     prediction_grid(images[wrong], labels[wrong], predictions[wrong], class_names),
+                     step, f"The first {len(wrong)} misclassified {prefix} images.")
+    num_classes = len(class_names)
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    _write_image(f"{prefix}/confusion_matrix", confusion_matrix_image(matrix, class_names), step,
+                 f"Confusion matrix on the {len(labels):,} {prefix} images: rows true, columns predicted.")
+
+
+class PredictionImages(keras.callbacks.Callback):
+    """Every `freq` epochs: prediction grids and confusion matrix on the validation split.
+
+    Validation, not test, during training: the test split stays unseen until the end.
+    """
+
+    def __init__(self, writer, validation: tf.data.Dataset, class_names, freq: int):
+        super().__init__()
+        self._writer, self._validation, self._class_names, self._freq = writer, validation, class_names, freq
+        self._data = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self._freq:
+            return
+        if self._data is None:  # read once, on first use
+            from tfpipeline.evaluation import collect
+
+            self._data = collect(self._validation)
+        images, labels = self._data
+        with self._writer.as_default():
+            write_prediction_images("validation", images, labels, _predict(self.model, images),
+                                    self._class_names, step=epoch)
+        self._writer.flush()
+
+
+# --- text -----------------------------------------------------------------------------
+
+def command_line() -> str:
+    """How this process was started, as a shell command (`python -m pipelines.mnist ...`)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    program = ["python", "-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
+    return shlex.join(program + sys.argv[1:])
+
+
+def _table(rows: dict, header=("", "")) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {key} | {str(value).replace('|', '/')} |" for key, value in rows.items()]
+    return "\n".join(lines)
+
+
+def run_summary(config, metadata: dict, export_path) -> str:
+    """Markdown: command, result, model, data, versions; what a reviewer asks first."""
+    test = metadata["metrics"]["test"]
+    val = metadata["metrics"]["validation"]
+    run = metadata["run"]
+    data = metadata["dataset"]
+    versions = {k: run.get(k) for k in ("tensorflow", "keras", "tensorflow_datasets", "python", "git_commit", "host")}
+    versions["tensorboard"] = _tensorboard_version()
+    config_json = json.dumps(dataclasses.asdict(config), indent=2, default=str)
+    return "\n\n".join([
+        f"## Run {run['id']}",
+        f"**Command**\n\n    {command_line()}",
+        "**Result**\n\n" + _table({
+            "test accuracy": f"{test['accuracy']:.4f}",
+            "test loss": f"{test['loss']:.4f}",
+            "validation accuracy": f"{val['accuracy']:.4f}",
+            "validation loss": f"{val['loss']:.4f}",
+            "exported model": Path(export_path).resolve(),
+            "epochs run": f"{metadata['training']['epochs_run']} of {metadata['training']['epochs_requested']}",
+            "wall time": f"{run['wall_seconds']} s",
+            "started / finished": f"{run['started']} / {run['finished']}",
+        }, header=("result", "value")),
+        "**Model**\n\n" + _table({
+            "family": metadata["model"]["family"],
+            "parameters": f"{metadata['model']['parameters']:,}",
+            **metadata["model"]["hyperparameters"],
+        }, header=("model", "value")),
+        "**Data**\n\n" + _table({
+            "dataset": f"{data['name']} {data['version']}",
+            **{f"{role} examples": f"{count:,} ({data['splits'][role]})" for role, count in data["num_examples"].items()},
+        }, header=("data", "value")),
+        "**Versions**\n\n" + _table(versions, header=("software", "version")),
+        "**Configuration**\n\n" + "\n".join("    " + line for line in config_json.splitlines()),
+    ])
+
+
+def _tensorboard_version() -> str:
+    from tensorboard import version
+
+    return version.VERSION
+
+
+# --- the hook pipeline.run calls -------------------------------------------------------
+
+def parse_batch_range(text: str) -> tuple[int, int]:
+    """`START,END` (1-based training batches, END included) → (START, END), or ValueError."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"expected START,END (two batch numbers), got {text!r}")
+    try:
+        start, end = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"expected two whole numbers START,END, got {text!r}") from None
+    check_batch_range((start, end))
+    return start, end
+
+
+def check_batch_range(batches) -> None:
+    start, end = batches
+    if start < 1 or end < start:
+        raise ValueError(f"needs 1 <= START <= END (batches count from 1), got {start},{end}")
+
+
+class RunLog:
+    """The run folder's own summaries: create it when the model exists, before `fit`.
+
+    Writes the HParams session at once, so an unfinished or failed run still shows up in
+    the HParams table (with blank metrics); `finish` adds everything known at the end.
+    """
+
+    def __init__(self, logdir, config, hp, model: keras.Model, class_names, total_steps: int):
+        if config.profile_batches and config.profile_batches[0] > total_steps:
+            # Keras would silently never start the profiler.
+            raise UserError(
+                f"--profile-batches {config.profile_batches[0]},{config.profile_batches[1]} starts after the "
+                f"last training batch: this run trains {total_steps} batches."
+            )
+        self.logdir = Path(logdir)
+        self.config = config
+        self.class_names = tuple(class_names)
+        self.writer = tf.summary.create_file_writer(str(self.logdir))
+        with self.writer.as_default():
+            # trial_id names the session group: one row per run even when two runs share
+            # every hyperparameter (otherwise TensorBoard merges them into one row).
+            hp_api.hparams(run_hparams(config, hp, model.count_params()),
+                           trial_id=f"{config.dataset}/{self.logdir.name}")
+        self.writer.flush()
+
+    def callbacks(self, validation: tf.data.Dataset) -> list[keras.callbacks.Callback]:
+        if not self.config.image_freq:
+            return []
+        return [PredictionImages(self.writer, validation, self.class_names, self.config.image_freq)]
+
+    def finish(self, model: keras.Model, test_images, test_labels, metadata: dict, export_path) -> None:
+        step = max(0, metadata["training"]["epochs_run"] - 1)  # the last epoch, as Keras counts
+        metrics = metadata["metrics"]
+        with self.writer.as_default():
+            # Of the exported model: the HParams table's final columns.
+            for split in ("test", "validation"):
+                for name in ("accuracy", "loss"):
+                    tf.summary.scalar(f"{split}/{name}", metrics[split][name], step=step)
+            write_prediction_images("test", test_images, test_labels, _predict(model, test_images),
+                                    self.class_names, step=step)
+            tf.summary.text("run_summary", run_summary(self.config, metadata, export_path), step=step)
+        self.writer.close()
