@@ -128,12 +128,11 @@ def confusion_matrix_image(matrix, class_names) -> np.ndarray:
     show_counts = cell >= 24
     label_w = 90 if max(len(str(c)) for c in class_names) > 3 else 40
     top, left = 50, label_w + 24
-    size = (left + n * cell + 10, top + n * cell + 10)
+    size = (max(left + n * cell + 10, 320), top + n * cell + 10)  # 320: room for the header line
     canvas = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(canvas)
     font, small = _font(13), _font(max(8, min(12, cell // 3)))
-    draw.text((left, 4), "predicted class (columns)", fill="black", font=font)
-    draw.text((4, 4), "true (rows)", fill="black", font=font)
+    draw.text((4, 6), "rows: true class    columns: predicted class", fill="black", font=font)
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     for j in range(n):
         draw.text((left + j * cell + 3, top - 18), _short(str(class_names[j]), max(2, cell // 7)),
