@@ -132,7 +132,7 @@ class Board:
 def board(runs, tmp_path_factory):
     board = Board(runs.logdir, tmp_path_factory.mktemp("tblog") / "tensorboard.log")
     try:
-        expected = {f"mnist/{name}{sub}" for name in (CNN_RUN, MLP_RUN) for sub in ("", "/train", "/validation")}
+        expected = {f"mnist/{name}{sub}" for name in (CNN_RUN, MLP_RUN) for sub in ("", "/train", "/validation", "/test")}
         board.wait_until(lambda: expected <= set(board.json("/data/runs")), "both runs")
         # Runs can be listed before all their event files are read: wait for the run summaries,
         # the last thing each run writes.
@@ -161,10 +161,11 @@ def test_scalars_for_train_and_validation_and_final_metrics(runs, board):
     for name, metadata in ((CNN_RUN, runs.cnn_metadata), (MLP_RUN, runs.mlp_metadata)):
         assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= set(tags[f"mnist/{name}/train"])
         assert {"epoch_loss", "epoch_accuracy"} <= set(tags[f"mnist/{name}/validation"])
-        assert {"test/accuracy", "test/loss", "validation/accuracy", "validation/loss"} <= set(tags[f"mnist/{name}"])
-        series = board.json("/data/plugin/scalars/scalars", {"run": f"mnist/{name}", "tag": "test/accuracy"})
-        # Rows are [wall time, step, value]; the value is the exported model's test accuracy.
-        assert series[-1][2] == pytest.approx(metadata["metrics"]["test"]["accuracy"], abs=1e-6)
+        assert {"epoch_loss", "epoch_accuracy"} <= set(tags[f"mnist/{name}/test"])
+        series = board.json("/data/plugin/scalars/scalars", {"run": f"mnist/{name}/test", "tag": "epoch_accuracy"})
+        # Rows are [wall time, step, value]; the value is the exported model's test accuracy,
+        # at the last epoch's step so it lines up with the train and validation curves.
+        assert series[-1][1] == 0 and series[-1][2] == pytest.approx(metadata["metrics"]["test"]["accuracy"], abs=1e-6)
     rate = board.json("/data/plugin/scalars/scalars", {"run": f"mnist/{CNN_RUN}/train", "tag": "epoch_learning_rate"})
     assert len(rate) == 1 and rate[0][2] >= 0
 
@@ -202,18 +203,18 @@ def _has_red(image: Image.Image) -> bool:
 
 def test_prediction_images_and_confusion_matrix(runs, board):
     tags = board.json("/data/plugin/images/tags")
-    cnn = set(tags[f"mnist/{CNN_RUN}"])
-    assert {"test/predictions", "test/confusion_matrix"} <= cnn
-    assert {"validation/predictions", "validation/confusion_matrix"} <= cnn  # --image-freq 1
-    assert {"test/predictions", "test/confusion_matrix"} <= set(tags[f"mnist/{MLP_RUN}"])
-    assert "validation/predictions" not in tags[f"mnist/{MLP_RUN}"]  # image_freq 0: end only
+    cnn_test = set(tags[f"mnist/{CNN_RUN}/test"])
+    assert {"predictions", "confusion_matrix"} <= cnn_test
+    assert {"predictions", "confusion_matrix"} <= set(tags[f"mnist/{CNN_RUN}/validation"])  # --image-freq 1
+    assert {"predictions", "confusion_matrix"} <= set(tags[f"mnist/{MLP_RUN}/test"])
+    assert f"mnist/{MLP_RUN}/validation" not in tags  # image_freq 0: the test images at the end only
 
-    grid = _image(board, f"mnist/{CNN_RUN}", "test/predictions")
+    grid = _image(board, f"mnist/{CNN_RUN}/test", "predictions")
     assert grid.width >= 8 * 84 and grid.height >= 5 * 84  # 40 digits at three times their size
     # A one-epoch model on 3,000 images makes mistakes; they are drawn in red.
     assert runs.cnn_metadata["metrics"]["test"]["accuracy"] < 1
-    assert "test/mistakes" in cnn and _has_red(_image(board, f"mnist/{CNN_RUN}", "test/mistakes"))
-    matrix = _image(board, f"mnist/{CNN_RUN}", "test/confusion_matrix")
+    assert "mistakes" in cnn_test and _has_red(_image(board, f"mnist/{CNN_RUN}/test", "mistakes"))
+    matrix = _image(board, f"mnist/{CNN_RUN}/test", "confusion_matrix")
     assert matrix.width > 10 * 30 and matrix.height > 10 * 30
 
 
@@ -235,10 +236,12 @@ def test_hparams_compare_runs_of_different_families(runs, board):
     infos = {info["name"]: info for info in experiment["hparamInfos"]}
     assert sorted(infos["family"]["domainDiscrete"]) == ["cnn", "mlp"] and infos["family"]["differs"]
     assert {"filters", "units", "learning_rate", "batch_size", "dropout", "seed"} <= set(infos)
-    metrics = {(m["name"].get("group", ""), m["name"]["tag"]) for m in experiment["metricInfos"]}
-    # The columns a tuner trial shares (validation epoch_accuracy) and the runs' final test ones.
-    assert {("validation", "epoch_accuracy"), ("validation", "epoch_loss"), ("", "test/accuracy"),
-            ("", "test/loss")} <= metrics
+    metrics = [(m["name"].get("group", ""), m["name"]["tag"]) for m in experiment["metricInfos"]]
+    # The columns a tuner trial shares (validation epoch_accuracy) and the runs' final test ones;
+    # the HParams page shows the first five metrics until the user picks others.
+    assert {("validation", "epoch_accuracy"), ("validation", "epoch_loss"), ("test", "epoch_accuracy"),
+            ("test", "epoch_loss")} <= set(metrics)
+    assert {("test", "epoch_accuracy"), ("validation", "epoch_accuracy")} <= set(metrics[:5]), metrics
 
     groups = board.json("/data/plugin/hparams/session_groups", body=SESSION_GROUPS_QUERY)["sessionGroups"]
     rows = {g["name"]: g for g in groups}
@@ -250,9 +253,11 @@ def test_hparams_compare_runs_of_different_families(runs, board):
     assert cnn["hparams"]["learning_rate"] != mlp["hparams"]["learning_rate"]
     for row, metadata in ((cnn, runs.cnn_metadata), (mlp, runs.mlp_metadata)):
         values = {(m["name"].get("group", ""), m["name"]["tag"]): m["value"] for m in row["metricValues"]}
-        assert values[("", "test/accuracy")] == pytest.approx(metadata["metrics"]["test"]["accuracy"], abs=1e-6)
-        assert values[("", "validation/loss")] == pytest.approx(metadata["metrics"]["validation"]["loss"], rel=1e-5)
-        assert 0 < values[("validation", "epoch_accuracy")] <= 1
+        assert values[("test", "epoch_accuracy")] == pytest.approx(metadata["metrics"]["test"]["accuracy"], abs=1e-6)
+        assert values[("test", "epoch_loss")] == pytest.approx(metadata["metrics"]["test"]["loss"], rel=1e-5)
+        # One epoch, so Keras's last validation figure is the exported model's.
+        assert values[("validation", "epoch_accuracy")] == pytest.approx(
+            metadata["metrics"]["validation"]["accuracy"], abs=1e-6)
 
 
 def test_profile_plugin_lists_the_trace(board):

@@ -2,12 +2,16 @@
 
 Layout of one run, `<logdir>/<dataset>/<run-id>/`:
 
-    train/, validation/   Keras's TensorBoard callback: epoch scalars (loss, accuracy,
-                          learning rate), the graph, weight histograms, profiler traces
-    (the run folder)      this module: the HParams session (the run's hyperparameters),
-                          final scalars test/* and validation/* of the exported model,
-                          images (sample predictions, mistakes, confusion matrix) and a
-                          Markdown run summary
+    train/, validation/   Keras's TensorBoard callback: epoch scalars (epoch_loss,
+                          epoch_accuracy, epoch_learning_rate), the graph, weight
+                          histograms, profiler traces (train/plugins/profile/)
+    test/                 this module, at the end: the exported model's epoch_accuracy and
+                          epoch_loss on the test split (Keras's tag names, so the Scalars
+                          charts show test next to train and validation), and images:
+                          predictions, mistakes, confusion_matrix
+    validation/           also, with --image-freq N, the same images every N epochs
+    (the run folder)      the HParams session (the run's hyperparameters) and a Markdown
+                          run summary (text tag run_summary)
     trials/<id>/...       a tuner's trials, each its own HParams session (KerasTuner adds
                           one per trial under the TensorBoard callback's log dir)
 
@@ -16,8 +20,9 @@ HParams: every run is a session (`hp.hparams` in the run folder). No experiment 
 then ignores hyperparameters it does not declare, so runs of different families (each with
 its own hyperparameters) and tuner trials could not share one table. Without it, TensorBoard
 builds the experiment from all sessions: the union of their hyperparameters, and as metrics
-every scalar tag under a session, named by (group = sub-folder, tag). A run and a trial
-therefore share the column (validation, epoch_accuracy); runs also have ("", test/accuracy).
+every scalar tag under a session, named (group = sub-folder, tag) and sorted by tag. A run
+and a trial therefore share the column validation.epoch_accuracy; runs add test.epoch_accuracy
+and test.epoch_loss, which sort among the first five metrics the dashboard shows by default.
 """
 
 from __future__ import annotations
@@ -160,24 +165,24 @@ def _write_image(tag: str, image: np.ndarray, step: int, description: str) -> No
     tf.summary.image(tag, image[np.newaxis], step=step, description=description)
 
 
-def write_prediction_images(prefix, images, labels, predictions, class_names, step) -> None:
-    """`<prefix>/predictions` (a fixed sample: the same images every time, so epochs and runs
-    compare), `<prefix>/mistakes` (the first misclassified ones) and `<prefix>/confusion_matrix`.
-    Needs a default summary writer."""
+def write_prediction_images(split, images, labels, predictions, class_names, step) -> None:
+    """`predictions` (a fixed sample: the same images every time, so epochs and runs compare),
+    `mistakes` (the first misclassified ones) and `confusion_matrix`, to the default writer
+    (the split's own folder, so the tags are the same for every split)."""
     sample = slice(0, min(SAMPLE_IMAGES, len(images)))
-    _write_image(f"{prefix}/predictions",
+    _write_image("predictions",
                  prediction_grid(images[sample], labels[sample], predictions[sample], class_names),
-                 step, f"The first {SAMPLE_IMAGES} {prefix} images: predicted and true class; mistakes in red.")
+                 step, f"The first {SAMPLE_IMAGES} {split} images: predicted and true class; mistakes in red.")
     wrong = np.flatnonzero(predictions != labels)[:SAMPLE_IMAGES]
     if len(wrong):
-        _write_image(f"{prefix}/mistakes",
+        _write_image("mistakes",
                      prediction_grid(images[wrong], labels[wrong], predictions[wrong], class_names),
-                     step, f"The first {len(wrong)} misclassified {prefix} images.")
+                     step, f"The first {len(wrong)} misclassified {split} images.")
     num_classes = len(class_names)
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (labels, predictions), 1)
-    _write_image(f"{prefix}/confusion_matrix", confusion_matrix_image(matrix, class_names), step,
-                 f"Confusion matrix on the {len(labels):,} {prefix} images: rows true, columns predicted.")
+    _write_image("confusion_matrix", confusion_matrix_image(matrix, class_names), step,
+                 f"Confusion matrix on the {len(labels):,} {split} images: rows true, columns predicted.")
 
 
 class PredictionImages(keras.callbacks.Callback):
@@ -186,10 +191,10 @@ class PredictionImages(keras.callbacks.Callback):
     Validation, not test, during training: the test split stays unseen until the end.
     """
 
-    def __init__(self, writer, validation: tf.data.Dataset, class_names, freq: int):
+    def __init__(self, logdir: Path, validation: tf.data.Dataset, class_names, freq: int):
         super().__init__()
-        self._writer, self._validation, self._class_names, self._freq = writer, validation, class_names, freq
-        self._data = None
+        self._logdir, self._validation, self._class_names, self._freq = logdir, validation, class_names, freq
+        self._writer = self._data = None
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self._freq:
@@ -198,11 +203,17 @@ class PredictionImages(keras.callbacks.Callback):
             from tfpipeline.evaluation import collect
 
             self._data = collect(self._validation)
+            # Beside Keras's own validation event file: TensorBoard reads every file in a run folder.
+            self._writer = tf.summary.create_file_writer(str(self._logdir / "validation"))
         images, labels = self._data
         with self._writer.as_default():
             write_prediction_images("validation", images, labels, _predict(self.model, images),
                                     self._class_names, step=epoch)
         self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
 
 
 # --- text -----------------------------------------------------------------------------
@@ -312,17 +323,19 @@ class RunLog:
     def callbacks(self, validation: tf.data.Dataset) -> list[keras.callbacks.Callback]:
         if not self.config.image_freq:
             return []
-        return [PredictionImages(self.writer, validation, self.class_names, self.config.image_freq)]
+        return [PredictionImages(self.logdir, validation, self.class_names, self.config.image_freq)]
 
     def finish(self, model: keras.Model, test_images, test_labels, metadata: dict, export_path) -> None:
         step = max(0, metadata["training"]["epochs_run"] - 1)  # the last epoch, as Keras counts
-        metrics = metadata["metrics"]
-        with self.writer.as_default():
-            # Of the exported model: the HParams table's final columns.
-            for split in ("test", "validation"):
-                for name in ("accuracy", "loss"):
-                    tf.summary.scalar(f"{split}/{name}", metrics[split][name], step=step)
+        test = metadata["metrics"]["test"]
+        test_writer = tf.summary.create_file_writer(str(self.logdir / "test"))
+        with test_writer.as_default():
+            # The exported model on the test split, as one more point at the last epoch.
+            tf.summary.scalar("epoch_accuracy", test["accuracy"], step=step)
+            tf.summary.scalar("epoch_loss", test["loss"], step=step)
             write_prediction_images("test", test_images, test_labels, _predict(model, test_images),
                                     self.class_names, step=step)
+        test_writer.close()
+        with self.writer.as_default():
             tf.summary.text("run_summary", run_summary(self.config, metadata, export_path), step=step)
         self.writer.close()
