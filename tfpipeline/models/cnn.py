@@ -9,18 +9,22 @@ import keras
 from tfpipeline.models.layers import image_inputs
 
 
+# Defaults measured on MNIST on a 2-core CPU (README, "Results"): batch norm and a small
+# dense head buy ~0.3 points of test accuracy over the plain Keras convnet for ~1.5x the
+# compute per image; "valid" padding keeps the maps small. Padding "same", bfloat16 and
+# XLA were all slower here.
 @dataclasses.dataclass
 class Hyperparams:
     filters: tuple[int, ...] = (32, 64)  # one conv block per entry, each halving the resolution
     convs_per_block: int = 1
     kernel_size: int = 3
     padding: str = "valid"  # "valid" shrinks each map by kernel_size-1: less compute than "same"
-    batch_norm: bool = False
+    batch_norm: bool = True
     dropout: float = 0.3
-    dense_units: int = 0  # 0: straight from the last block to the logits
+    dense_units: int = 128  # 0: straight from the last block to the logits
     augment: float = 0.0  # max random shift, as a fraction of the image size; 0 disables
     learning_rate: float = 3e-3
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 128
 
 
