@@ -177,7 +177,9 @@ def summary(result) -> str:
 
 
 def fail(message: str, code: int) -> int:
-    print(textwrap.fill(f"error: {message}", width=100), file=sys.stderr)
+    # Never break inside a word: paths (pytest-of-root, my-data/...) must stay copyable.
+    print(textwrap.fill(f"error: {message}", width=100, break_on_hyphens=False, break_long_words=False),
+          file=sys.stderr)
     return code
 
 
