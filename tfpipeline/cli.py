@@ -114,7 +114,7 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
     how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
     how.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
                      help="share of the TFDS train split held out for validation (default: 0.1)")
-    how.add_argument("--quick", action="store_true", help="small subset and one epoch: a smoke test in seconds")
+    how.add_argument("--quick", action="store_true", help="small subset and one epoch (unless --epochs): a smoke test in seconds")
     where = parser.add_argument_group("where things go")
     where.add_argument("--data-dir", help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
     where.add_argument("--manual-dir", help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")

@@ -87,7 +87,7 @@ def family_hyperparams(config: PipelineConfig):
         if getattr(config, key) is not None:
             overrides[key] = getattr(config, key)
     hp = models.hyperparams(config.model, overrides)
-    if config.quick:
+    if config.quick and config.epochs is None:  # an explicit --epochs still counts (e.g. resume tests)
         hp = dataclasses.replace(hp, epochs=1)
     return hp
 
