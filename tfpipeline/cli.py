@@ -108,13 +108,26 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
     )
     how = parser.add_argument_group("how to train (default: the family's own settings)")
     how.add_argument("--epochs", type=positive_int, help="number of epochs")
-    how.add_argument("--batch-size", type=positive_int, help="batch size")
+    how.add_argument("--batch-size", type=positive_int,
+                     help="batch size per replica; each step trains on this x replicas (the global batch)")
     how.add_argument("--learning-rate", type=positive_float, help="peak learning rate (warmup, then cosine decay)")
     how.add_argument("--seed", type=int, default=42, help="seed for weights and data order (default: 42)")
     how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
     how.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
                      help="share of the TFDS train split held out for validation (default: 0.1)")
     how.add_argument("--quick", action="store_true", help="small subset and one epoch (unless --epochs): a smoke test in seconds")
+    dist = parser.add_argument_group(
+        "distribution (tf.distribute)",
+        "Several workers: start the same command on each machine with TF_CONFIG naming them all "
+        "(Kubeflow TFJob and Vertex AI set it); see the README on distributed training.",
+    )
+    dist.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multi_worker"],
+                      help="auto (default): multi_worker when TF_CONFIG names several workers, else mirrored "
+                           "when several GPUs (or --cpu-devices N > 1) are there, else default (one device)")
+    dist.add_argument("--cpu-devices", type=positive_int, metavar="N",
+                      help="split the CPU into N logical devices, so mirrored trains N replicas without GPUs")
+    dist.add_argument("--lr-scaling", default="linear", choices=["linear", "sqrt", "none"],
+                      help="peak learning rate x replicas (linear, default), x sqrt(replicas), or unchanged")
     where = parser.add_argument_group("where things go")
     where.add_argument("--data-dir", help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
     where.add_argument("--manual-dir", help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")
@@ -157,6 +170,9 @@ def config_from_args(args: argparse.Namespace):
         histogram_freq=args.histogram_freq,
         image_freq=args.image_freq,
         profile_batches=args.profile_batches,
+        strategy=args.strategy,
+        cpu_devices=args.cpu_devices,
+        lr_scaling=args.lr_scaling,
     )
 
 
@@ -174,6 +190,13 @@ def summary(result) -> str:
           inspect it      tensorboard --logdir {result.logdir.parent}
           serve it        python -m tfpipeline.serve --model-name {result.metadata['dataset']['name']} --model-base-path {result.export_path.parent}"""
     )
+
+
+def worker_summary(result) -> str:
+    """A multi-worker run's other workers train but leave evaluation and export to the chief."""
+    dist = result.metadata["distribution"]
+    return (f"\nDone: {dist['worker']} of {dist['workers']} finished training; the chief evaluates "
+            "and exports the model.")
 
 
 def fail(message: str, code: int) -> int:
@@ -209,5 +232,5 @@ def main(argv: list[str] | None = None, dataset: str = "mnist") -> int:
             "resume from the last finished epoch.",
             EXIT_INTERRUPTED,
         )
-    print(summary(result))
+    print(summary(result) if result.export_path is not None else worker_summary(result))
     return 0

@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfpipeline import data as data_lib
-from tfpipeline import evaluation, export, models, tensorboard_logs, training
+from tfpipeline import distribute, evaluation, export, models, multiworker, tensorboard_logs, training
 from tfpipeline.errors import UserError
 
 
@@ -51,6 +51,10 @@ class PipelineConfig:
     histogram_freq: int = 1  # weight histograms every N epochs; 0: none
     image_freq: int = 0  # validation prediction images every N epochs; 0: only the test images at the end
     profile_batches: tuple[int, int] | None = None  # trace training batches START..END (1-based)
+    # Distribution (see tfpipeline/distribute.py); batch_size is per replica.
+    strategy: str = "auto"  # auto, default, mirrored or multi_worker
+    cpu_devices: int | None = None  # split the host CPU into N logical devices (for mirrored)
+    lr_scaling: str = "linear"  # how the peak learning rate grows with the replicas
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -64,6 +68,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or a positive whole number, got {value}.")
+        if self.cpu_devices is not None and (not isinstance(self.cpu_devices, int) or self.cpu_devices <= 0):
+            raise UserError(f"--cpu-devices must be a positive whole number, got {self.cpu_devices}.")
         if self.profile_batches:
             try:
                 tensorboard_logs.check_batch_range(self.profile_batches)
@@ -74,8 +80,8 @@ class PipelineConfig:
 @dataclasses.dataclass
 class PipelineResult:
     run_id: str
-    export_path: Path
-    metadata_path: Path
+    export_path: Path | None  # None on a worker that is not the chief: it exports nothing
+    metadata_path: Path | None
     logdir: Path
     test_accuracy: float
     metadata: dict
@@ -92,7 +98,7 @@ def family_hyperparams(config: PipelineConfig):
     return hp
 
 
-def _config_key(config: PipelineConfig, hp) -> str:
+def _config_key(config: PipelineConfig, hp, dist: distribute.Distribution | None = None) -> str:
     """Identifies "the same command" so a re-run after a crash finds its backup."""
     identity = {
         "dataset": config.dataset,
@@ -102,6 +108,8 @@ def _config_key(config: PipelineConfig, hp) -> str:
         "quick": config.quick,
         "validation_fraction": config.validation_fraction,
     }
+    if dist is not None and dist.kind != "default":  # another global batch: another run
+        identity["distribution"] = dist.identity()
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return f"{config.model}-{digest[:10]}"
 
@@ -147,7 +155,11 @@ def run(config: PipelineConfig) -> PipelineResult:
     started_at = dt.datetime.now(dt.timezone.utc)
     config.validate()
     hp = family_hyperparams(config)
-    export_base = export.ensure_writable(Path(config.export_dir) / config.dataset)
+    # Before anything else touches TensorFlow: --cpu-devices and MultiWorkerMirrored must.
+    dist = distribute.setup(config.strategy, cpu_devices=config.cpu_devices, lr_scaling=config.lr_scaling)
+    print(dist.describe(hp.batch_size, hp.learning_rate), flush=True)
+    # dist.writable: the real path on the chief (or alone), a temporary one on other workers.
+    export_base = export.ensure_writable(dist.writable(Path(config.export_dir) / config.dataset))
 
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: same weights, same order
     if config.deterministic:
@@ -164,32 +176,51 @@ def run(config: PipelineConfig) -> PipelineResult:
 
     def pipeline(ds, training_split):
         # Data order is always deterministic (cheap here); --deterministic adds op determinism.
-        return data_lib.make_pipeline(ds, batch_size=hp.batch_size, training=training_split, seed=config.seed)
+        # Batches of the global batch size; a strategy splits each among its replicas.
+        return data_lib.make_pipeline(
+            ds, batch_size=dist.global_batch(hp.batch_size), training=training_split, seed=config.seed
+        )
 
     train_ds = pipeline(datasets.train, True)
     val_ds = pipeline(datasets.validation, False)
     test_images, test_labels = evaluation.collect(pipeline(datasets.test, False))
 
-    state_dir = Path(config.work_dir) / config.dataset / _config_key(config, hp)
+    state_dir = dist.writable(Path(config.work_dir) / config.dataset / _config_key(config, hp, dist))
     run_id, resumed = _run_id(config, state_dir)
-    logdir = Path(config.logdir) / config.dataset / run_id
+    logdir = dist.writable(Path(config.logdir) / config.dataset / run_id)
     if resumed:
         print(f"Resuming interrupted run {run_id} from its last saved epoch ({state_dir / 'backup'}).")
 
-    model = models.build(config.model, spec.input_shape, spec.num_classes, hp)
+    # Global batch and scaled learning rate: steps per epoch and the schedule follow from them.
+    global_hp = dataclasses.replace(
+        hp, batch_size=dist.global_batch(hp.batch_size), learning_rate=dist.learning_rate(hp.learning_rate)
+    )
     settings = training.settings_for(
-        hp, spec.num_examples["train"], verbose=config.verbose,
+        global_hp, spec.num_examples["train"], verbose=config.verbose,
         histogram_freq=config.histogram_freq, profile_batches=config.profile_batches,
     )
+    with dist.strategy.scope():  # model, optimizer and metric variables: one copy per replica
+        model = models.build(config.model, spec.input_shape, spec.num_classes, hp)
+        training.compile_model(model, settings)
     # HParams session now (a failed run still gets its row); images and summary at the end.
     run_log = tensorboard_logs.RunLog(
         logdir, config, hp, model, spec.class_names, settings.epochs * settings.steps_per_epoch
     )
-    history = training.fit(
+    fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
+    history = fit(
         model, train_ds, val_ds, settings, logdir=logdir, backup_dir=state_dir / "backup",
         extra_callbacks=run_log.callbacks(val_ds),
     )
     epochs_run = training.epochs_completed(history)
+    if dist.kind == "multi_worker":
+        # Evaluate and export a single-device copy: it runs on this machine alone, with no
+        # collective the other workers would have to join (reading the weights is the last).
+        model = distribute.local_copy(model)
+    weights_sha256 = distribute.weights_digest(model)
+    print(f"Final weights sha256 {weights_sha256}", flush=True)
+    if not dist.is_chief:
+        return PipelineResult(run_id, None, None, logdir, float("nan"), {"distribution": dist.to_json(
+            hp.batch_size, hp.learning_rate) | {"weights_sha256": weights_sha256, "worker": dist.worker_name}})
 
     val_images, val_labels = evaluation.collect(val_ds)
     val_eval = evaluation.evaluate(model, val_images, val_labels, spec.class_names)
@@ -207,6 +238,7 @@ def run(config: PipelineConfig) -> PipelineResult:
                      "steps_per_epoch": settings.steps_per_epoch, "seed": config.seed,
                      "deterministic": config.deterministic, "quick": config.quick,
                      "resumed": resumed},
+        "distribution": {**dist.to_json(hp.batch_size, hp.learning_rate), "weights_sha256": weights_sha256},
         "metrics": {
             "validation": {"accuracy": val_eval.accuracy, "loss": val_eval.loss},
             "test": {"accuracy": test_eval.accuracy, "loss": test_eval.loss,

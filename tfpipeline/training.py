@@ -95,7 +95,10 @@ def make_callbacks(
     if backup_dir is not None:
         # Saves model, optimizer (and so the schedule's step) and epoch after every epoch;
         # deleted when training finishes, so only an interrupted run leaves it behind.
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+        # double_checkpoint: a kill in the middle of writing the weights leaves the previous
+        # epoch's copy, which the restore falls back to, instead of an unreadable backup.
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True))
+        callbacks.append(_ResumeReport(backup_dir, settings.epochs))
     if settings.early_stopping_patience:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -168,3 +171,27 @@ class _NaNWatch(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)) and self.bad_batch is None:
             self.bad_batch = batch
+
+
+def resume_message(initial_epoch: int, epochs: int, source) -> str:
+    """The line a resumed run prints, whichever strategy trains it."""
+    return (
+        f"Resuming training from epoch {initial_epoch + 1}/{epochs}: {initial_epoch} finished "
+        f"epoch{'s' if initial_epoch != 1 else ''} restored from {source}."
+    )
+
+
+class _ResumeReport(keras.callbacks.Callback):
+    """Says from which epoch a run resumed (BackupAndRestore does it silently).
+
+    Placed after BackupAndRestore, which has restored the state by the first epoch's start.
+    """
+
+    def __init__(self, backup_dir, epochs: int):
+        super().__init__()
+        self.backup_dir, self.epochs, self.reported = backup_dir, epochs, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self.reported and epoch > 0:
+            print(resume_message(epoch, self.epochs, self.backup_dir), flush=True)
+        self.reported = True

@@ -1,0 +1,310 @@
+"""Distribution strategies end to end: real processes, real ports, real SIGKILLs.
+
+Tiny runs (quick mode: 3,000 training images; a 32-unit MLP) so the whole file stays within
+a few minutes on two cores. Two-worker runs are two `python -m pipelines.mnist` processes on
+127.0.0.1 with TF_CONFIG on free ports, each in its own folder and its own TMPDIR (as on
+two machines): they share nothing but the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+from tfpipeline import distribute
+from tfpipeline.errors import UserError
+
+TINY = ["--quick", "--model", "mlp", "--hparam", "units=32", "--histogram-freq", "0"]
+DIGEST = re.compile(r"Final weights sha256 ([0-9a-f]{64})")
+RESUMED = re.compile(r"Resuming training from epoch (\d+)/(\d+)")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def free_ports(n: int) -> list[int]:
+    """Ports the OS says are free on 127.0.0.1 (all bound at once, so they differ)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+class Process:
+    """`python -m pipelines.mnist ARGS` in the background, its output collected line by line."""
+
+    def __init__(self, args, cwd: Path, env: dict):
+        cwd.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "pipelines.mnist", *args],
+            cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output[-3000:]}") from None
+            if line is None:
+                raise AssertionError(f"exited before {pattern!r}:\n{self.output[-3000:]}")
+            if re.search(pattern, line):
+                return
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+    def finish(self, timeout: float = 300) -> str:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        deadline = time.monotonic() + 10
+        while self._queue.get(timeout=max(0.0, deadline - time.monotonic())) is not None:
+            pass
+        assert self.proc.returncode == 0, self.output[-4000:]
+        return self.output
+
+
+def start_workers(base: Path, args, env: dict, n: int = 2) -> list[Process]:
+    """n workers, each in its own folder with its own TMPDIR (to see what it leaves behind)."""
+    ports = free_ports(n)
+    workers = []
+    for i in range(n):
+        tmp = base / f"tmp{i}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        workers.append(Process(args, base / f"worker{i}", {**env, "TF_CONFIG": tf_config(ports, i), "TMPDIR": str(tmp)}))
+    return workers
+
+
+def exported_versions(cwd: Path) -> list[str]:
+    base = cwd / "exported" / "mnist"
+    return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+
+
+def metadata(cwd: Path, version: str = "1") -> dict:
+    return json.loads((cwd / "exported" / "mnist" / version / "metadata.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def env(manual_dir, data_dir):
+    return {"TFPIPELINE_MANUAL_DIR": str(manual_dir), "TFDS_DATA_DIR": data_dir}
+
+
+# --- strategy selection (no processes) -------------------------------------------------------
+
+def cluster(n: int, index: int = 0) -> distribute.ClusterInfo:
+    return distribute.parse_tf_config(tf_config([2000 + i for i in range(n)], index))
+
+
+def test_auto_without_tf_config_is_one_device():
+    assert distribute.parse_tf_config(None) is None and distribute.parse_tf_config("") is None
+    assert distribute.resolve("auto", None, gpus=0) == "default"
+    assert distribute.resolve("auto", None, gpus=1) == "default"
+    assert distribute.resolve("auto", None, gpus=2) == "mirrored"
+    assert distribute.resolve("auto", None, gpus=0, cpu_devices=2) == "mirrored"
+
+
+def test_auto_with_tf_config_is_multi_worker():
+    assert distribute.resolve("auto", cluster(2), gpus=0) == "multi_worker"
+    assert distribute.resolve("auto", cluster(3, 2), gpus=2) == "multi_worker"
+    # A one-worker cluster is one machine: the local rule applies.
+    assert distribute.resolve("auto", cluster(1), gpus=0) == "default"
+    # An explicit choice wins.
+    assert distribute.resolve("mirrored", cluster(2), gpus=0) == "mirrored"
+    assert distribute.resolve("default", cluster(2), gpus=0) == "default"
+
+
+def test_tf_config_roles():
+    assert cluster(2, 0).is_chief and not cluster(2, 1).is_chief and cluster(2, 1).workers == 2
+    with_chief = distribute.parse_tf_config(json.dumps(
+        {"cluster": {"chief": ["a:1"], "worker": ["b:2", "c:3"]}, "task": {"type": "worker", "index": 0}}))
+    assert with_chief.workers == 3 and not with_chief.is_chief  # the separate chief is the chief
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("{not json", "not valid JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', 'no "cluster"'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', 'no "task"'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "task index 2"),
+    ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
+    ('{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, "task": {"type": "worker", "index": 0}}', "ParameterServerStrategy"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "evaluator", "index": 0}}', "not supported"),
+])
+def test_bad_tf_config_is_explained(text, phrase):
+    with pytest.raises(UserError, match=re.escape(phrase)) as info:
+        distribute.parse_tf_config(text)
+    assert "TF_CONFIG=" in str(info.value)  # shows what a good one looks like
+
+
+def test_multi_worker_without_tf_config_is_explained():
+    with pytest.raises(UserError, match="needs the TF_CONFIG"):
+        distribute.resolve("multi_worker", None, gpus=0)
+
+
+def test_learning_rate_scaling():
+    assert distribute.scale_learning_rate(1e-3, 4) == pytest.approx(4e-3)
+    assert distribute.scale_learning_rate(1e-3, 4, "sqrt") == pytest.approx(2e-3)
+    assert distribute.scale_learning_rate(1e-3, 4, "none") == pytest.approx(1e-3)
+
+
+def test_cpu_devices_too_late_is_explained():
+    import tensorflow as tf
+
+    tf.config.list_logical_devices()  # initializes the devices, as any TF work would
+    with pytest.raises(UserError, match="before TensorFlow initializes its devices"):
+        distribute.split_cpu(len(tf.config.list_logical_devices("CPU")) + 1)
+
+
+# --- mirrored over 2 CPU devices --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mirrored_and_default(tmp_path_factory, env):
+    """The same tiny training on one device and mirrored over two logical CPU devices."""
+    args = TINY + ["--epochs", "3", "--batch-size", "32"]
+    cwd = tmp_path_factory.mktemp("mirrored")
+    (cwd / "default").mkdir()
+    (cwd / "mirror").mkdir()
+    single = run_cli(*args, "--strategy", "default", cwd=cwd / "default", env=env)
+    mirrored = run_cli(*args, "--strategy", "mirrored", "--cpu-devices", "2", cwd=cwd / "mirror", env=env)
+    return cwd, single, mirrored
+
+
+def test_mirrored_trains_two_replicas_and_exports(mirrored_and_default):
+    cwd, single, mirrored = mirrored_and_default
+    assert mirrored.returncode == 0, mirrored.stdout[-3000:] + mirrored.stderr[-3000:]
+    assert "Strategy mirrored (2 local replicas): global batch 64 = 32 per replica x 2" in mirrored.stdout
+    meta = metadata(cwd / "mirror")
+    dist = meta["distribution"]
+    assert (dist["strategy"], dist["replicas"], dist["workers"], dist["global_batch_size"]) == ("mirrored", 2, 1, 64)
+    assert dist["effective_learning_rate"] == pytest.approx(2 * dist["base_learning_rate"])
+    assert meta["training"]["epochs_run"] == 3
+    assert meta["training"]["steps_per_epoch"] == -(-3000 // 64)  # global batches
+    assert meta["export"]["verified_test_accuracy"] == meta["metrics"]["test"]["accuracy"]
+    logdir = cwd / "mirror" / meta["run"]["logdir"]
+    assert (logdir / "train").is_dir() and (logdir / "validation").is_dir()
+
+
+def test_mirrored_reaches_the_single_device_accuracy(mirrored_and_default):
+    cwd, single, mirrored = mirrored_and_default
+    assert single.returncode == 0 and mirrored.returncode == 0
+    one = metadata(cwd / "default")
+    two = metadata(cwd / "mirror")
+    assert one["distribution"]["strategy"] == "default" and one["distribution"]["global_batch_size"] == 32
+    a, b = one["metrics"]["test"]["accuracy"], two["metrics"]["test"]["accuracy"]
+    assert a > 0.85 and b > 0.85
+    assert abs(a - b) < 0.03, (a, b)
+
+
+# --- two workers -------------------------------------------------------------------------------
+
+def test_two_workers_train_identically_and_only_the_chief_exports(tmp_path, env):
+    # No --strategy: auto must pick multi_worker because TF_CONFIG names two workers.
+    workers = start_workers(tmp_path, TINY + ["--epochs", "2", "--batch-size", "32"], env)
+    chief, other = (w.finish() for w in workers)
+    assert "Strategy multi_worker (2 workers, 2 replicas in all; this is worker 0 (chief))" in chief
+    digests = [DIGEST.search(out).group(1) for out in (chief, other)]
+    assert digests[0] == digests[1], "the workers ended with different weights"
+    assert "the chief evaluates and exports" in other
+
+    assert exported_versions(tmp_path / "worker0") == ["1"]
+    meta = metadata(tmp_path / "worker0")
+    assert meta["distribution"]["weights_sha256"] == digests[0]
+    assert (meta["distribution"]["strategy"], meta["distribution"]["workers"],
+            meta["distribution"]["global_batch_size"]) == ("multi_worker", 2, 64)
+    assert meta["export"]["verified_test_accuracy"] == meta["metrics"]["test"]["accuracy"] > 0.8
+    assert meta["training"]["epochs_run"] == 2
+    logdir = tmp_path / "worker0" / meta["run"]["logdir"]
+    assert (logdir / "train").is_dir() and (logdir / "validation").is_dir()
+    # The other worker wrote into a temporary folder only, and removed it.
+    assert sorted(p.name for p in (tmp_path / "worker1").iterdir()) == []
+    assert list((tmp_path / "tmp1").iterdir()) == []
+    # Training finished, so no backup is left to resume from.
+    assert not list((tmp_path / "worker0" / "work").glob("mnist/*/backup"))
+
+
+# --- SIGKILL and resume ------------------------------------------------------------------------
+
+def check_resumed(output: str, epochs: int) -> int:
+    match = RESUMED.search(output)
+    assert match, output[-3000:]
+    start = int(match.group(1))
+    assert int(match.group(2)) == epochs and 3 <= start <= epochs, match.group(0)
+    # Only the epochs left ran after the restart.
+    assert f"Epoch {start - 1}/{epochs}" not in output and f"Epoch {epochs}/{epochs}" in output
+    return start
+
+
+def test_single_device_run_killed_and_rerun_resumes(tmp_path, env):
+    args = TINY + ["--epochs", "5", "--batch-size", "16", "--strategy", "default"]
+    first = Process(args, tmp_path, env)
+    first.wait_for(r"^Epoch 3/5")  # epoch 2 ended, so its backup is written
+    first.kill()
+    assert exported_versions(tmp_path) == [] and (list((tmp_path / "work").glob("mnist/*/backup")))
+
+    second = Process(args, tmp_path, env)
+    output = second.finish()
+    check_resumed(output, 5)
+    assert "Resuming interrupted run" in output
+    assert exported_versions(tmp_path) == ["1"]  # no half-written or temporary version
+    meta = metadata(tmp_path)
+    assert meta["training"]["epochs_run"] == 5 and meta["training"]["resumed"] is True
+    assert not list((tmp_path / "work").glob("mnist/*/backup"))
+
+
+def test_two_workers_killed_and_rerun_resume(tmp_path, env):
+    args = TINY + ["--epochs", "5", "--batch-size", "16"]
+    workers = start_workers(tmp_path, args, env)
+    workers[0].wait_for(r"^Epoch 3/5")
+    for worker in workers:  # the whole job is preempted
+        worker.kill()
+    assert exported_versions(tmp_path / "worker0") == []
+    assert list((tmp_path / "worker0" / "work").glob("mnist/*/backup/checkpoint"))
+
+    # The same command again (on fresh ports, as a rescheduled job would get).
+    outputs = [w.finish() for w in start_workers(tmp_path, args, env)]
+    starts = {check_resumed(out, 5) for out in outputs}
+    assert len(starts) == 1, "the workers resumed from different epochs"
+    digests = {DIGEST.search(out).group(1) for out in outputs}
+    assert len(digests) == 1, "the workers ended with different weights"
+    assert exported_versions(tmp_path / "worker0") == ["1"]
+    assert exported_versions(tmp_path / "worker1") == []
+    meta = metadata(tmp_path / "worker0")
+    assert meta["training"]["epochs_run"] == 5 and meta["distribution"]["weights_sha256"] in digests

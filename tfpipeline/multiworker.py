@@ -1,0 +1,196 @@
+"""Training under MultiWorkerMirroredStrategy without `model.fit`: a contained workaround.
+
+Keras 3's `model.fit` is broken under `tf.distribute.MultiWorkerMirroredStrategy`:
+https://github.com/keras-team/keras/issues/20585 (open for Keras 3.15). With two workers it
+fails in `_maybe_symbolic_build` (a `strategy.reduce` over the data batch) and, past that,
+in the reduction of the metric logs across replicas. The per-step work itself is fine, so
+this module replaces only fit's driver loop and keeps everything else Keras's own:
+
+* the same compiled model: `model.train_step` / `model.test_step` run under `strategy.run`
+  on batches from `strategy.experimental_distribute_dataset`, so the loss (each replica's
+  mean divided by the number of replicas, i.e. scaled to the global batch), the optimizer
+  with its warmup + cosine schedule, the gradient all-reduce and the metrics are exactly
+  what `fit` uses;
+* the same callbacks (`training.make_callbacks`: TensorBoard with the learning rate in
+  `<logdir>/train` and `<logdir>/validation`, EarlyStopping on val_accuracy,
+  TerminateOnNaN, Keras's progress bar), driven through a `keras.callbacks.CallbackList`
+  with the calls `fit` makes;
+* resume: BackupAndRestore knows nothing about workers, so a `tf.train.CheckpointManager`
+  saves model, optimizer (hence the schedule's step) and the finished-epoch count after
+  every epoch, and a re-run continues from there.
+
+When the issue is fixed, delete this module and its one call in `pipeline.run`;
+`training.fit` then serves every strategy. (Keep `Distribution.writable`: the chief-only
+writing rule is TensorFlow's, not a Keras bug.)
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from tfpipeline import training
+
+
+def fit(
+    model: keras.Model,
+    train: tf.data.Dataset,
+    validation: tf.data.Dataset | None,
+    settings: training.TrainSettings,
+    *,
+    logdir: str | Path | None = None,
+    backup_dir: str | Path | None = None,
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+) -> keras.callbacks.History:
+    """`training.fit` for a model created under a MultiWorkerMirroredStrategy scope.
+
+    Every worker calls this with its own `logdir` and `backup_dir` (the real ones on the
+    chief, temporary ones elsewhere: see `Distribution.writable`) and the same global-batch
+    datasets; each worker reads only its shard of every batch (auto-shard policy DATA).
+    """
+    strategy = model.distribute_strategy
+    with strategy.scope():
+        if not model.compiled:
+            training.compile_model(model, settings)
+        # Create the optimizer's variables now so a checkpoint restores into them at once.
+        model.optimizer.build(model.trainable_variables)
+        epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epochs_done=epochs_done)
+    manager = None
+    if backup_dir is not None:
+        manager = tf.train.CheckpointManager(checkpoint, str(backup_dir), max_to_keep=1)
+        if manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    # Only the chief's checkpoint is real (the others wrote theirs to temporary folders that
+    # are gone), so every worker takes the state of the first replica, which is on the chief.
+    # This also means resuming needs no storage shared between the machines.
+    _sync(strategy, model.variables + model.optimizer.variables + [epochs_done], average=False)
+    initial_epoch = int(epochs_done.numpy())
+    if initial_epoch:
+        source = backup_dir if manager is not None and manager.latest_checkpoint else "the chief's checkpoint"
+        print(training.resume_message(initial_epoch, settings.epochs, source), flush=True)
+
+    verbose = training.default_verbosity() if settings.verbose is None else settings.verbose
+    callbacks = keras.callbacks.CallbackList(
+        # No BackupAndRestore: the checkpoint manager above does its job here.
+        training.make_callbacks(logdir, None, settings, extra_callbacks),
+        add_history=True,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=settings.epochs,
+        steps=settings.steps_per_epoch,
+        model=model,
+    )
+    train_step, test_step = _step_functions(model, strategy)
+    dist_train = strategy.experimental_distribute_dataset(train)
+    dist_validation = strategy.experimental_distribute_dataset(validation) if validation is not None else None
+    # Weights and statistics that training does not keep in step across replicas: Keras 3's
+    # BatchNormalization updates its moving mean/variance from each replica's own batch.
+    replica_local = [v for v in model.non_trainable_variables if tf.as_dtype(v.dtype).is_floating]
+
+    model.stop_training = False
+    callbacks.on_train_begin()
+    logs, epoch_logs, bad_step = {}, None, None
+    for epoch in range(initial_epoch, settings.epochs):
+        model.reset_metrics()
+        callbacks.on_epoch_begin(epoch)
+        for step, batch in enumerate(dist_train):
+            callbacks.on_train_batch_begin(step)
+            logs = train_step(batch)
+            callbacks.on_train_batch_end(step, logs)
+            if bad_step is None and not math.isfinite(float(logs["loss"])):
+                bad_step = step
+            # The logs are global, so every worker stops at the same step: a worker that
+            # stopped alone would leave the others waiting in the next all-reduce.
+            if model.stop_training:
+                break
+        epoch_logs = {name: float(value) for name, value in logs.items()}
+        if replica_local:
+            _sync(strategy, replica_local, average=True)
+        if dist_validation is not None:
+            val_logs = _evaluate(model, test_step, dist_validation, callbacks)
+            epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
+        callbacks.on_epoch_end(epoch, epoch_logs)
+        if manager is not None:
+            # Every worker saves (saving may need collectives); only the chief's is kept.
+            # The manager writes the checkpoint, then records it atomically, so a kill at
+            # any moment leaves the previous epoch's checkpoint as the latest.
+            epochs_done.assign(epoch + 1)
+            manager.save(checkpoint_number=epoch + 1)
+        if model.stop_training:
+            break
+    model.optimizer.finalize_variable_values(model.trainable_weights)
+    callbacks.on_train_end(logs=epoch_logs)
+    if bad_step is not None:
+        raise training.TrainingDiverged(f"the training loss became NaN or infinite at batch {bad_step}")
+    training.check_finite(model.history)
+    if backup_dir is not None:
+        # Like BackupAndRestore: only an interrupted run leaves a backup behind.
+        shutil.rmtree(backup_dir, ignore_errors=True)
+    return model.history
+
+
+def _step_functions(model: keras.Model, strategy: tf.distribute.Strategy):
+    """One distributed training step and one evaluation step, each returning global logs."""
+
+    @tf.function(reduce_retracing=True)
+    def train_step(batch):
+        strategy.run(model.train_step, args=(batch,))
+        # Read in cross-replica context, the metrics are summed over every replica of every
+        # worker: all workers get the same logs (and so take the same decisions).
+        return model.get_metrics_result()
+
+    @tf.function(reduce_retracing=True)
+    def test_step(batch):
+        strategy.run(model.test_step, args=(batch,))
+        return model.get_metrics_result()
+
+    return train_step, test_step
+
+
+def _evaluate(model, test_step, dataset, callbacks) -> dict[str, float]:
+    """The validation pass `fit` makes at the end of each epoch, distributed the same way."""
+    model.reset_metrics()
+    callbacks.on_test_begin()
+    logs = {}
+    for step, batch in enumerate(dataset):
+        callbacks.on_test_batch_begin(step)
+        logs = test_step(batch)
+        callbacks.on_test_batch_end(step, logs)
+    logs = {name: float(value) for name, value in logs.items()}
+    callbacks.on_test_end(logs)
+    return logs
+
+
+def _sync(strategy: tf.distribute.Strategy, variables: list, *, average: bool) -> None:
+    """Make every replica's copy of `variables` equal, on every worker.
+
+    `average=False` copies the first replica's values (it lives on the chief);
+    `average=True` replaces each by its mean over all replicas (floating-point only).
+    """
+    op = tf.distribute.ReduceOp.MEAN if average else tf.distribute.ReduceOp.SUM
+
+    def replica_values():
+        context = tf.distribute.get_replica_context()
+        first = tf.equal(context.replica_id_in_sync_group, 0)
+        values = [tf.convert_to_tensor(v) for v in variables]
+        if not average:  # a broadcast, as a sum where every replica but the first adds zeros
+            values = [tf.where(first, value, tf.zeros_like(value)) for value in values]
+        # One all-reduce per dtype: all_reduce packs a list into one collective, of one dtype.
+        by_dtype: dict = {}
+        for i, value in enumerate(values):
+            by_dtype.setdefault(value.dtype, []).append(i)
+        reduced = [None] * len(values)
+        for indices in by_dtype.values():
+            for i, value in zip(indices, context.all_reduce(op, [values[i] for i in indices])):
+                reduced[i] = value
+        return reduced
+
+    results = tf.function(lambda: strategy.run(replica_values))()
+    for variable, value in zip(variables, results):
+        variable.assign(strategy.experimental_local_results(value)[0])
