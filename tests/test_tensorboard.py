@@ -267,6 +267,11 @@ def test_profile_plugin_lists_the_trace(board):
     tools = board.json("/data/plugin/profile/run_tools", {"run": profiles[0]})
     assert "trace_viewer@" in tools or "trace_viewer" in tools, tools
     assert "overview_page" in tools, tools
+    host = board.json("/data/plugin/profile/hosts", {"run": profiles[0], "tag": "overview_page"})[0]["hostname"]
+    overview = board.request("/data/plugin/profile/data",
+                             {"run": profiles[0], "tag": "overview_page", "host": host}).decode()
+    # The step markers make the overview page measure step times instead of reporting none.
+    assert "No step marker" not in overview and '"steptime_ms_average"' in overview, overview[:2000]
 
 
 @pytest.mark.parametrize(

@@ -216,6 +216,35 @@ class PredictionImages(keras.callbacks.Callback):
             self._writer.close()
 
 
+class ProfileStepMarkers(keras.callbacks.Callback):
+    """Marks each profiled batch as a training step in the trace.
+
+    Keras 3 wraps profiled batches in a trace event the profiler does not count as a step,
+    so the profile's overview page reports "No step marker observed" and all times as 0.
+    A `Trace("train", step_num=..., _r=1)` is the marker TensorFlow's profiling guide uses.
+    Counting matches Keras's TensorBoard callback (training batches from 1, across epochs).
+    """
+
+    def __init__(self, batches: tuple[int, int]):
+        super().__init__()
+        self._start, self._end = batches
+        self._batch, self._trace = 0, None
+
+    def on_train_begin(self, logs=None):
+        self._batch = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch += 1
+        if self._start <= self._batch <= self._end:
+            self._trace = tf.profiler.experimental.Trace("train", step_num=self._batch, _r=1)
+            self._trace.__enter__()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._trace is not None:
+            self._trace.__exit__(None, None, None)
+            self._trace = None
+
+
 # --- text -----------------------------------------------------------------------------
 
 def command_line() -> str:
@@ -321,9 +350,12 @@ class RunLog:
         self.writer.flush()
 
     def callbacks(self, validation: tf.data.Dataset) -> list[keras.callbacks.Callback]:
-        if not self.config.image_freq:
-            return []
-        return [PredictionImages(self.logdir, validation, self.class_names, self.config.image_freq)]
+        callbacks: list[keras.callbacks.Callback] = []
+        if self.config.profile_batches:
+            callbacks.append(ProfileStepMarkers(self.config.profile_batches))
+        if self.config.image_freq:
+            callbacks.append(PredictionImages(self.logdir, validation, self.class_names, self.config.image_freq))
+        return callbacks
 
     def finish(self, model: keras.Model, test_images, test_labels, metadata: dict, export_path) -> None:
         step = max(0, metadata["training"]["epochs_run"] - 1)  # the last epoch, as Keras counts
