@@ -178,6 +178,10 @@ def test_graph_of_each_model(board):
         graph = board.request("/data/plugin/graphs/graph",
                               {"run": f"mnist/{name}/train", "tag": "keras", "conceptual": "true"}).decode()
         assert graph.count("node {") >= 4 and layer in graph, graph[:2000]
+        # The op graph of the forward pass, which the Graphs page opens on.
+        assert run_info["run_graph"], run_info
+        ops = board.request("/data/plugin/graphs/graph", {"run": f"mnist/{name}/train"}).decode()
+        assert 'name: "logits' in ops and "MatMul" in ops, ops[:2000]
 
 
 def test_histograms_follow_histogram_freq(board):

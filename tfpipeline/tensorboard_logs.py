@@ -157,6 +157,22 @@ def confusion_matrix_image(matrix, class_names) -> np.ndarray:
     return np.asarray(canvas)
 
 
+def write_op_graph(model: keras.Model, logdir: Path) -> None:
+    """The forward pass as TensorFlow ops (what the exported model computes) as `logdir`'s run graph.
+
+    Keras 3 writes only the layer-level "keras" graph, and with profiling an empty batch_N
+    graph, which the Graphs page opened on ("The graph is empty"). A run graph comes first.
+    """
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype)
+    # model.call, not model(...): without the model's own name scope around everything, the
+    # layers are the top-level boxes of the graph instead of one collapsed "cnn_1" node.
+    graph = tf.function(lambda images: model.call(images, training=False)).get_concrete_function(spec).graph
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
+        tf.summary.graph(graph)
+    writer.close()
+
+
 def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(images, batch_size=1000, verbose=0)).argmax(axis=-1)
 
@@ -348,6 +364,7 @@ class RunLog:
             hp_api.hparams(run_hparams(config, hp, model.count_params()),
                            trial_id=f"{config.dataset}/{self.logdir.name}")
         self.writer.flush()
+        write_op_graph(model, self.logdir / "train")
 
     def callbacks(self, validation: tf.data.Dataset) -> list[keras.callbacks.Callback]:
         callbacks: list[keras.callbacks.Callback] = []
