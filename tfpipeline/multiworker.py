@@ -138,19 +138,44 @@ def fit(
 def _step_functions(model: keras.Model, strategy: tf.distribute.Strategy):
     """One distributed training step and one evaluation step, each returning global logs."""
 
-    @tf.function(reduce_retracing=True)
-    def train_step(batch):
-        strategy.run(model.train_step, args=(batch,))
-        # Read in cross-replica context, the metrics are summed over every replica of every
-        # worker: all workers get the same logs (and so take the same decisions).
-        return model.get_metrics_result()
+    def with_logs(step):
+        def replica_fn(data):
+            step(data)
+            return _global_metrics(model)
 
-    @tf.function(reduce_retracing=True)
-    def test_step(batch):
-        strategy.run(model.test_step, args=(batch,))
-        return model.get_metrics_result()
+        @tf.function(reduce_retracing=True)
+        def distributed(batch):
+            logs = strategy.run(replica_fn, args=(batch,))
+            return {name: strategy.experimental_local_results(value)[0] for name, value in logs.items()}
 
-    return train_step, test_step
+        return distributed
+
+    return with_logs(model.train_step), with_logs(model.test_step)
+
+
+def _global_metrics(model: keras.Model) -> dict:
+    """In replica context: the model's metric results over every replica of every worker.
+
+    Every worker gets the same logs, so all take the same decisions (TerminateOnNaN,
+    EarlyStopping): one that stopped alone would leave the others waiting in the next
+    all-reduce. `model.get_metrics_result()` in cross-replica context would give the same
+    numbers with one all-reduce per metric variable; here it is one for all of them (Keras
+    metric variables are sums: totals and counts), then each metric's own `result` formula.
+    """
+    context = tf.distribute.get_replica_context()
+    # identity: a read of a sync-on-read variable carries no device, which all_reduce needs.
+    local = [tf.identity(v) for metric in model.metrics for v in metric.variables]
+    summed = _all_reduce_by_dtype(context, tf.distribute.ReduceOp.SUM, local)
+    logs, start = {}, 0
+    for metric in model.metrics:
+        count = len(metric.variables)
+        result = metric.stateless_result(summed[start : start + count])
+        start += count
+        if isinstance(result, dict):
+            logs.update(result)
+        else:
+            logs[metric.name] = result
+    return logs
 
 
 def _evaluate(model, test_step, dataset, callbacks) -> dict[str, float]:
@@ -177,20 +202,25 @@ def _sync(strategy: tf.distribute.Strategy, variables: list, *, average: bool) -
 
     def replica_values():
         context = tf.distribute.get_replica_context()
-        first = tf.equal(context.replica_id_in_sync_group, 0)
-        values = [tf.convert_to_tensor(v) for v in variables]
+        values = [tf.identity(v) for v in variables]  # the local replica's copy
         if not average:  # a broadcast, as a sum where every replica but the first adds zeros
+            first = tf.equal(context.replica_id_in_sync_group, 0)
             values = [tf.where(first, value, tf.zeros_like(value)) for value in values]
-        # One all-reduce per dtype: all_reduce packs a list into one collective, of one dtype.
-        by_dtype: dict = {}
-        for i, value in enumerate(values):
-            by_dtype.setdefault(value.dtype, []).append(i)
-        reduced = [None] * len(values)
-        for indices in by_dtype.values():
-            for i, value in zip(indices, context.all_reduce(op, [values[i] for i in indices])):
-                reduced[i] = value
-        return reduced
+        return _all_reduce_by_dtype(context, op, values)
 
     results = tf.function(lambda: strategy.run(replica_values))()
     for variable, value in zip(variables, results):
         variable.assign(strategy.experimental_local_results(value)[0])
+
+
+def _all_reduce_by_dtype(context, op, values: list) -> list:
+    """`context.all_reduce` of a list of mixed dtypes: it packs a list into one collective,
+    which must have one dtype, so one collective per dtype."""
+    by_dtype: dict = {}
+    for i, value in enumerate(values):
+        by_dtype.setdefault(value.dtype, []).append(i)
+    reduced = [None] * len(values)
+    for indices in by_dtype.values():
+        for i, value in zip(indices, context.all_reduce(op, [values[i] for i in indices])):
+            reduced[i] = value
+    return reduced
