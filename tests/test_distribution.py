@@ -185,6 +185,14 @@ def test_learning_rate_scaling():
     assert distribute.scale_learning_rate(1e-3, 4, "none") == pytest.approx(1e-3)
 
 
+def test_help_explains_the_flags():
+    from tfpipeline.cli import build_parser
+
+    text = build_parser().format_help()
+    for phrase in ("--strategy", "--cpu-devices", "--lr-scaling", "batch size per replica", "TF_CONFIG"):
+        assert phrase in text
+
+
 def test_cpu_devices_too_late_is_explained():
     import tensorflow as tf
 

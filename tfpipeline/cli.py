@@ -110,7 +110,7 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
     how.add_argument("--epochs", type=positive_int, help="number of epochs")
     how.add_argument("--batch-size", type=positive_int,
                      help="batch size per replica; each step trains on this x replicas (the global batch)")
-    how.add_argument("--learning-rate", type=positive_float, help="peak learning rate (warmup, then cosine decay)")
+    how.add_argument("--learning-rate", type=positive_float, help="peak learning rate (warmup, then cosine decay), for one replica: see --lr-scaling")
     how.add_argument("--seed", type=int, default=42, help="seed for weights and data order (default: 42)")
     how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
     how.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
@@ -118,7 +118,7 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
     how.add_argument("--quick", action="store_true", help="small subset and one epoch (unless --epochs): a smoke test in seconds")
     dist = parser.add_argument_group(
         "distribution (tf.distribute)",
-        "Several workers: start the same command on each machine with TF_CONFIG naming them all "
+        "Several machines: start the same command on each, with TF_CONFIG naming them all\n"
         "(Kubeflow TFJob and Vertex AI set it); see the README on distributed training.",
     )
     dist.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multi_worker"],
