@@ -282,8 +282,10 @@ def check_resumed(output: str, epochs: int) -> int:
     return start
 
 
-def test_single_device_run_killed_and_rerun_resumes(tmp_path, env):
-    args = TINY + ["--epochs", "5", "--batch-size", "16", "--strategy", "default"]
+@pytest.mark.parametrize("strategy", [["--strategy", "default"], ["--strategy", "mirrored", "--cpu-devices", "2"]],
+                         ids=["default", "mirrored"])
+def test_one_machine_run_killed_and_rerun_resumes(tmp_path, env, strategy):
+    args = TINY + ["--epochs", "5", "--batch-size", "16", *strategy]
     first = Process(args, tmp_path, env)
     first.wait_for(r"^Epoch 3/5")  # epoch 2 ended, so its backup is written
     first.kill()
