@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import keras
 
 from tfpipeline.models.layers import image_inputs, normalization
+from tfpipeline.models.space import options
+
+if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
+    import keras_tuner
 
 
 @dataclasses.dataclass
@@ -35,3 +40,15 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
             x = keras.layers.Dropout(hp.dropout, name=f"dropout_{i}")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(images, logits, name="mlp")
+
+
+def search_space(hp: keras_tuner.HyperParameters) -> Hyperparams:
+    """Tunables for `tfpipeline.tuning`; each default is the dataclass default."""
+    d = Hyperparams()
+    return Hyperparams(
+        learning_rate=hp.Float("learning_rate", 3e-4, 1e-2, sampling="log", default=d.learning_rate),
+        units=hp.Choice("units", options(128, 256, d.units, 1024), default=d.units),
+        layers=hp.Int("layers", 1, 3, default=d.layers),
+        dropout=hp.Float("dropout", 0.0, 0.5, step=0.1, default=d.dropout),
+        normalization=hp.Choice("normalization", options(d.normalization, "batch", "layer"), default=d.normalization),
+    )

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import keras
 
 from tfpipeline.models.layers import image_inputs
+from tfpipeline.models.space import options
+
+if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
+    import keras_tuner
 
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 
@@ -40,3 +45,16 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
         x = keras.layers.Dropout(hp.dropout, name="dropout")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(images, logits, name="rnn")
+
+
+def search_space(hp: keras_tuner.HyperParameters) -> Hyperparams:
+    """Tunables for `tfpipeline.tuning`; each default is the dataclass default."""
+    d = Hyperparams()
+    return Hyperparams(
+        learning_rate=hp.Float("learning_rate", 5e-4, 1e-2, sampling="log", default=d.learning_rate),
+        cell=hp.Choice("cell", options(d.cell, *CELLS), default=d.cell),
+        units=hp.Choice("units", options(64, d.units, 256), default=d.units),
+        layers=hp.Int("layers", 1, 2, default=d.layers),
+        bidirectional=hp.Boolean("bidirectional", default=d.bidirectional),
+        dropout=hp.Float("dropout", 0.0, 0.3, step=0.1, default=d.dropout),
+    )

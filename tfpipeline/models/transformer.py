@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import keras
 
 from tfpipeline.models.layers import ClassToken, PositionEmbedding, image_inputs
+from tfpipeline.models.space import options
+
+if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
+    import keras_tuner
 
 
 @dataclasses.dataclass
@@ -66,3 +71,22 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
         x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(images, logits, name="transformer")
+
+
+def search_space(hp: keras_tuner.HyperParameters) -> Hyperparams:
+    """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
+
+    Powers of two for embed_dim and num_heads keep every pair divisible. Patch sizes 4 and
+    7 divide 28 (MNIST, Fashion-MNIST); on other image sizes a non-dividing patch size makes
+    that trial fail, and the search goes on with the next one.
+    """
+    d = Hyperparams()
+    return Hyperparams(
+        learning_rate=hp.Float("learning_rate", 5e-4, 5e-3, sampling="log", default=d.learning_rate),
+        patch_size=hp.Choice("patch_size", options(d.patch_size, 4, 7), default=d.patch_size),
+        embed_dim=hp.Choice("embed_dim", options(32, d.embed_dim, 128), default=d.embed_dim),
+        num_heads=hp.Choice("num_heads", options(2, d.num_heads, 8), default=d.num_heads),
+        layers=hp.Int("layers", 2, 6, step=2, default=d.layers),
+        mlp_ratio=hp.Choice("mlp_ratio", options(d.mlp_ratio, 2, 4), default=d.mlp_ratio),
+        dropout=hp.Float("dropout", 0.0, 0.3, step=0.1, default=d.dropout),
+    )
