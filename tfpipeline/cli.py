@@ -101,7 +101,8 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
     )
     what = parser.add_argument_group("what to train")
     what.add_argument("--dataset", default=dataset, help=f"TFDS dataset name (default: {dataset})")
-    what.add_argument("--model", default="cnn", choices=list(FAMILIES), help="model family (default: cnn)")
+    what.add_argument("--model", default="cnn", choices=[*FAMILIES, "auto"],
+                      help="model family, or auto: the search chooses the family too (default: cnn)")
     what.add_argument(
         "--hparam", type=hparam, action="append", default=[], metavar="KEY=VALUE",
         help="override one of the family's hyperparameters (repeatable); see tfpipeline/models/",
@@ -128,6 +129,9 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
                       help="split the CPU into N logical devices, so mirrored trains N replicas without GPUs")
     dist.add_argument("--lr-scaling", default="linear", choices=["linear", "sqrt", "none"],
                       help="peak learning rate x replicas (linear, default), x sqrt(replicas), or unchanged")
+    from tfpipeline import tuning
+
+    tuning.add_arguments(parser)
     where = parser.add_argument_group("where things go")
     where.add_argument("--data-dir", help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
     where.add_argument("--manual-dir", help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")
@@ -148,6 +152,7 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
+    from tfpipeline import tuning
     from tfpipeline.pipeline import PipelineConfig
 
     return PipelineConfig(
@@ -173,6 +178,7 @@ def config_from_args(args: argparse.Namespace):
         strategy=args.strategy,
         cpu_devices=args.cpu_devices,
         lr_scaling=args.lr_scaling,
+        search=tuning.settings_from_args(args),
     )
 
 
@@ -189,11 +195,24 @@ def summary(result) -> str:
           metrics         {result.logdir / 'metrics.json'}
           inspect it      tensorboard --logdir {result.logdir.parent}
           serve it        python -m tfpipeline.serve --model-name {result.metadata['dataset']['name']} --model-base-path {result.export_path.parent}"""
-    )
+    ) + search_summary(result.metadata)
+
+
+def search_summary(metadata: dict) -> str:
+    """A tuned run's extra lines: the search and where its trials went."""
+    search = metadata.get("search")
+    if not search:
+        return ""
+    best = search["best"]
+    return (f"\n  search          {search['tuner']}: {search['trials_completed']} trials completed; best trial "
+            f"{best['trial_id']} ({best['family']}, validation accuracy {best['score']:.2%}, {best['epochs']} epochs)"
+            f"\n  trials table    {search['trials_csv']}  (curves: {search['trials_logdir']})")
 
 
 def worker_summary(result) -> str:
     """A multi-worker run's other workers train but leave evaluation and export to the chief."""
+    if "search" in result.metadata:  # a distributed search's worker: tuning.run said which trials it ran
+        return ""
     dist = result.metadata["distribution"]
     return (f"\nDone: {dist['worker']} of {dist['workers']} finished training; the chief evaluates "
             "and exports the model.")

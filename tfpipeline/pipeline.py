@@ -55,6 +55,9 @@ class PipelineConfig:
     strategy: str = "auto"  # auto, default, mirrored or multi_worker
     cpu_devices: int | None = None  # split the host CPU into N logical devices (for mirrored)
     lr_scaling: str = "linear"  # how the peak learning rate grows with the replicas
+    # Hyperparameter search first (tfpipeline/tuning.py: a tuning.SearchSettings); None: train
+    # the family's defaults. model may then be "auto" (the family is searched too).
+    search: Any = None
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -151,6 +154,10 @@ def provenance() -> dict:
 
 
 def run(config: PipelineConfig) -> PipelineResult:
+    if config.search is not None:  # search, then retrain the best: a stage of its own
+        from tfpipeline import tuning
+
+        return tuning.run(config)
     started = time.time()
     started_at = dt.datetime.now(dt.timezone.utc)
     config.validate()
