@@ -12,8 +12,8 @@ Layout of one run, `<logdir>/<dataset>/<run-id>/`:
     validation/           also, with --image-freq N, the same images every N epochs
     (the run folder)      the HParams session (the run's hyperparameters) and a Markdown
                           run summary (text tag run_summary)
-    trials/<id>/...       a tuner's trials, each its own HParams session (KerasTuner adds
-                          one per trial under the TensorBoard callback's log dir)
+    trials/<id>/...       a search's trials (tfpipeline/tuning.py): train/, validation/
+                          and each trial's own HParams session, named <dataset>/<run-id>/trials/<id>
 
 HParams: every run is a session (`hp.hparams` in the run folder). No experiment summary
 (`hp.hparams_config`) is written on purpose: TensorBoard uses the first one it finds and
