@@ -579,8 +579,9 @@ def _read_run(pointer: Path) -> str | None:
     raise UserError(f"{pointer} is unreadable; delete it (or run with --overwrite) to start a new search.")
 
 
-def _resolve_run(state_dir: Path, config, overwrite: bool, role: str) -> str:
-    """The unfinished run of this command, or a new one; race-free for processes started together."""
+def _resolve_run(state_dir: Path, config, overwrite: bool, role: str) -> tuple[str, bool]:
+    """(run id, whether this process created it): the unfinished run of this command, or a new
+    one; race-free for processes started together."""
     state_dir.mkdir(parents=True, exist_ok=True)
     pointer = state_dir / "run.json"
     if overwrite and role != "worker":  # a worker follows whatever its chief decided
@@ -591,19 +592,20 @@ def _resolve_run(state_dir: Path, config, overwrite: bool, role: str) -> str:
             pointer.unlink(missing_ok=True)
     existing = _read_run(pointer)
     if existing is not None:
-        return existing
+        return existing, False
     run_id = config.run_name or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{config.model}-tuned"
     tmp = state_dir / f".run-{os.getpid()}.json"
     tmp.write_text(json.dumps({"run_id": run_id}))
+    created = True
     try:
         os.link(tmp, pointer)  # atomic, and fails if another process got there first
     except FileExistsError:
-        run_id = _read_run(pointer)
+        run_id, created = _read_run(pointer), False
     finally:
         tmp.unlink(missing_ok=True)
     if overwrite and config.run_name:  # same id as the dropped run: its trial logs go too
         shutil.rmtree(Path(config.logdir) / config.dataset / run_id / "trials", ignore_errors=True)
-    return run_id
+    return run_id, created
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -665,7 +667,11 @@ def run(config):
     state_dir = Path(config.work_dir) / config.dataset / _state_key(config, budget, families, fixed)
     if role == "worker":
         _wait_for_chief()
-    run_id = _resolve_run(state_dir, config, settings.overwrite, role)
+    run_id, created = _resolve_run(state_dir, config, settings.overwrite, role)
+    if role == "worker" and created:
+        # The chief writes run.json before it listens, so it does not share this work dir.
+        print(f"Worker: no run of the chief's in {state_dir} (storage not shared): this worker's checkpoints "
+              f"and logs go to run {run_id} here.", flush=True)
     run_dir = state_dir / run_id
     logdir = Path(config.logdir) / config.dataset / run_id
     resumed = (run_dir / "search" / "oracle.json").exists()
@@ -689,6 +695,8 @@ def run(config):
     search_seconds = round(time.monotonic() - search_started, 1)
 
     if role == "worker":
+        if created:  # ours alone: the next search here must not reuse it
+            (state_dir / "run.json").unlink(missing_ok=True)
         mine = getattr(tuner, "trials_run", [])
         print(f"\nWorker {os.environ[ENV_TUNER_ID]} ran {len(mine)} trial{'s' if len(mine) != 1 else ''}: "
               f"{', '.join(mine) or 'none'}. The chief retrains the best and exports.", flush=True)
