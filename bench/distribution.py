@@ -1,0 +1,211 @@
+"""What the distribution machinery costs: training images/s on one device, mirrored over two
+logical CPU devices, and two workers on 127.0.0.1, all at the same global batch.
+
+    python -m bench.distribution                 # about 4 minutes on 2 cores
+    python -m bench.distribution --rounds 1      # a quicker look
+
+Each configuration runs in fresh processes (the strategy must be set up before TensorFlow
+initializes its devices) and trains the default CNN on the MNIST training split with the
+pipeline's own code: `distribute.setup`, `data.make_pipeline`, `training.fit` (or
+`multiworker.fit` for two workers). Validation, TensorBoard and checkpoints are off, so the
+clock sees training steps only; the first epoch (tracing, filling the data cache) is not
+timed, and images/s comes from the median step time, which a burst of load from elsewhere
+on the machine moves far less than a total would. On one machine, replicas share its cores:
+more replicas cannot be faster here, so the figure of merit is the overhead,
+1 - (images/s distributed) / (images/s on one device), each round against its own default run.
+Each of the two workers gets one intra-op thread (one core each, as if on its own small
+machine) instead of two threads each fighting over the same two cores.
+
+Writes bench/results/distribution-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from tfpipeline import data, distribute, models, multiworker, training
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def child(args) -> None:
+    """One training process: print `RESULT {json}` with its measured images/s."""
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    dist = distribute.setup(args.strategy, cpu_devices=args.cpu_devices)
+    keras.utils.set_random_seed(0)
+    per_replica = args.global_batch // dist.replicas
+    datasets = data.load("mnist", validation_fraction=0.1)
+    train = datasets.train.take(args.examples)
+    train_ds = data.make_pipeline(train, batch_size=args.global_batch, training=True, seed=0)
+    hp = models.hyperparams("cnn", {"batch_size": per_replica})
+    settings = training.TrainSettings(
+        epochs=args.epochs, batch_size=args.global_batch, learning_rate=dist.learning_rate(hp.learning_rate),
+        steps_per_epoch=-(-args.examples // args.global_batch), early_stopping_patience=0, verbose=2,
+    )
+    with dist.strategy.scope():
+        model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
+        training.compile_model(model, settings)
+    clock = EpochClock()
+    fit = multiworker.fit if dist.kind == "multi_worker" else training.fit
+    fit(model, train_ds, None, settings, extra_callbacks=[clock])
+    timed = clock.seconds[1:]  # the first epoch traces the step function and fills the cache
+    steps = [d for epoch in clock.steps[1:] for d in epoch[1:-1]]  # full batches, not an epoch's first
+    print("RESULT " + json.dumps({
+        "strategy": dist.kind, "replicas": dist.replicas, "workers": dist.workers,
+        "global_batch": args.global_batch, "per_replica_batch": per_replica,
+        "epoch_seconds": [round(s, 3) for s in clock.seconds],
+        "images_per_second_mean": args.examples * len(timed) / sum(timed),
+        "median_step_seconds": statistics.median(steps),
+        "images_per_second": args.global_batch / statistics.median(steps),
+    }), flush=True)
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Each epoch's training seconds, and the time of each of its steps: from one batch's end
+    to the next one's, so it covers everything a step costs (input included), whichever loop
+    runs it. Validation is not included."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self.steps: list[list[float]] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = self._last = time.perf_counter()
+        self.steps.append([])
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.steps[-1].append(now - self._last)
+        self._last = now
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(self._last - self._start)
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def measure(name: str, strategy: str, args, *, workers: int = 1, cpu_devices: int | None = None,
+            threads: int | None = None) -> dict:
+    command = [sys.executable, "-m", "bench.distribution", "--child", "--strategy", strategy,
+               "--global-batch", str(args.global_batch), "--epochs", str(args.epochs),
+               "--examples", str(args.examples)]
+    if cpu_devices:
+        command += ["--cpu-devices", str(cpu_devices)]
+    if threads:
+        command += ["--threads", str(threads)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    ports = free_ports(workers) if workers > 1 else []
+    print(f"{name}: running ({' '.join(command[1:])}) ...", flush=True)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    procs = []
+    for index in range(workers):
+        if ports:
+            env = {**env, "TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                                   "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        if p.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{out[-3000:]}")
+    results = [json.loads(line[len("RESULT "):]) for out in outputs for line in out.splitlines()
+               if line.startswith("RESULT ")]
+    result = results[0]  # every worker trains the same global batches in lockstep
+    result.update(name=name, wall_seconds=round(time.perf_counter() - started, 1),
+                  load_before=load_before, load_after=os.getloadavg()[0], threads_per_process=threads)
+    print(f"    {result['images_per_second']:,.0f} images/s from the median step "
+          f"({result['images_per_second_mean']:,.0f} from whole epochs {result['epoch_seconds']} s)", flush=True)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.distribution", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--global-batch", type=int, default=256, help="images per step, all replicas together (default 256)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is not timed (default 3)")
+    parser.add_argument("--examples", type=int, default=10240, help="training images per epoch (default 10240: 40 steps)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of all the configurations, interleaved (default 2)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-devices", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is not timed")
+
+    configurations = [
+        ("default (1 device)", "default", {}),
+        ("mirrored (2 CPU devices)", "mirrored", {"cpu_devices": 2}),
+        ("multi_worker (2 workers, 127.0.0.1)", "multi_worker", {"workers": 2, "threads": 1}),
+        # How much of the two workers' figure is only their thread setting, not distribution.
+        ("default, 1 intra-op thread (reference)", "default", {"threads": 1}),
+    ]
+    # Interleaved rounds, and each round compared with its own default run: this machine's
+    # speed drifts with its neighbours' load, and a paired comparison cancels most of that.
+    rounds = []
+    for r in range(args.rounds):
+        print(f"round {r + 1} of {args.rounds}", flush=True)
+        runs = [measure(name, strategy, args, **options) for name, strategy, options in configurations]
+        for run in runs:
+            run["overhead"] = 1 - run["images_per_second"] / runs[0]["images_per_second"]
+        rounds.append(runs)
+    summary = []
+    for i, (name, _, _) in enumerate(configurations):
+        runs = [rounds[r][i] for r in range(args.rounds)]
+        summary.append({
+            "name": name, "replicas": runs[0]["replicas"], "per_replica_batch": runs[0]["per_replica_batch"],
+            "images_per_second": statistics.median(run["images_per_second"] for run in runs),
+            "overhead": statistics.median(run["overhead"] for run in runs),
+            "overhead_by_round": [round(run["overhead"], 4) for run in runs],
+        })
+    header = (f"{'configuration':40} {'replicas':>8} {'per-replica batch':>17} {'images/s':>9} {'overhead':>9}"
+              f"   overhead by round")
+    print(f"\nGlobal batch {args.global_batch}, default CNN, MNIST, {os.cpu_count()} cores; images/s from the "
+          f"median step time over {args.epochs - 1} timed epoch(s) of {args.examples:,} images; median of "
+          f"{args.rounds} round(s)")
+    print(header)
+    print("-" * len(header))
+    for row in summary:
+        print(f"{row['name']:40} {row['replicas']:>8} {row['per_replica_batch']:>17} "
+              f"{row['images_per_second']:>9,.0f} {row['overhead']:>9.1%}   "
+              + ", ".join(f"{o:.1%}" for o in row["overhead_by_round"]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"distribution-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps({"command": "python -m bench.distribution " + " ".join(argv or sys.argv[1:]),
+                                "cores": os.cpu_count(), "global_batch": args.global_batch,
+                                "epochs": args.epochs, "examples": args.examples, "summary": summary,
+                                "rounds": rounds}, indent=2))
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
