@@ -74,7 +74,7 @@ OBJECTIVE = "val_accuracy"
 FAMILY = "family"  # the hyperparameter that picks the family with --model auto
 ENV_TUNER_ID, ENV_ORACLE_IP, ENV_ORACLE_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
 
-# The default budget, sized for a laptop CPU (TUNING.md, "Figures"): Hyperband trains
+# The default budget, sized for a laptop CPU (README.md, "Hyperparameter search"): Hyperband trains
 # trials of 3 and 12 epochs on a fifth of the training split (~6x cheaper per epoch than
 # the full data), then the best is retrained for the epochs it needed on all of it.
 DEFAULT_MAX_EPOCHS, DEFAULT_FACTOR, DEFAULT_FRACTION = 12, 4, 0.2
@@ -152,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cpu-devices train the family's defaults instead unless --tune or a search flag is given. "
         "An interrupted search resumes when the same command runs again. Distributed search: run the "
         f"same command as chief and workers with {ENV_TUNER_ID}=chief|tuner0|tuner1..., "
-        f"{ENV_ORACLE_IP} and {ENV_ORACLE_PORT} (see TUNING.md).", width=100),
+        f"{ENV_ORACLE_IP} and {ENV_ORACLE_PORT} (see the README, 'Hyperparameter search').", width=100),
     )
     group.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
                        help="search first (the default for a full run), or --no-tune: train the family's defaults")
@@ -196,7 +196,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings | None:
     if distributed:
         raise UserError(f"{distributed[0]} distributes a single training; the search runs each trial on one "
                         "device. Add --no-tune to train the family's defaults with it, or scale the search out "
-                        f"with distributed tuning ({ENV_TUNER_ID}, see TUNING.md).")
+                        f"with distributed tuning ({ENV_TUNER_ID}, see the README).")
     if args.families and not auto:
         raise UserError(f"--families chooses among families for --model auto; with --model {args.model} "
                         "drop it (or use --model auto).")
