@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import fastpath
 from .errors import NotFound, RequestError
 from .servable import Signature, TensorInfo
 
@@ -41,6 +42,9 @@ def parse_json_object(body: bytes) -> dict:
 
 
 def parse_predict(body: bytes, signatures: Mapping[str, Signature], max_instances: int) -> PredictRequest:
+    request = _parse_plain(body, signatures, max_instances)
+    if request is not None:
+        return request
     data = parse_json_object(body)
     signature = _pick_signature(data.get("signature_name"), signatures)
     has_rows, has_columns = "instances" in data, "inputs" in data
@@ -56,6 +60,21 @@ def parse_predict(body: bytes, signatures: Mapping[str, Signature], max_instance
     sizes = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
     rows = sizes.pop() if len(sizes) == 1 else 0
     return PredictRequest(signature, inputs, max(rows, 0), has_rows)
+
+
+def _parse_plain(body: bytes, signatures: Mapping[str, Signature],
+                 max_instances: int) -> PredictRequest | None:
+    """The common body (plain integers for the default signature's one input) without building
+    a Python list per number; None sends the body through the general parser instead."""
+    signature = signatures.get(DEFAULT_SIGNATURE)
+    info = signature and fastpath.accepts(signature)
+    if not info:
+        return None
+    parsed = fastpath.parse(body, info, max_instances)
+    if parsed is None:
+        return None
+    array, row_format = parsed
+    return PredictRequest(signature, {info.name: array}, len(array), row_format)
 
 
 def _pick_signature(name: Any, signatures: Mapping[str, Signature]) -> Signature:
