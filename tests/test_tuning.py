@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_cli
+from tfpipeline import models
 from tests.test_tensorboard import SESSION_GROUPS_QUERY, Board
 from tfpipeline import cli, tuning
 from tfpipeline.errors import UserError
@@ -69,7 +70,9 @@ def test_auto_search_tries_two_families_and_exports_the_best(auto_run):
     # Each family's defaults come first, then Hyperband continues the better one for a 2nd epoch.
     first, second, third = (trials[i] for i in sorted(trials))
     assert (first["family"], second["family"]) == ("mlp", "cnn")
-    assert first["hyperparameters"]["units"] == 512 and second["hyperparameters"]["filters"] == "32,64"
+    mlp, cnn = models.hyperparams("mlp"), models.hyperparams("cnn")
+    assert first["hyperparameters"]["units"] == mlp.units
+    assert second["hyperparameters"]["filters"] == ",".join(map(str, cnn.filters))
     assert third["continues"] in (first["trial_id"], second["trial_id"]) and third["epochs_trained"] == 2
     assert all(t["seconds"] > 0 and 0 < t["score"] <= 1 for t in trials.values())
     best = max(trials.values(), key=lambda t: t["score"])

@@ -14,22 +14,29 @@ if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
     import keras_tuner
 
 
-# Defaults measured on MNIST on a 2-core CPU (README, "Results"): batch norm and a small
-# dense head buy ~0.3 points of test accuracy over the plain Keras convnet for ~1.5x the
-# compute per image; "valid" padding keeps the maps small. Padding "same", bfloat16 and
-# XLA were all slower here.
+# Defaults measured on MNIST on a 2-core CPU (README, "What we tried"). The aim is the
+# shortest training time to a good model: 16/32 filters cost half the compute per image of
+# the Keras example's 32/64, and batch norm with a high learning rate and a short warmup
+# makes up for the width (99% test accuracy after 3 epochs); light random shifts and 12
+# epochs take it to ~99.45%. Padding "same", bfloat16 and XLA were all slower here.
 @dataclasses.dataclass
 class Hyperparams:
-    filters: tuple[int, ...] = (32, 64)  # one conv block per entry, each halving the resolution
+    filters: tuple[int, ...] = (16, 32)  # one conv block per entry, each halving the resolution
     convs_per_block: int = 1
     kernel_size: int = 3
     padding: str = "valid"  # "valid" shrinks each map by kernel_size-1: less compute than "same"
     batch_norm: bool = True
+    # Keras's default (0.99) averages the batch statistics over ~100 steps: the moving
+    # statistics then lag weights that are still changing fast, and a model evaluated after
+    # a short run (a search trial, the first epochs) scores far below its training accuracy
+    # (28% validation vs 97% training after 3 short epochs). 0.9 tracks them within ~10 steps.
+    batch_norm_momentum: float = 0.9
     dropout: float = 0.3
-    dense_units: int = 128  # 0: straight from the last block to the logits
-    augment: float = 0.0  # max random shift, as a fraction of the image size; 0 disables
-    learning_rate: float = 3e-3
-    epochs: int = 8
+    dense_units: int = 256  # 0: straight from the last block to the logits
+    augment: float = 0.05  # max random shift, as a fraction of the image size; 0 disables
+    learning_rate: float = 5e-3
+    warmup_fraction: float = 0.01  # batch norm tolerates a high rate almost from the start
+    epochs: int = 12
     batch_size: int = 128
 
 
@@ -46,7 +53,7 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
                 filters, hp.kernel_size, padding=hp.padding, use_bias=not hp.batch_norm, name=f"conv{b}_{c}"
             )(x)
             if hp.batch_norm:
-                x = keras.layers.BatchNormalization(name=f"bn{b}_{c}")(x)
+                x = keras.layers.BatchNormalization(momentum=hp.batch_norm_momentum, name=f"bn{b}_{c}")(x)
             x = keras.layers.Activation("relu", name=f"relu{b}_{c}")(x)
         x = keras.layers.MaxPooling2D(name=f"pool{b}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
@@ -68,10 +75,10 @@ def search_space(hp: keras_tuner.HyperParameters) -> Hyperparams:
     d = Hyperparams()
     return Hyperparams(
         learning_rate=hp.Float("learning_rate", 1e-3, 1e-2, sampling="log", default=d.learning_rate),
-        filters=ints(hp.Choice("filters", options("16,32", joined(d.filters), "48,96"), default=joined(d.filters))),
-        dense_units=hp.Choice("dense_units", options(0, 64, d.dense_units, 256), default=d.dense_units),
+        filters=ints(hp.Choice("filters", options(joined(d.filters), "24,48", "32,64", "48,96"), default=joined(d.filters))),
+        dense_units=hp.Choice("dense_units", options(0, 64, 128, d.dense_units), default=d.dense_units),
         dropout=hp.Float("dropout", 0.1, 0.5, step=0.1, default=d.dropout),
         batch_norm=hp.Boolean("batch_norm", default=d.batch_norm),
         # Light random shifts: the regularizer that pays off most on digits.
-        augment=hp.Choice("augment", options(d.augment, 0.05, 0.1), default=d.augment),
+        augment=hp.Choice("augment", options(d.augment, 0.0, 0.1), default=d.augment),
     )

@@ -60,7 +60,9 @@ def normalization(kind: str | None, name: str) -> keras.layers.Layer | None:
     if kind in (None, "none"):
         return None
     if kind == "batch":
-        return keras.layers.BatchNormalization(name=name)
+        # Momentum 0.9, not Keras's 0.99: moving statistics that keep up with short runs
+        # (see `cnn.Hyperparams.batch_norm_momentum`).
+        return keras.layers.BatchNormalization(momentum=0.9, name=name)
     if kind == "layer":
         return keras.layers.LayerNormalization(name=name)
     raise ValueError(f"Unknown normalization {kind!r}; use 'batch', 'layer' or 'none'.")
