@@ -201,6 +201,31 @@ def test_cpu_devices_too_late_is_explained():
         distribute.split_cpu(len(tf.config.list_logical_devices("CPU")) + 1)
 
 
+ALLOCATOR_PROBE = """
+import sys
+import tensorflow as tf
+from tfpipeline import distribute
+distribute.setup(sys.argv[1], cpu_devices=int(sys.argv[2]), environ={})
+tf.constant([1.0]) + 1.0
+try:
+    tf.config.experimental.get_memory_info("CPU:0")  # only a BFC allocator keeps these stats
+    print("BFC")
+except ValueError:
+    print("malloc")
+"""
+
+
+@pytest.mark.parametrize("strategy, cpu_devices, allocator", [("mirrored", 2, "BFC"), ("default", 1, "malloc")])
+def test_distributed_strategies_keep_their_cpu_memory(strategy, cpu_devices, allocator):
+    """The distributed paths use TensorFlow's BFC allocator (malloc's page-fault churn was
+    most of their overhead); the one-device path is left as it was."""
+    env = {k: v for k, v in os.environ.items() if k != distribute.ENV_CPU_BFC}
+    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, strategy, str(cpu_devices)], cwd=ROOT,
+                         env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == allocator
+
+
 # --- mirrored over 2 CPU devices --------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,25 @@ def scale_learning_rate(base: float, replicas: int, rule: str = "linear") -> flo
     raise UserError(f"Unknown --lr-scaling {rule!r}. Choose one of: {', '.join(LR_SCALING)}.")
 
 
+ENV_CPU_BFC = "TF_CPU_ALLOCATOR_USE_BFC"
+
+
+def use_bfc_cpu_allocator(environ: dict | None = None) -> None:
+    """Have TensorFlow keep and reuse its CPU memory (its BFC allocator) instead of malloc.
+
+    With malloc, each step's large tensors are mapped fresh from the OS and unmapped when
+    freed, and every new page is zeroed by the kernel on first touch. Under
+    MirroredStrategy on two logical CPU devices this page-fault churn was a third of all CPU
+    time (perf: 31% in exc_page_fault, 5% in munmap, against 11% and 1.5% on one device),
+    and it was most of the 38% overhead against one device; with the BFC allocator, which
+    holds on to what it has allocated, it is gone. TensorFlow reads the variable when it
+    creates its CPU allocator (at the first tensor), so this must run before any op; an
+    explicit setting in the environment wins.
+    """
+    environ = os.environ if environ is None else environ
+    environ.setdefault(ENV_CPU_BFC, "true")
+
+
 def split_cpu(devices: int) -> None:
     """Expose the host CPU as `devices` logical devices (so Mirrored has that many replicas).
 
@@ -251,6 +270,10 @@ def setup(
     cluster = parse_tf_config(environ.get(ENV_TF_CONFIG))
     gpus = len(tf.config.list_physical_devices("GPU"))  # does not initialize the devices
     kind = resolve(requested, cluster, gpus, cpu_devices)
+    if kind != "default":
+        # Only for the distributed paths, whose overhead it was. (One device gains a little
+        # from it too; that is left to whoever owns the one-device defaults.)
+        use_bfc_cpu_allocator()
     if cpu_devices and cpu_devices > 1:
         if kind == "multi_worker":
             raise UserError(
