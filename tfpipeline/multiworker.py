@@ -87,6 +87,7 @@ def fit(
         model=model,
     )
     train_step, test_step = _step_functions(model, strategy)
+    fetch = tf.function(lambda iterator: iterator.get_next())
     dist_train = strategy.experimental_distribute_dataset(train)
     dist_validation = strategy.experimental_distribute_dataset(validation) if validation is not None else None
     # Weights and statistics that training does not keep in step across replicas: Keras 3's
@@ -99,7 +100,7 @@ def fit(
     for epoch in range(initial_epoch, settings.epochs):
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
-        for step, batch in enumerate(dist_train):
+        for step, batch in enumerate(_batches(dist_train, fetch)):
             callbacks.on_train_batch_begin(step)
             logs = train_step(batch)
             callbacks.on_train_batch_end(step, logs)
@@ -113,7 +114,7 @@ def fit(
         if replica_local:
             _sync(strategy, replica_local, average=True)
         if dist_validation is not None:
-            val_logs = _evaluate(model, test_step, dist_validation, callbacks)
+            val_logs = _evaluate(model, test_step, _batches(dist_validation, fetch), callbacks)
             epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
         callbacks.on_epoch_end(epoch, epoch_logs)
         if manager is not None:
@@ -178,12 +179,30 @@ def _global_metrics(model: keras.Model) -> dict:
     return logs
 
 
-def _evaluate(model, test_step, dataset, callbacks) -> dict[str, float]:
+def _batches(dataset, fetch):
+    """A distributed dataset's batches, each taken by one call of the compiled `fetch`.
+
+    Iterating the distributed dataset in Python (`for batch in dataset`) runs its `next`
+    eagerly, op by op: with several workers that includes a collective in which the workers
+    agree whether any of them has data left (for a last partial batch). Measured with two
+    workers here: 220-290 ms per batch eagerly, 56-91 ms in a tf.function (under load; the
+    ratio is the point). Keras's `fit` takes its batches inside its compiled step the same
+    way. At the end every worker gets the same OutOfRangeError, at the same batch.
+    """
+    iterator = iter(dataset)
+    while True:
+        try:
+            yield fetch(iterator)
+        except tf.errors.OutOfRangeError:
+            return
+
+
+def _evaluate(model, test_step, batches, callbacks) -> dict[str, float]:
     """The validation pass `fit` makes at the end of each epoch, distributed the same way."""
     model.reset_metrics()
     callbacks.on_test_begin()
     logs = {}
-    for step, batch in enumerate(dataset):
+    for step, batch in enumerate(batches):
         callbacks.on_test_batch_begin(step)
         logs = test_step(batch)
         callbacks.on_test_batch_end(step, logs)
