@@ -16,12 +16,23 @@ more replicas cannot be faster here, so the figure of merit is the overhead,
 Each of the two workers gets one intra-op thread (one core each, as if on its own small
 machine) instead of two threads each fighting over the same two cores.
 
+Each run also reports the CPU seconds it used per 1,000 training images (all its processes
+together, timed epochs only). On a machine shared with other work, where images/s moves
+with the neighbours, that figure barely moves, and it separates work the machinery adds
+(more CPU per image) from cores left idle (same CPU per image, fewer images/s).
+
+Reference rows separate the causes: one device at the per-replica batch (is a smaller
+batch less efficient?), with one thread, and with the BFC allocator that the distributed
+paths use; and the distributed paths with malloc, as they were before
+(`TF_CPU_ALLOCATOR_USE_BFC=false`; see `distribute.use_bfc_cpu_allocator`).
+
 Writes bench/results/distribution-<time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -64,6 +75,7 @@ def child(args) -> None:
     fit(model, train_ds, None, settings, extra_callbacks=[clock])
     timed = clock.seconds[1:]  # the first epoch traces the step function and fills the cache
     steps = [d for epoch in clock.steps[1:] for d in epoch[1:-1]]  # full batches, not an epoch's first
+    cpu_seconds = sum(clock.cpu_seconds[1:])
     print("RESULT " + json.dumps({
         "strategy": dist.kind, "replicas": dist.replicas, "workers": dist.workers,
         "global_batch": args.global_batch, "per_replica_batch": per_replica,
@@ -71,6 +83,7 @@ def child(args) -> None:
         "images_per_second_mean": args.examples * len(timed) / sum(timed),
         "median_step_seconds": statistics.median(steps),
         "images_per_second": args.global_batch / statistics.median(steps),
+        "cpu_seconds_per_1000_images": 1000 * cpu_seconds / (args.examples * len(timed)),
     }), flush=True)
 
 
@@ -82,10 +95,12 @@ class EpochClock(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.seconds: list[float] = []
+        self.cpu_seconds: list[float] = []  # this process's user + system time
         self.steps: list[list[float]] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = self._last = time.perf_counter()
+        self._cpu = sum(os.times()[:2])
         self.steps.append([])
 
     def on_train_batch_end(self, batch, logs=None):
@@ -95,6 +110,7 @@ class EpochClock(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(self._last - self._start)
+        self.cpu_seconds.append(sum(os.times()[:2]) - self._cpu)
 
 
 def free_ports(n: int) -> list[int]:
@@ -109,15 +125,15 @@ def free_ports(n: int) -> list[int]:
 
 
 def measure(name: str, strategy: str, args, *, workers: int = 1, cpu_devices: int | None = None,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, batch: int | None = None, environ: dict | None = None) -> dict:
     command = [sys.executable, "-m", "bench.distribution", "--child", "--strategy", strategy,
-               "--global-batch", str(args.global_batch), "--epochs", str(args.epochs),
+               "--global-batch", str(batch or args.global_batch), "--epochs", str(args.epochs),
                "--examples", str(args.examples)]
     if cpu_devices:
         command += ["--cpu-devices", str(cpu_devices)]
     if threads:
         command += ["--threads", str(threads)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(environ or {})}
     ports = free_ports(workers) if workers > 1 else []
     print(f"{name}: running ({' '.join(command[1:])}) ...", flush=True)
     load_before = os.getloadavg()[0]
@@ -137,9 +153,14 @@ def measure(name: str, strategy: str, args, *, workers: int = 1, cpu_devices: in
                if line.startswith("RESULT ")]
     result = results[0]  # every worker trains the same global batches in lockstep
     result.update(name=name, wall_seconds=round(time.perf_counter() - started, 1),
-                  load_before=load_before, load_after=os.getloadavg()[0], threads_per_process=threads)
+                  load_before=load_before, load_after=os.getloadavg()[0], threads_per_process=threads,
+                  environment=environ or {},
+                  # every worker's CPU, per image of the global batch
+                  cpu_seconds_per_1000_images=sum(r["cpu_seconds_per_1000_images"] for r in results))
     print(f"    {result['images_per_second']:,.0f} images/s from the median step "
-          f"({result['images_per_second_mean']:,.0f} from whole epochs {result['epoch_seconds']} s)", flush=True)
+          f"({result['images_per_second_mean']:,.0f} from whole epochs {result['epoch_seconds']} s), "
+          f"{result['cpu_seconds_per_1000_images']:.2f} CPU s per 1,000 images, "
+          f"load {load_before:.1f} -> {result['load_after']:.1f}", flush=True)
     return result
 
 
@@ -150,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is not timed (default 3)")
     parser.add_argument("--examples", type=int, default=10240, help="training images per epoch (default 10240: 40 steps)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of all the configurations, interleaved (default 2)")
+    parser.add_argument("--only", help="run only the configurations whose name contains one of these "
+                        "comma-separated words (e.g. 'default (,mirrored (,multi_worker (': the three main rows)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", help=argparse.SUPPRESS)
     parser.add_argument("--cpu-devices", type=int, help=argparse.SUPPRESS)
@@ -161,13 +184,24 @@ def main(argv=None) -> int:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is not timed")
 
+    malloc = {distribute.ENV_CPU_BFC: "false"}
     configurations = [
         ("default (1 device)", "default", {}),
         ("mirrored (2 CPU devices)", "mirrored", {"cpu_devices": 2}),
         ("multi_worker (2 workers, 127.0.0.1)", "multi_worker", {"workers": 2, "threads": 1}),
+        # The distributed paths as they were before they kept their CPU memory.
+        ("mirrored, malloc (before)", "mirrored", {"cpu_devices": 2, "environ": malloc}),
+        ("multi_worker, malloc (before)", "multi_worker", {"workers": 2, "threads": 1, "environ": malloc}),
+        # Is a replica's smaller batch less efficient by itself? (Overhead counts images/s.)
+        (f"default, batch {args.global_batch // 2} (reference)", "default", {"batch": args.global_batch // 2}),
         # How much of the two workers' figure is only their thread setting, not distribution.
         ("default, 1 intra-op thread (reference)", "default", {"threads": 1}),
+        # What the allocator alone gives one device.
+        ("default, BFC allocator (reference)", "default", {"environ": {distribute.ENV_CPU_BFC: "true"}}),
     ]
+    if args.only:
+        words = args.only.split(",")
+        configurations = [c for c in configurations if c[0] == configurations[0][0] or any(w in c[0] for w in words)]
     # Interleaved rounds, and each round compared with its own default run: this machine's
     # speed drifts with its neighbours' load, and a paired comparison cancels most of that.
     rounds = []
@@ -185,23 +219,27 @@ def main(argv=None) -> int:
             "images_per_second": statistics.median(run["images_per_second"] for run in runs),
             "overhead": statistics.median(run["overhead"] for run in runs),
             "overhead_by_round": [round(run["overhead"], 4) for run in runs],
+            "cpu_seconds_per_1000_images": statistics.median(run["cpu_seconds_per_1000_images"] for run in runs),
+            "load": [round(run["load_before"], 1) for run in runs],
         })
     header = (f"{'configuration':40} {'replicas':>8} {'per-replica batch':>17} {'images/s':>9} {'overhead':>9}"
-              f"   overhead by round")
+              f" {'CPU s/1k img':>12}   overhead by round (load)")
     print(f"\nGlobal batch {args.global_batch}, default CNN, MNIST, {os.cpu_count()} cores; images/s from the "
           f"median step time over {args.epochs - 1} timed epoch(s) of {args.examples:,} images; median of "
-          f"{args.rounds} round(s)")
+          f"{args.rounds} round(s); niceness {os.nice(0)}, load average (1 min) before each run in brackets")
     print(header)
     print("-" * len(header))
     for row in summary:
         print(f"{row['name']:40} {row['replicas']:>8} {row['per_replica_batch']:>17} "
-              f"{row['images_per_second']:>9,.0f} {row['overhead']:>9.1%}   "
-              + ", ".join(f"{o:.1%}" for o in row["overhead_by_round"]))
+              f"{row['images_per_second']:>9,.0f} {row['overhead']:>9.1%} {row['cpu_seconds_per_1000_images']:>12.2f}   "
+              + ", ".join(f"{o:.1%} ({load})" for o, load in zip(row["overhead_by_round"], row["load"])))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"distribution-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps({"command": "python -m bench.distribution " + " ".join(argv or sys.argv[1:]),
                                 "cores": os.cpu_count(), "global_batch": args.global_batch,
-                                "epochs": args.epochs, "examples": args.examples, "summary": summary,
+                                "epochs": args.epochs, "examples": args.examples,
+                                "cnn": dataclasses.asdict(models.hyperparams("cnn", {})),
+                                "nice": os.nice(0), "summary": summary,
                                 "rounds": rounds}, indent=2))
     print(f"\nwrote {path.relative_to(ROOT)}")
     return 0
