@@ -123,8 +123,12 @@ def model_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_base, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "server.log"
+    # TensorFlow's default thread pools, as in this test process: the thread count can change
+    # the last bits of a result, and the tests below compare bits with in-process calls.
     server = start_server(model_base, log, "--max-instances", str(MAX_INSTANCES),
-                          "--max-body-bytes", str(MAX_BODY_BYTES))
+                          "--max-body-bytes", str(MAX_BODY_BYTES),
+                          "--tensorflow-intra-op-parallelism", "0",
+                          "--tensorflow-inter-op-parallelism", "0")
     yield server
     stop_server(server)
 
@@ -202,7 +206,43 @@ def test_row_format_accepts_named_instances(server, model_base):
     assert plain == named
 
 
+def _image_body(layout: str, images: np.ndarray) -> bytes:
+    """The same images as JSON laid out the ways real clients and people write it."""
+    if layout == "compact":
+        return json.dumps({"instances": images.tolist()}, separators=(",", ":")).encode()
+    if layout == "indented":
+        return json.dumps({"instances": images.tolist()}, indent=2).encode()
+    if layout == "tabs and newlines":
+        text = json.dumps({"instances": images.tolist()})
+        return ("\r\n\t" + text.replace(", ", ",\n\t ").replace("[", "[\t") + "\n").encode()
+    return json.dumps({"inputs": images.tolist()}).encode()  # "columnar"
+
+
+@pytest.mark.parametrize("layout", ["compact", "indented", "tabs and newlines", "columnar"])
+def test_any_json_layout_matches_in_process_call(server, model_base, layout):
+    # Plain integer bodies take a shortcut past json.loads (fastpath.py); whatever the
+    # whitespace, the answer must be the one the general parser gives.
+    images = random_images(7, seed=6)
+    images[0, 0, 0, 0] = 0  # a lone 0 next to numbers with several digits
+    expected = reference(model_base / "1", images)
+    status, body = server.post(PREDICT, _image_body(layout, images))
+    assert status == 200, body
+    if layout == "columnar":
+        probabilities = body["outputs"]["probabilities"]
+    else:
+        probabilities = [p["probabilities"] for p in body["predictions"]]
+    np.testing.assert_array_equal(np.array(probabilities, np.float32), expected["probabilities"])
+
+
 # -- bad input ----------------------------------------------------------------------------
+
+def _with_pixel(text: str) -> bytes:
+    """One black image with pixel [0, 0] = 12, its "[12]" replaced by `text`: invalid JSON
+    that only differs from a valid body inside one number."""
+    image = np.zeros((1, 28, 28, 1), np.uint8)
+    image[0, 0, 0, 0] = 12
+    return json.dumps({"instances": image.tolist()}).replace("[12]", text, 1).encode()
+
 
 ONE = random_images(1).tolist()
 
@@ -225,6 +265,9 @@ BAD_REQUESTS = {
     "value above 255": (PREDICT, {"instances": (np.array(ONE) + 256).tolist()}, 400, "outside [0, 255]"),
     "negative value": (PREDICT, {"instances": (np.array(ONE) - 256).tolist()}, 400, "outside [0, 255]"),
     "NaN": (PREDICT, b'{"instances": [[[[NaN]]]]}', 400, "NaN"),
+    "two numbers without a comma": (PREDICT, _with_pixel("[1 2]"), 400, "Malformed JSON"),
+    "leading zero": (PREDICT, _with_pixel("[012]"), 400, "Malformed JSON"),
+    "value above 255 in a plain body": (PREDICT, _with_pixel("[256]"), 400, "outside [0, 255]"),
     "strings": (PREDICT, {"instances": np.array(ONE).astype(str).tolist()}, 400, "strings"),
     "null": (PREDICT, {"instances": [[[[None]]]]}, 400, "not numbers"),
     "ragged": (PREDICT, {"instances": [ONE[0], ONE[0][:3]]}, 400, "rectangular"),
@@ -330,10 +373,13 @@ def unbatched_server(tmp_path_factory):
 def test_no_batching_calls_the_model_once_per_request(unbatched_server):
     images = random_images(16, seed=5)
     before = unbatched_server.stats()
-    _concurrent_predictions(unbatched_server, images)
+    got = _concurrent_predictions(unbatched_server, images)
     after = unbatched_server.stats()
     assert after["model_calls"] - before["model_calls"] == 16
     assert after["max_batch_size"] == 1
+    # This server runs with the default (server-sized) TensorFlow thread pools.
+    assert re.search(r"TensorFlow intra-op \d+, inter-op \d+ threads", unbatched_server.log())
+    np.testing.assert_allclose(np.sum(got, axis=1), 1, rtol=1e-5)
 
 
 def test_incomplete_and_broken_versions_do_not_stop_serving(unbatched_server):

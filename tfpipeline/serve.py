@@ -20,10 +20,20 @@ from tfpipeline.errors import UserError
 from tfpipeline.serving.versions import discover_versions
 
 
+DEFAULT_BATCH_THREADS = min(2, os.cpu_count() or 1)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
@@ -56,7 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=2000, help="longest a batch waits for requests already arriving "
                    "(default 2000)")
     p.add_argument("--num-batch-threads", "--num_batch_threads", type=_positive,
-                   default=min(2, os.cpu_count() or 1), help="threads running model calls")
+                   default=DEFAULT_BATCH_THREADS, help="threads running model calls")
+    p.add_argument("--tensorflow-intra-op-parallelism", "--tensorflow_intra_op_parallelism",
+                   type=_non_negative_int, metavar="N",
+                   help="threads one model call may use; 0 = TensorFlow's choice (all cores), "
+                   "default: the cores left after the event loop's, shared among "
+                   "--num-batch-threads, at least 1")
+    p.add_argument("--tensorflow-inter-op-parallelism", "--tensorflow_inter_op_parallelism",
+                   type=_non_negative_int, metavar="N",
+                   help="threads running independent ops; 0 = TensorFlow's choice, "
+                   "default: --num-batch-threads")
     p.add_argument("--file-system-poll-wait-seconds", "--file_system_poll_wait_seconds",
                    type=_non_negative, default=2.0,
                    help="how often to look for new versions; 0 loads once at start (default 2)")
@@ -69,7 +88,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be between 0 and 65535, got {args.port}")
+    intra, inter = default_tf_threads(args.num_batch_threads)
+    if args.tensorflow_intra_op_parallelism is None:
+        args.tensorflow_intra_op_parallelism = intra
+    if args.tensorflow_inter_op_parallelism is None:
+        args.tensorflow_inter_op_parallelism = inter
     return args
+
+
+def default_tf_threads(num_batch_threads: int) -> tuple[int, int]:
+    """(intra-op, inter-op) threads for a server: a core for the event loop, the rest shared by
+    the batch threads, and one inter-op thread per batch thread so their calls never queue."""
+    cores = os.cpu_count() or 1
+    return max(1, (cores - 1) // num_batch_threads), num_batch_threads
 
 
 def check_base_path(base: Path) -> None:
@@ -107,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                                  max_batch_size=args.max_batch_size,
                                  timeout_seconds=args.batch_timeout_micros / 1e6),
             num_batch_threads=args.num_batch_threads,
+            intra_op_threads=args.tensorflow_intra_op_parallelism,
+            inter_op_threads=args.tensorflow_inter_op_parallelism,
             poll_wait_seconds=args.file_system_poll_wait_seconds,
             num_versions=args.num_versions,
             max_body_bytes=args.max_body_bytes,
