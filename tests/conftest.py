@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,20 @@ def tiny_images():
         r, c = divmod(int(label), 2)
         images[i, r * 14 : r * 14 + 14, c * 14 : c * 14 + 14] += 150
     return images, labels.astype(np.int32)
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports the OS says are free on 127.0.0.1, for servers that cannot take port 0
+    (TensorBoard, a TF_CONFIG cluster, the KerasTuner oracle). All are bound at once, so
+    they differ; each is released before it is handed over."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

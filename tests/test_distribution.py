@@ -13,7 +13,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, free_ports, run_cli
 from tfpipeline import distribute
 from tfpipeline.errors import UserError
 
@@ -32,18 +31,6 @@ RESUMED = re.compile(r"Resuming training from epoch (\d+)/(\d+)")
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def free_ports(n: int) -> list[int]:
-    """Ports the OS says are free on 127.0.0.1 (all bound at once, so they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
 
 def tf_config(ports: list[int], index: int) -> str:
     return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},

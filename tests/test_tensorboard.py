@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import free_ports, run_cli
 from tfpipeline import cli
 from tfpipeline.errors import UserError
 from tfpipeline.pipeline import PipelineConfig, run
@@ -58,13 +57,6 @@ def runs(tmp_path_factory, manual_dir, data_dir) -> Runs:
     return Runs(cwd / "runs", cnn, cnn_metadata, mlp.metadata, mlp.export_path)
 
 
-def _free_port() -> int:
-    # TensorBoard has no --port 0: ask the OS for a free port, release it, hand it over.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tensorboard_command() -> list[str]:
     script = Path(sys.executable).with_name("tensorboard")
     return [str(script)] if script.exists() else [shutil.which("tensorboard") or "tensorboard"]
@@ -74,7 +66,7 @@ class Board:
     """A running `tensorboard` and a tiny client for its data API."""
 
     def __init__(self, logdir: Path, log_path: Path):
-        self.port = _free_port()
+        self.port = free_ports(1)[0]  # TensorBoard has no --port 0
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [*_tensorboard_command(), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(self.port),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, free_ports, run_cli
 from tfpipeline import models
 from tests.test_tensorboard import SESSION_GROUPS_QUERY, Board
 from tfpipeline import cli, tuning
@@ -187,17 +186,11 @@ def test_resume_after_kill_keeps_finished_trials(tmp_path, env):
 
 # --- distributed: a chief and two workers -------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_chief_and_two_workers_share_one_search(tmp_path, env):
     trials = 4
     args = [*TINY, "--max-trials", str(trials)]
     base = {**os.environ, "PYTHONPATH": str(ROOT), **env, "KERASTUNER_ORACLE_IP": "127.0.0.1",
-            "KERASTUNER_ORACLE_PORT": str(_free_port())}
+            "KERASTUNER_ORACLE_PORT": str(free_ports(1)[0])}
     processes = {}
     for name in ("chief", "tuner0", "tuner1"):
         log = open(tmp_path / f"{name}.log", "w")
