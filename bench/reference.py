@@ -45,14 +45,7 @@ def train(x_train, y_train, x_test, y_test, epochs: int = 15, seed: int = 0) -> 
         callbacks=[timer],
         verbose=0,
     )
-    trained_images = int(len(x_train) * 0.9) * len(timer.epochs)
-    return {
-        "seconds_to_99": timer.seconds_to_target,
-        "final_test_accuracy": timer.final_accuracy,
-        "images_per_second": round(trained_images / timer.train_seconds, 1),
-        "train_seconds": round(timer.train_seconds, 2),
-        "epochs": timer.epochs,
-    }
+    return timer.results(images_per_epoch=int(len(x_train) * 0.9))
 
 
 def as_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -44,13 +44,8 @@ def train_ours(datasets, test_images, test_labels, seed: int = 0) -> dict:
     model = training.compile_model(models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp), settings)
     timer = TimeToAccuracy(test_images, test_labels)
     model.fit(train, epochs=settings.epochs, callbacks=[timer], verbose=0, shuffle=False)
-    trained_images = datasets.spec.num_examples["train"] * len(timer.epochs)
     return {
-        "seconds_to_99": timer.seconds_to_target,
-        "final_test_accuracy": timer.final_accuracy,
-        "images_per_second": round(trained_images / timer.train_seconds, 1),
-        "train_seconds": round(timer.train_seconds, 2),
-        "epochs": timer.epochs,
+        **timer.results(images_per_epoch=datasets.spec.num_examples["train"]),
         "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(hp).items()},
     }
 

@@ -51,6 +51,16 @@ class TimeToAccuracy(keras.callbacks.Callback):
     def final_accuracy(self) -> float | None:
         return self.epochs[-1]["test_accuracy"] if self.epochs else None
 
+    def results(self, images_per_epoch: int) -> dict:
+        """The figures the benchmark reports for one model, as in its JSON."""
+        return {
+            "seconds_to_99": self.seconds_to_target,
+            "final_test_accuracy": self.final_accuracy,
+            "images_per_second": round(images_per_epoch * len(self.epochs) / self.train_seconds, 1),
+            "train_seconds": round(self.train_seconds, 2),
+            "epochs": self.epochs,
+        }
+
 
 def machine() -> dict:
     cpu = "unknown"
