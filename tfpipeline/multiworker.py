@@ -12,7 +12,7 @@ this module replaces only fit's driver loop and keeps everything else Keras's ow
   with its warmup + cosine schedule, the gradient all-reduce and the metrics are exactly
   what `fit` uses;
 * the same callbacks (`training.make_callbacks`: TensorBoard with the learning rate in
-  `<logdir>/train` and `<logdir>/validation`, EarlyStopping on val_accuracy,
+  `<logdir>/train` and `<logdir>/validation`, EarlyStopping on val_loss,
   TerminateOnNaN, Keras's progress bar), driven through a `keras.callbacks.CallbackList`
   with the calls `fit` makes;
 * resume: BackupAndRestore knows nothing about workers, so a `tf.train.CheckpointManager`
@@ -116,13 +116,15 @@ def fit(
         if dist_validation is not None:
             val_logs = _evaluate(model, test_step, _batches(dist_validation, fetch), callbacks)
             epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
-        callbacks.on_epoch_end(epoch, epoch_logs)
         if manager is not None:
             # Every worker saves (saving may need collectives); only the chief's is kept.
             # The manager writes the checkpoint, then records it atomically, so a kill at
-            # any moment leaves the previous epoch's checkpoint as the latest.
+            # any moment leaves the previous epoch's checkpoint as the latest. Saved before
+            # the epoch-end callbacks, as BackupAndRestore does in `fit`: after them the
+            # model holds the averaged weights (training.weight_averaging_callbacks).
             epochs_done.assign(epoch + 1)
             manager.save(checkpoint_number=epoch + 1)
+        callbacks.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
             break
     model.optimizer.finalize_variable_values(model.trainable_weights)

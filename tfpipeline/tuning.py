@@ -280,6 +280,8 @@ class PipelineHyperModel(kt.HyperModel):
         row["trial"] = self.trial_id
         writer = tf.summary.create_file_writer(str(logdir))  # ours to close: the callback only drops it
         callbacks = [
+            # First, so the tuner's best-epoch checkpoint and early stopping see averaged weights.
+            *training.weight_averaging_callbacks(getattr(model.optimizer, "use_ema", False)),
             *(callbacks or []),
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.TensorBoard(str(logdir), histogram_freq=0, write_graph=False),
