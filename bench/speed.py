@@ -39,11 +39,14 @@ def train_ours(datasets, test_images, test_labels, seed: int = 0) -> dict:
     """Our default CNN through our own pipeline, with the settings `pipelines.mnist` uses."""
     keras.utils.set_random_seed(seed)
     hp = models.hyperparams("cnn")
-    settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0)
+    # No validation here (the test set is scored after each epoch instead), so no early stopping.
+    settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0, early_stopping_patience=0)
     train = data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=seed)
-    model = training.compile_model(models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp), settings)
+    model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
     timer = TimeToAccuracy(test_images, test_labels)
-    model.fit(train, epochs=settings.epochs, callbacks=[timer], verbose=0, shuffle=False)
+    # training.fit's callbacks, as in a real run: with weight averaging, the timer scores the
+    # averaged weights that the run would export.
+    training.fit(model, train, None, settings, extra_callbacks=[timer])
     return {
         **timer.results(images_per_epoch=datasets.spec.num_examples["train"]),
         "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(hp).items()},
@@ -71,11 +74,11 @@ def family_rate(name: str, datasets, repeats: int, steps: int = 30) -> float:
     settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0)
     model = training.compile_model(models.build(name, datasets.spec.input_shape, datasets.spec.num_classes, hp), settings)
     ds = data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=0).repeat()
-    model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0)  # trace and warm up
+    model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # trace and warm up
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
         rates.append(steps * hp.batch_size / (time.perf_counter() - start))
     return statistics.median(rates)
 

@@ -26,6 +26,9 @@ from tfpipeline import distribute
 from tfpipeline.errors import UserError
 
 TINY = ["--quick", "--model", "mlp", "--hparam", "units=32", "--histogram-freq", "0"]
+# The default family, small: batch norm and weight averaging (the CNN's ema_momentum) on.
+TINY_CNN = ["--quick", "--model", "cnn", "--hparam", "filters=[4,8]", "--hparam", "dense_units=16",
+            "--histogram-freq", "0"]
 DIGEST = re.compile(r"Final weights sha256 ([0-9a-f]{64})")
 RESUMED = re.compile(r"Resuming training from epoch (\d+)/(\d+)")
 
@@ -258,7 +261,8 @@ def test_mirrored_reaches_the_single_device_accuracy(mirrored_and_default):
 def test_two_workers_train_identically_and_only_the_chief_exports(tmp_path, env):
     # No --strategy: auto must pick multi_worker because TF_CONFIG names two workers.
     # Batch normalization: its moving statistics are per replica in Keras 3 until synced.
-    args = TINY + ["--epochs", "2", "--batch-size", "32", "--hparam", "normalization=batch"]
+    # Weight averaging: the averaged weights are swapped in and out on every worker alike.
+    args = TINY_CNN + ["--epochs", "2", "--batch-size", "32"]
     workers = start_workers(tmp_path, args, env)
     chief, other = (w.finish() for w in workers)
     assert "Strategy multi_worker (2 workers, 2 replicas in all; this is worker 0 (chief))" in chief
@@ -273,6 +277,7 @@ def test_two_workers_train_identically_and_only_the_chief_exports(tmp_path, env)
             meta["distribution"]["global_batch_size"]) == ("multi_worker", 2, 64)
     assert meta["export"]["verified_test_accuracy"] == meta["metrics"]["test"]["accuracy"] > 0.8
     assert meta["training"]["epochs_run"] == 2
+    assert meta["model"]["hyperparameters"]["ema_momentum"] > 0
     logdir = tmp_path / "worker0" / meta["run"]["logdir"]
     assert (logdir / "train").is_dir() and (logdir / "validation").is_dir()
     # The other worker wrote into a temporary folder only, and removed it.

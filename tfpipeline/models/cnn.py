@@ -17,8 +17,10 @@ if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
 # Defaults measured on MNIST on a 2-core CPU (README, "What we tried"). The aim is the
 # shortest training time to a good model: 16/32 filters cost half the compute per image of
 # the Keras example's 32/64, and batch norm with a high learning rate and a short warmup
-# makes up for the width (99% test accuracy after 3 epochs); light random shifts and 12
-# epochs take it to ~99.45%. Padding "same", bfloat16 and XLA were all slower here.
+# makes up for the width. Scoring the moving average of the weights smooths out the noise
+# of the high rate: 99.2% test accuracy after the second epoch instead of 98.9-99.1%.
+# Light random shifts and 12 epochs take it to ~99.5%. Batches of 64 reach 99% an epoch
+# earlier but end ~0.1 point lower; padding "same", bfloat16 and XLA were slower here.
 @dataclasses.dataclass
 class Hyperparams:
     filters: tuple[int, ...] = (16, 32)  # one conv block per entry, each halving the resolution
@@ -36,6 +38,7 @@ class Hyperparams:
     augment: float = 0.05  # max random shift, as a fraction of the image size; 0 disables
     learning_rate: float = 5e-3
     warmup_fraction: float = 0.01  # batch norm tolerates a high rate almost from the start
+    ema_momentum: float = 0.99  # evaluate and export the average of the last ~100 steps' weights
     epochs: int = 12
     batch_size: int = 128
 
