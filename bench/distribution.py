@@ -66,6 +66,7 @@ def child(args) -> None:
     settings = training.TrainSettings(
         epochs=args.epochs, batch_size=args.global_batch, learning_rate=dist.learning_rate(hp.learning_rate),
         steps_per_epoch=-(-args.examples // args.global_batch), early_stopping_patience=0, verbose=2,
+        ema_momentum=hp.ema_momentum,  # the default CNN's weight averaging, as in a real run
     )
     with dist.strategy.scope():
         model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
