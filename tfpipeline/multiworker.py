@@ -88,7 +88,10 @@ def fit(
     )
     train_step, test_step = _step_functions(model, strategy)
     fetch = tf.function(lambda iterator: iterator.get_next())
-    dist_train = strategy.experimental_distribute_dataset(train)
+    # An endless training dataset and a fixed number of steps per epoch, as `fit` with
+    # steps_per_epoch: tf.distribute then skips, for an infinite dataset, the collective in
+    # which the workers agree before every batch whether any of them has data left.
+    train_batches = iter(strategy.experimental_distribute_dataset(train.repeat()))
     dist_validation = strategy.experimental_distribute_dataset(validation) if validation is not None else None
     # Weights and statistics that training does not keep in step across replicas: Keras 3's
     # BatchNormalization updates its moving mean/variance from each replica's own batch.
@@ -100,9 +103,9 @@ def fit(
     for epoch in range(initial_epoch, settings.epochs):
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
-        for step, batch in enumerate(_batches(dist_train, fetch)):
+        for step in range(settings.steps_per_epoch):
             callbacks.on_train_batch_begin(step)
-            logs = train_step(batch)
+            logs = train_step(fetch(train_batches))
             callbacks.on_train_batch_end(step, logs)
             if bad_step is None and not math.isfinite(float(logs["loss"])):
                 bad_step = step
