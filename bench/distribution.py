@@ -197,6 +197,8 @@ def main(argv=None) -> int:
         (f"default, batch {args.global_batch // 2} (reference)", "default", {"batch": args.global_batch // 2}),
         # How much of the two workers' figure is only their thread setting, not distribution.
         ("default, 1 intra-op thread (reference)", "default", {"threads": 1}),
+        # Two workers as a plain command on one machine runs them: TF's thread defaults each.
+        ("multi_worker, default threads (reference)", "multi_worker", {"workers": 2}),
         # What the allocator alone gives one device.
         ("default, BFC allocator (reference)", "default", {"environ": {distribute.ENV_CPU_BFC: "true"}}),
     ]
