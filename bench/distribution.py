@@ -63,11 +63,11 @@ def child(args) -> None:
     train = datasets.train.take(args.examples)
     train_ds = data.make_pipeline(train, batch_size=args.global_batch, training=True, seed=0)
     hp = models.hyperparams("cnn", {"batch_size": per_replica})
-    settings = training.TrainSettings(
-        epochs=args.epochs, batch_size=args.global_batch, learning_rate=dist.learning_rate(hp.learning_rate),
-        steps_per_epoch=-(-args.examples // args.global_batch), early_stopping_patience=0, verbose=2,
-        ema_momentum=hp.ema_momentum,  # the default CNN's weight averaging, as in a real run
-    )
+    # The settings a real run derives (as pipeline.run does: global batch, scaled rate, and the
+    # family's own warmup and weight averaging), for the bench's epochs and images.
+    global_hp = dataclasses.replace(hp, epochs=args.epochs, batch_size=args.global_batch,
+                                    learning_rate=dist.learning_rate(hp.learning_rate))
+    settings = training.settings_for(global_hp, args.examples, early_stopping_patience=0, verbose=2)
     with dist.strategy.scope():
         model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
         training.compile_model(model, settings)
