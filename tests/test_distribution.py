@@ -277,6 +277,9 @@ def test_two_workers_train_identically_and_only_the_chief_exports(tmp_path, env)
             meta["distribution"]["global_batch_size"]) == ("multi_worker", 2, 64)
     assert meta["export"]["verified_test_accuracy"] == meta["metrics"]["test"]["accuracy"] > 0.8
     assert meta["training"]["epochs_run"] == 2
+    # 47 global batches per epoch: the loop's calls of several steps (10, 10, 10, 10, 7) add up.
+    assert meta["training"]["steps_per_epoch"] == -(-3000 // 64) == 47
+    assert meta["training"]["steps_run"] == 2 * 47
     assert meta["model"]["hyperparameters"]["ema_momentum"] > 0
     logdir = tmp_path / "worker0" / meta["run"]["logdir"]
     assert (logdir / "train").is_dir() and (logdir / "validation").is_dir()
@@ -315,6 +318,8 @@ def test_one_machine_run_killed_and_rerun_resumes(tmp_path, env, strategy):
     assert exported_versions(tmp_path) == ["1"]  # no half-written or temporary version
     meta = metadata(tmp_path)
     assert meta["training"]["epochs_run"] == 5 and meta["training"]["resumed"] is True
+    # The optimizer's step count (the learning-rate schedule's position) resumed too.
+    assert meta["training"]["steps_run"] == 5 * meta["training"]["steps_per_epoch"]
     assert not list((tmp_path / "work").glob("mnist/*/backup"))
 
 
@@ -337,3 +342,4 @@ def test_two_workers_killed_and_rerun_resume(tmp_path, env):
     assert exported_versions(tmp_path / "worker1") == []
     meta = metadata(tmp_path / "worker0")
     assert meta["training"]["epochs_run"] == 5 and meta["distribution"]["weights_sha256"] in digests
+    assert meta["training"]["steps_run"] == 5 * meta["training"]["steps_per_epoch"] == 5 * 94

@@ -78,6 +78,7 @@ def test_auto_search_tries_two_families_and_exports_the_best(auto_run):
     assert search["best"]["trial_id"] == best["trial_id"] and metadata["model"]["family"] == best["family"]
     # The best was retrained on train+validation for the epochs where it peaked.
     assert metadata["training"]["epochs_run"] == best["epochs"]
+    assert metadata["training"]["steps_run"] == best["epochs"] * metadata["training"]["steps_per_epoch"]
     assert metadata["training"]["examples"] == 4000 and metadata["training"]["trained_on"] == ["train", "validation"]
     assert search["tuner"] == "hyperband" and search["max_epochs"] == 2 and search["factor"] == 2
     assert search["search_examples"] == 900

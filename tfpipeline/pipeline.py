@@ -219,6 +219,8 @@ def run(config: PipelineConfig) -> PipelineResult:
         extra_callbacks=run_log.callbacks(val_ds),
     )
     epochs_run = training.epochs_completed(history)
+    # Optimizer steps over the whole run, resumed parts included: the schedule's position.
+    steps_run = int(model.optimizer.iterations.numpy())
     if dist.kind == "multi_worker":
         # Evaluate and export a single-device copy: it runs on this machine alone, with no
         # collective the other workers would have to join (reading the weights is the last).
@@ -242,7 +244,7 @@ def run(config: PipelineConfig) -> PipelineResult:
         "model": {"family": config.model, "hyperparameters": dataclasses.asdict(hp),
                   "parameters": model.count_params()},
         "training": {"epochs_requested": hp.epochs, "epochs_run": epochs_run,
-                     "steps_per_epoch": settings.steps_per_epoch, "seed": config.seed,
+                     "steps_per_epoch": settings.steps_per_epoch, "steps_run": steps_run, "seed": config.seed,
                      "deterministic": config.deterministic, "quick": config.quick,
                      "resumed": resumed},
         "distribution": {**dist.to_json(hp.batch_size, hp.learning_rate), "weights_sha256": weights_sha256},

@@ -33,7 +33,10 @@ class TrainSettings:
     # earlier in training. 0 disables it.
     ema_momentum: float = 0.0
     early_stopping_patience: int = 4
-    steps_per_execution: int = 1
+    # Training steps per compiled call. None: each loop's own default, 1 for Keras's `fit`
+    # (its per-call cost is small next to a step) and `multiworker.STEPS_PER_CALL` for the
+    # multi-worker loop. Callbacks see one batch per call, as `fit` does.
+    steps_per_execution: int | None = None
     jit_compile: bool | str = "auto"
     verbose: int | None = None  # None: progress bar on a terminal, one line per epoch otherwise
     histogram_freq: int = 1  # weight histograms every N epochs; 0: none
@@ -84,7 +87,7 @@ def compile_model(model: keras.Model, settings: TrainSettings) -> keras.Model:
         # Models output logits: softmax happens in the loss here and in the export's signature.
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        steps_per_execution=settings.steps_per_execution,
+        steps_per_execution=settings.steps_per_execution or 1,
         jit_compile=settings.jit_compile,
     )
     return model

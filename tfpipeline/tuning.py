@@ -753,6 +753,7 @@ def run(config):
                     "num_examples": spec.num_examples, "class_names": list(spec.class_names)},
         "model": {"family": family, "hyperparameters": dataclasses.asdict(hp), "parameters": model.count_params()},
         "training": {"epochs_requested": epochs, "epochs_run": epochs_run, "steps_per_epoch": settings_.steps_per_epoch,
+                     "steps_run": int(model.optimizer.iterations.numpy()),
                      "epochs_from": "--epochs" if config.epochs else f"best trial {best['trial_id']}",
                      "trained_on": ["train", "validation"], "examples": num_full, "seed": config.seed,
                      "deterministic": config.deterministic, "quick": config.quick, "resumed": resumed},
