@@ -67,7 +67,8 @@ def child(args) -> None:
     # family's own warmup and weight averaging), for the bench's epochs and images.
     global_hp = dataclasses.replace(hp, epochs=args.epochs, batch_size=args.global_batch,
                                     learning_rate=dist.learning_rate(hp.learning_rate))
-    settings = training.settings_for(global_hp, args.examples, early_stopping_patience=0, verbose=2)
+    settings = training.settings_for(global_hp, args.examples, early_stopping_patience=0, verbose=2,
+                                     steps_per_execution=args.steps_per_execution)
     with dist.strategy.scope():
         model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
         training.compile_model(model, settings)
@@ -75,7 +76,7 @@ def child(args) -> None:
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit
     fit(model, train_ds, None, settings, extra_callbacks=[clock])
     timed = clock.seconds[1:]  # the first epoch traces the step function and fills the cache
-    steps = [d for epoch in clock.steps[1:] for d in epoch[1:-1]]  # full batches, not an epoch's first
+    steps = [d for epoch in clock.steps[1:] for d in epoch[1:-1]]  # not an epoch's first call, nor its last
     cpu_seconds = sum(clock.cpu_seconds[1:])
     print("RESULT " + json.dumps({
         "strategy": dist.kind, "replicas": dist.replicas, "workers": dist.workers,
@@ -91,23 +92,25 @@ def child(args) -> None:
 class EpochClock(keras.callbacks.Callback):
     """Each epoch's training seconds, and the time of each of its steps: from one batch's end
     to the next one's, so it covers everything a step costs (input included), whichever loop
-    runs it. Validation is not included."""
+    runs it. Validation is not included. A loop that runs several steps per call reports
+    only the call's last batch; each step of it is then counted at the call's mean."""
 
     def __init__(self):
         super().__init__()
         self.seconds: list[float] = []
         self.cpu_seconds: list[float] = []  # this process's user + system time
-        self.steps: list[list[float]] = []
+        self.steps: list[list[float]] = []  # per callback: seconds per step
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = self._last = time.perf_counter()
+        self._last_batch = -1
         self._cpu = sum(os.times()[:2])
         self.steps.append([])
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
-        self.steps[-1].append(now - self._last)
-        self._last = now
+        self.steps[-1].append((now - self._last) / (batch - self._last_batch))
+        self._last, self._last_batch = now, batch
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(self._last - self._start)
@@ -126,7 +129,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def measure(name: str, strategy: str, args, *, workers: int = 1, cpu_devices: int | None = None,
-            threads: int | None = None, batch: int | None = None, environ: dict | None = None) -> dict:
+            threads: int | None = None, batch: int | None = None, environ: dict | None = None,
+            steps_per_execution: int | None = None) -> dict:
     command = [sys.executable, "-m", "bench.distribution", "--child", "--strategy", strategy,
                "--global-batch", str(batch or args.global_batch), "--epochs", str(args.epochs),
                "--examples", str(args.examples)]
@@ -134,6 +138,8 @@ def measure(name: str, strategy: str, args, *, workers: int = 1, cpu_devices: in
         command += ["--cpu-devices", str(cpu_devices)]
     if threads:
         command += ["--threads", str(threads)]
+    if steps_per_execution:
+        command += ["--steps-per-execution", str(steps_per_execution)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(environ or {})}
     ports = free_ports(workers) if workers > 1 else []
     print(f"{name}: running ({' '.join(command[1:])}) ...", flush=True)
@@ -178,6 +184,7 @@ def main(argv=None) -> int:
     parser.add_argument("--strategy", help=argparse.SUPPRESS)
     parser.add_argument("--cpu-devices", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--steps-per-execution", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args)
@@ -199,6 +206,9 @@ def main(argv=None) -> int:
         ("default, 1 intra-op thread (reference)", "default", {"threads": 1}),
         # Two workers as a plain command on one machine runs them: TF's thread defaults each.
         ("multi_worker, default threads (reference)", "multi_worker", {"workers": 2}),
+        # Does one device gain as much as the two workers from several steps per call?
+        (f"default, {multiworker.STEPS_PER_CALL} steps per call (reference)", "default",
+         {"steps_per_execution": multiworker.STEPS_PER_CALL}),
         # What the allocator alone gives one device.
         ("default, BFC allocator (reference)", "default", {"environ": {distribute.ENV_CPU_BFC: "true"}}),
     ]
