@@ -187,9 +187,19 @@ def fit(
     """Compile (if needed) and train; raise `TrainingDiverged` on a NaN/inf loss."""
     if not model.compiled:
         compile_model(model, settings)
+    batches = int(train.cardinality())
+    if batches >= 0 and batches != settings.steps_per_epoch:  # else epochs would straddle the data
+        raise ValueError(f"The training dataset has {batches} batches but the settings say "
+                         f"{settings.steps_per_epoch} steps per epoch; derive them from the same "
+                         "number of examples and batch size (training.settings_for).")
     nan_watch = _NaNWatch()
     history = model.fit(
-        train,
+        # One endless iterator for the whole run, `steps_per_epoch` batches per epoch. With a
+        # finite dataset Keras makes a new iterator every epoch, and the first step of an epoch
+        # then stalled for 1-6 s here, CPU idle (mirrored over 2 CPU devices in most epochs,
+        # one device in some): up to a whole extra epoch's time in a 12-epoch run.
+        train.repeat(),
+        steps_per_epoch=settings.steps_per_epoch,
         validation_data=validation,
         epochs=settings.epochs,
         shuffle=False,  # the tf.data pipeline shuffles, with its own seed
