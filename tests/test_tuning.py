@@ -270,6 +270,23 @@ def test_search_is_the_default_except_for_a_smoke_test(capsys):
                       "factor": tuning.DEFAULT_FACTOR, "search_fraction": tuning.DEFAULT_FRACTION}
 
 
+def test_tf_config_with_several_workers_trains_together_instead_of_searching(monkeypatch, capsys):
+    # The plain command on every machine of a Kubeflow/Vertex AI job: one multi-worker
+    # training, not a search and an export per machine.
+    parse = cli.build_parser().parse_args
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:2001", "127.0.0.1:2002"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    assert tuning.settings_from_args(parse([])) is None
+    assert "No hyperparameter search (TF_CONFIG with 2 workers)" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"TF_CONFIG with 2 workers distributes a single training"):
+        tuning.settings_from_args(parse(["--tune"]))
+    # Asked for one device: TF_CONFIG does not apply, so the search is the default again.
+    assert tuning.settings_from_args(parse(["--strategy", "default"])) == tuning.SearchSettings()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:2001"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert tuning.settings_from_args(parse([])) == tuning.SearchSettings()
+
+
 def test_bad_search_settings_fail_before_any_work(tmp_path, monkeypatch, data_dir):
     from tfpipeline.pipeline import PipelineConfig, run
 

@@ -66,7 +66,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp_api
 
 from tfpipeline import data as data_lib
-from tfpipeline import evaluation, export, models, tensorboard_logs, training
+from tfpipeline import distribute, evaluation, export, models, tensorboard_logs, training
 from tfpipeline.errors import UserError
 
 TUNERS = ("hyperband", "random", "bayesian")
@@ -148,8 +148,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "hyperparameter search (KerasTuner)",
         textwrap.fill(  # the parser keeps descriptions as written (RawDescriptionHelpFormatter)
         "By default a run searches the family's hyperparameters first, then retrains the best on "
-        "train+validation for the epochs it needed, and exports that. --quick, --strategy and "
-        "--cpu-devices train the family's defaults instead unless --tune or a search flag is given. "
+        "train+validation for the epochs it needed, and exports that. --quick, --strategy, "
+        "--cpu-devices and a TF_CONFIG naming several workers train the family's defaults instead "
+        "unless --tune or a search flag is given. "
         "An interrupted search resumes when the same command runs again. Distributed search: run the "
         f"same command as chief and workers with {ENV_TUNER_ID}=chief|tuner0|tuner1..., "
         f"{ENV_ORACLE_IP} and {ENV_ORACLE_PORT} (see the README, 'Hyperparameter search').", width=100),
@@ -179,8 +180,15 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings | None:
              "--overwrite": args.overwrite}
     given = [flag for flag, value in flags.items() if value is not None]
     auto = args.model == "auto"
-    distributed = [flag for flag, on in (("--strategy", getattr(args, "strategy", "auto") not in ("auto", "default")),
-                                         ("--cpu-devices", getattr(args, "cpu_devices", None) is not None)) if on]
+    strategy = getattr(args, "strategy", "auto")
+    # `--strategy auto` with a TF_CONFIG of several workers is multi-worker training: the same
+    # plain command on every machine (as Kubeflow and Vertex AI start it) trains one model
+    # together instead of each machine searching and exporting on its own.
+    cluster = distribute.parse_tf_config(os.environ.get(distribute.ENV_TF_CONFIG)) if strategy == "auto" else None
+    workers = cluster.workers if cluster is not None else 1
+    distributed = [flag for flag, on in (("--strategy", strategy not in ("auto", "default")),
+                                         ("--cpu-devices", getattr(args, "cpu_devices", None) is not None),
+                                         (f"TF_CONFIG with {workers} workers", workers > 1)) if on]
     if args.tune is False:
         if given or auto:
             what = ", ".join(given + (["--model auto"] if auto else []))
