@@ -37,10 +37,10 @@ from tfpipeline import training
 
 # Training steps per compiled call unless the settings name a number. Each call of a
 # multi-worker function costs ~3 ms of Python (flattening the distributed iterator and the
-# per-replica values, then the all-reduce of the logs), against ~1 ms for `fit` on one
-# device; a step is ~50 ms here. Measured with two workers on this machine's 2 cores (README,
-# "Distributed training"): 10 steps per call took the overhead against one device from
-# ~15% to ~5%. Callbacks see every 10th batch, as `fit` shows them with steps_per_execution.
+# per-replica values) plus an all-reduce of the logs, next to a ~45 ms step on 2 cores. With
+# two workers here (README, "Benchmark: what the distribution machinery costs"), 10 steps per
+# call took the overhead against one device from 15-18% to 6-11%; one device gains only a few
+# percent from it. Callbacks see every 10th batch, as `fit` shows them with steps_per_execution.
 STEPS_PER_CALL = 10
 
 
