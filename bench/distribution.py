@@ -1,8 +1,9 @@
 """What the distribution machinery costs: training images/s on one device, mirrored over two
 logical CPU devices, and two workers on 127.0.0.1, all at the same global batch.
 
-    python -m bench.distribution                 # about 4 minutes on 2 cores
-    python -m bench.distribution --rounds 1      # a quicker look
+    python -m bench.distribution                 # all rows, 2 rounds: about 12 minutes on 2 cores
+    python -m bench.distribution --only "mirrored (,multi_worker (" --rounds 3 --examples 20480
+                                                 # the main rows: about 5 minutes
 
 Each configuration runs in fresh processes (the strategy must be set up before TensorFlow
 initializes its devices) and trains the default CNN on the MNIST training split with the
@@ -13,6 +14,10 @@ timed, and images/s comes from the median step time, which a burst of load from 
 on the machine moves far less than a total would. On one machine, replicas share its cores:
 more replicas cannot be faster here, so the figure of merit is the overhead,
 1 - (images/s distributed) / (images/s on one device), each round against its own default run.
+Two overheads are reported. "overhead" compares with one device at the same global batch; it
+includes that each replica computes a smaller batch, which on a CPU is less efficient per
+image by itself. "machinery" compares with one device at the per-replica batch (a row that
+always runs), so it is what the strategy, the all-reduces and our multi-worker loop cost.
 Each of the two workers gets one intra-op thread (one core each, as if on its own small
 machine) instead of two threads each fighting over the same two cores.
 
@@ -77,6 +82,7 @@ def child(args) -> None:
     fit(model, train_ds, None, settings, extra_callbacks=[clock])
     timed = clock.seconds[1:]  # the first epoch traces the step function and fills the cache
     steps = [d for epoch in clock.steps[1:] for d in epoch[1:-1]]  # not an epoch's first call, nor its last
+    steps = steps or [d for epoch in clock.steps[1:] for d in epoch]  # epochs too short for that
     cpu_seconds = sum(clock.cpu_seconds[1:])
     print("RESULT " + json.dumps({
         "strategy": dist.kind, "replicas": dist.replicas, "workers": dist.workers,
@@ -193,6 +199,7 @@ def main(argv=None) -> int:
         parser.error("--epochs must be at least 2: the first epoch is not timed")
 
     malloc = {distribute.ENV_CPU_BFC: "false"}
+    batch_reference = f"default, batch {args.global_batch // 2} (reference)"
     configurations = [
         ("default (1 device)", "default", {}),
         ("mirrored (2 CPU devices)", "mirrored", {"cpu_devices": 2}),
@@ -200,8 +207,9 @@ def main(argv=None) -> int:
         # The distributed paths as they were before they kept their CPU memory.
         ("mirrored, malloc (before)", "mirrored", {"cpu_devices": 2, "environ": malloc}),
         ("multi_worker, malloc (before)", "multi_worker", {"workers": 2, "threads": 1, "environ": malloc}),
-        # Is a replica's smaller batch less efficient by itself? (Overhead counts images/s.)
-        (f"default, batch {args.global_batch // 2} (reference)", "default", {"batch": args.global_batch // 2}),
+        # One device at the replicas' batch: a smaller batch is less efficient by itself, and
+        # the machinery's own cost is what the distributed rows lose against this row.
+        (batch_reference, "default", {"batch": args.global_batch // 2}),
         # How much of the two workers' figure is only their thread setting, not distribution.
         ("default, 1 intra-op thread (reference)", "default", {"threads": 1}),
         # Two workers as a plain command on one machine runs them: TF's thread defaults each.
@@ -213,16 +221,26 @@ def main(argv=None) -> int:
         ("default, BFC allocator (reference)", "default", {"environ": {distribute.ENV_CPU_BFC: "true"}}),
     ]
     if args.only:
+        # The one-device rows at the global and at the per-replica batch always run: every
+        # round's overheads are measured against them.
         words = args.only.split(",")
-        configurations = [c for c in configurations if c[0] == configurations[0][0] or any(w in c[0] for w in words)]
+        configurations = [c for i, c in enumerate(configurations) if c[0] in (configurations[0][0], batch_reference)
+                          or any(w in c[0] for w in words)]
     # Interleaved rounds, and each round compared with its own default run: this machine's
     # speed drifts with its neighbours' load, and a paired comparison cancels most of that.
     rounds = []
     for r in range(args.rounds):
         print(f"round {r + 1} of {args.rounds}", flush=True)
         runs = [measure(name, strategy, args, **options) for name, strategy, options in configurations]
+        # One device, by batch size, as it runs by default (no thread or allocator setting).
+        one_device = {run["global_batch"]: run for run in runs
+                      if run["strategy"] == "default" and not run["threads_per_process"] and not run["environment"]}
         for run in runs:
             run["overhead"] = 1 - run["images_per_second"] / runs[0]["images_per_second"]
+            # The distribution machinery alone: against one device doing a replica's batch.
+            same_batch = one_device.get(run["per_replica_batch"])
+            run["machinery_overhead"] = (1 - run["images_per_second"] / same_batch["images_per_second"]
+                                         if run["replicas"] > 1 and same_batch else None)
         rounds.append(runs)
     summary = []
     for i, (name, _, _) in enumerate(configurations):
@@ -232,19 +250,25 @@ def main(argv=None) -> int:
             "images_per_second": statistics.median(run["images_per_second"] for run in runs),
             "overhead": statistics.median(run["overhead"] for run in runs),
             "overhead_by_round": [round(run["overhead"], 4) for run in runs],
+            "machinery_overhead": (statistics.median(run["machinery_overhead"] for run in runs)
+                                   if runs[0]["machinery_overhead"] is not None else None),
             "cpu_seconds_per_1000_images": statistics.median(run["cpu_seconds_per_1000_images"] for run in runs),
             "load": [round(run["load_before"], 1) for run in runs],
         })
     header = (f"{'configuration':40} {'replicas':>8} {'per-replica batch':>17} {'images/s':>9} {'overhead':>9}"
-              f" {'CPU s/1k img':>12}   overhead by round (load)")
+              f" {'machinery':>9} {'CPU s/1k img':>12}   overhead by round (load)")
     print(f"\nGlobal batch {args.global_batch}, default CNN, MNIST, {os.cpu_count()} cores; images/s from the "
           f"median step time over {args.epochs - 1} timed epoch(s) of {args.examples:,} images; median of "
-          f"{args.rounds} round(s); niceness {os.nice(0)}, load average (1 min) before each run in brackets")
+          f"{args.rounds} round(s); niceness {os.nice(0)}, load average (1 min) before each run in brackets.\n"
+          f"overhead: images/s lost against one device at the same global batch; machinery: against one "
+          f"device at the per-replica batch ({batch_reference!r}), i.e. without the cost of smaller batches")
     print(header)
     print("-" * len(header))
     for row in summary:
         print(f"{row['name']:40} {row['replicas']:>8} {row['per_replica_batch']:>17} "
-              f"{row['images_per_second']:>9,.0f} {row['overhead']:>9.1%} {row['cpu_seconds_per_1000_images']:>12.2f}   "
+              f"{row['images_per_second']:>9,.0f} {row['overhead']:>9.1%} "
+              f"{'' if row['machinery_overhead'] is None else format(row['machinery_overhead'], '.1%'):>9} "
+              f"{row['cpu_seconds_per_1000_images']:>12.2f}   "
               + ", ".join(f"{o:.1%} ({load})" for o, load in zip(row["overhead_by_round"], row["load"])))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"distribution-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
