@@ -64,11 +64,16 @@ def test_validation_scores_the_averaged_weights(averaged_run):
     assert history.history["val_loss"][-1] == pytest.approx(again["loss"], rel=1e-5)
 
 
+def _averaging_used(settings: training.TrainSettings) -> tuple[bool, bool]:
+    """(the optimizer keeps an average, the callbacks swap it in) for these settings."""
+    model = training.compile_model(models.build("mlp", (28, 28, 1), 4), settings)
+    swaps = any(isinstance(c, keras.callbacks.SwapEMAWeights) for c in training.make_callbacks(None, None, settings))
+    return model.optimizer.use_ema, swaps
+
+
 def test_averaging_is_off_unless_asked():
     settings = training.TrainSettings(epochs=1, batch_size=8, learning_rate=1e-3, steps_per_epoch=1)
-    model = training.compile_model(models.build("mlp", (28, 28, 1), 4), settings)
-    assert not model.optimizer.use_ema
-    assert not any(isinstance(c, keras.callbacks.SwapEMAWeights) for c in training.make_callbacks(None, None, settings))
+    assert _averaging_used(settings) == (False, False)
 
 
 def test_short_runs_average_over_at_most_a_tenth_of_their_steps():
@@ -80,6 +85,14 @@ def test_short_runs_average_over_at_most_a_tenth_of_their_steps():
     assert momentum(1, 47) == pytest.approx(1 - 10 / 47)  # a smoke test: ~5 steps' horizon
     assert momentum(1, 8) == 0.0  # too short to average at all
     settings = training.TrainSettings(epochs=1, batch_size=8, learning_rate=1e-3, steps_per_epoch=8, ema_momentum=0.99)
-    model = training.compile_model(models.build("mlp", (28, 28, 1), 4), settings)
-    assert not model.optimizer.use_ema
-    assert not any(isinstance(c, keras.callbacks.SwapEMAWeights) for c in training.make_callbacks(None, None, settings))
+    assert _averaging_used(settings) == (False, False)
+
+
+def test_a_dataset_that_disagrees_with_the_steps_per_epoch_is_refused():
+    # Both training loops (training.fit and multiworker.fit) repeat the dataset and count
+    # `steps_per_epoch` batches per epoch: a mismatch would make epochs straddle the data.
+    train = tf.data.Dataset.range(100).batch(10)  # 10 batches
+    settings = training.TrainSettings(epochs=1, batch_size=10, learning_rate=1e-3, steps_per_epoch=10)
+    assert list(training.endless(train, settings).take(11).as_numpy_iterator())[10].tolist() == list(range(10))
+    with pytest.raises(ValueError, match="has 10 batches but the settings say 12 steps per epoch"):
+        training.endless(train, training.TrainSettings(epochs=1, batch_size=8, learning_rate=1e-3, steps_per_epoch=12))

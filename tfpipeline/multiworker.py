@@ -97,10 +97,10 @@ def fit(
     steps_per_call = settings.steps_per_execution or STEPS_PER_CALL
     train_steps, test_step = _step_functions(model, strategy)
     fetch = tf.function(lambda iterator: iterator.get_next())
-    # An endless training dataset and a fixed number of steps per epoch, as `fit` with
-    # steps_per_epoch: tf.distribute then skips, for an infinite dataset, the collective in
-    # which the workers agree before every batch whether any of them has data left.
-    train_batches = iter(strategy.experimental_distribute_dataset(train.repeat()))
+    # An endless training dataset and a fixed number of steps per epoch, as `training.fit`
+    # does: tf.distribute then skips, for an infinite dataset, the collective in which the
+    # workers agree before every batch whether any of them has data left.
+    train_batches = iter(strategy.experimental_distribute_dataset(training.endless(train, settings)))
     dist_validation = strategy.experimental_distribute_dataset(validation) if validation is not None else None
     # Weights and statistics that training does not keep in step across replicas: Keras 3's
     # BatchNormalization updates its moving mean/variance from each replica's own batch.

@@ -187,18 +187,13 @@ def fit(
     """Compile (if needed) and train; raise `TrainingDiverged` on a NaN/inf loss."""
     if not model.compiled:
         compile_model(model, settings)
-    batches = int(train.cardinality())
-    if batches >= 0 and batches != settings.steps_per_epoch:  # else epochs would straddle the data
-        raise ValueError(f"The training dataset has {batches} batches but the settings say "
-                         f"{settings.steps_per_epoch} steps per epoch; derive them from the same "
-                         "number of examples and batch size (training.settings_for).")
     nan_watch = _NaNWatch()
     history = model.fit(
         # One endless iterator for the whole run, `steps_per_epoch` batches per epoch. With a
         # finite dataset Keras makes a new iterator every epoch, and the first step of an epoch
         # then stalled for 1-6 s here, CPU idle (mirrored over 2 CPU devices in most epochs,
         # one device in some): up to a whole extra epoch's time in a 12-epoch run.
-        train.repeat(),
+        endless(train, settings),
         steps_per_epoch=settings.steps_per_epoch,
         validation_data=validation,
         epochs=settings.epochs,
@@ -210,6 +205,18 @@ def fit(
         raise TrainingDiverged(f"the training loss became NaN or infinite at batch {nan_watch.bad_batch}")
     check_finite(history)
     return history
+
+
+def endless(train, settings: TrainSettings):
+    """The training dataset repeated without end, for a loop that runs `steps_per_epoch`
+    batches per epoch; refused if one pass has another number of batches, since epochs would
+    then straddle the data."""
+    batches = int(train.cardinality())
+    if batches >= 0 and batches != settings.steps_per_epoch:
+        raise ValueError(f"The training dataset has {batches} batches but the settings say "
+                         f"{settings.steps_per_epoch} steps per epoch; derive them from the same "
+                         "number of examples and batch size (training.settings_for).")
+    return train.repeat()
 
 
 class _NaNWatch(keras.callbacks.Callback):
