@@ -224,7 +224,7 @@ def main(argv=None) -> int:
         # The one-device rows at the global and at the per-replica batch always run: every
         # round's overheads are measured against them.
         words = args.only.split(",")
-        configurations = [c for i, c in enumerate(configurations) if c[0] in (configurations[0][0], batch_reference)
+        configurations = [c for c in configurations if c[0] in (configurations[0][0], batch_reference)
                           or any(w in c[0] for w in words)]
     # Interleaved rounds, and each round compared with its own default run: this machine's
     # speed drifts with its neighbours' load, and a paired comparison cancels most of that.
