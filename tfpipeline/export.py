@@ -1,6 +1,7 @@
 """Verified, versioned, atomic SavedModel export in TF Serving's layout.
 
     exported/<dataset>/<N>/            the SavedModel (saved_model.pb, variables/)
+    exported/<dataset>/<N>/assets.extra/tf_serving_warmup_requests   (tfpipeline.warmup)
     exported/<dataset>/<N>/metadata.json
 
 A version is written into a hidden temporary folder beside its final place, reloaded with
@@ -25,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline.errors import UserError
+from tfpipeline.warmup import write_warmup_requests
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
@@ -153,6 +155,7 @@ def export_verified(
                 f"the reloaded SavedModel scores {accuracy:.4%} on the test set but the trained "
                 f"model scored {expected_accuracy:.4%}"
             )
+        write_warmup_requests(tmp, test_images[:3])  # TF Serving's assets.extra warm-up file
         metadata = {**metadata, "export": {"signature": SIGNATURE, "verified_test_accuracy": accuracy}}
         with open(tmp / "metadata.json", "w") as f:
             json.dump(metadata, f, indent=2, default=_json_default)

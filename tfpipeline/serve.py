@@ -1,10 +1,17 @@
-"""Serve exported SavedModels over TensorFlow Serving's REST API.
+"""Serve exported SavedModels over TensorFlow Serving's gRPC and REST APIs.
 
-    python -m tfpipeline.serve --model-name mnist --model-base-path exported/mnist
+    python -m tfpipeline.serve --port=8500 --rest_api_port=8501 \\
+        --model_name=mnist --model_base_path=exported/mnist
+    python -m tfpipeline.serve --model_config_file=models.config \\
+        --monitoring_config_file=monitoring.config --enable_batching=true \\
+        --batching_parameters_file=batching.config
 
-Flags follow TF Serving's names (their underscore spellings such as --rest_api_port are
-accepted too). The server itself lives in tfpipeline.serving; this module only turns the
-command line into a ServerConfig and reports setup mistakes without a traceback.
+Flags are TF Serving's, in either `--flag=value` or `--flag value` form; the dashed
+spellings this command had before (--model-name, --rest-api-port, ...) stay as aliases.
+Unlike TF Serving: the bind address defaults to 127.0.0.1 (`--host 0.0.0.0` in a container),
+port 0 picks a free port instead of disabling an API, and batching is on by default. The
+server itself lives in tfpipeline.serving; this module turns the command line into a
+ServerConfig and reports setup mistakes without a traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from tfpipeline.serving.versions import discover_versions
 
 
 DEFAULT_BATCH_THREADS = min(2, os.cpu_count() or 1)
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_BATCH_TIMEOUT_MICROS = 2000
+DEFAULT_MAX_ENQUEUED_BATCHES = 10  # TF Serving's
 
 
 def _positive(text: str) -> int:
@@ -44,55 +54,116 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
+def _bool(text: str) -> bool:
+    """TF Serving's boolean flag values."""
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m tfpipeline.serve",
-        description="Serve a SavedModel base path (<base>/<version>/) over TF Serving's REST API.")
-    p.add_argument("--model-name", "--model_name", required=True,
-                   help="name in the URL: /v1/models/NAME")
-    p.add_argument("--model-base-path", "--model_base_path", required=True, type=Path,
-                   help="directory holding integer-named version directories")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", "--rest-api-port", "--rest_api_port", type=int, default=8501,
-                   help="port to listen on; 0 picks a free one (default 8501)")
-    p.add_argument("--enable-batching", "--enable_batching", action=argparse.BooleanOptionalAction,
-                   default=True, help="merge concurrent requests into one model call (default on)")
-    p.add_argument("--no-batching", dest="enable_batching", action="store_false",
-                   help="same as --no-enable-batching")
-    p.add_argument("--max-batch-size", "--max_batch_size", type=_positive, default=64,
-                   help="most examples in one merged model call (default 64)")
-    p.add_argument("--batch-timeout-micros", "--batch_timeout_micros", type=_non_negative,
-                   default=2000, help="longest a batch waits for requests already arriving "
-                   "(default 2000)")
-    p.add_argument("--num-batch-threads", "--num_batch_threads", type=_positive,
-                   default=DEFAULT_BATCH_THREADS, help="threads running model calls")
-    p.add_argument("--tensorflow-intra-op-parallelism", "--tensorflow_intra_op_parallelism",
-                   type=_non_negative_int, metavar="N",
-                   help="threads one model call may use; 0 = TensorFlow's choice (all cores), "
-                   "default: the cores left after the event loop's, shared among "
-                   "--num-batch-threads, at least 1")
-    p.add_argument("--tensorflow-inter-op-parallelism", "--tensorflow_inter_op_parallelism",
-                   type=_non_negative_int, metavar="N",
-                   help="threads running independent ops; 0 = TensorFlow's choice, "
-                   "default: --num-batch-threads")
-    p.add_argument("--file-system-poll-wait-seconds", "--file_system_poll_wait_seconds",
-                   type=_non_negative, default=2.0,
-                   help="how often to look for new versions; 0 loads once at start (default 2)")
-    p.add_argument("--num-versions", type=_positive, default=1,
-                   help="how many of the newest versions to keep loaded (default 1)")
-    p.add_argument("--max-body-bytes", type=_positive, default=16 * 1024 * 1024,
-                   help="larger request bodies get 413 (default 16 MiB)")
-    p.add_argument("--max-instances", type=_positive, default=1024,
-                   help="most examples in one request (default 1024)")
+        description="Serve SavedModel base paths (<base>/<version>/) over TF Serving's gRPC "
+                    "and REST APIs, with TF Serving's flags.")
+    models = p.add_argument_group("models (either --model_name/--model_base_path or "
+                                  "--model_config_file)")
+    models.add_argument("--model_name", "--model-name",
+                        help="name clients use: /v1/models/NAME, ModelSpec.name")
+    models.add_argument("--model_base_path", "--model-base-path", type=Path,
+                        help="directory holding integer-named version directories")
+    models.add_argument("--model_config_file", "--model-config-file", type=Path,
+                        help="text ModelServerConfig: several models, version policies, labels")
+    models.add_argument("--model_config_file_poll_wait_seconds",
+                        "--model-config-file-poll-wait-seconds", type=_non_negative, default=0,
+                        help="re-read --model_config_file this often; 0 reads it once (default)")
+    models.add_argument("--file_system_poll_wait_seconds", "--file-system-poll-wait-seconds",
+                        type=_non_negative, default=2.0,
+                        help="how often to look for new versions; 0 loads once at start "
+                        "(default 2)")
+    models.add_argument("--num-versions", "--num_versions", type=_positive,
+                        help="with --model_base_path: serve the N newest versions (default 1)")
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1",
+                     help="address to bind both APIs (default 127.0.0.1: this machine only; "
+                     "0.0.0.0 in a container)")
+    net.add_argument("--port", type=_port, default=8500,
+                     help="gRPC port, as in TF Serving (default 8500); 0 picks a free one")
+    net.add_argument("--rest_api_port", "--rest-api-port", type=_port, default=8501,
+                     help="REST port (default 8501); 0 picks a free one")
+    net.add_argument("--rest_api_timeout_in_ms", "--rest-api-timeout-in-ms", type=_positive,
+                     default=30000, help="REST predict requests give up after this long "
+                     "(default 30000)")
+    net.add_argument("--grpc_max_threads", "--grpc-max-threads", type=_positive,
+                     help="most gRPC calls handled at once; more are refused with "
+                     "RESOURCE_EXHAUSTED (default: no limit)")
+    net.add_argument("--max-body-bytes", "--max_body_bytes", type=_positive,
+                     default=16 * 1024 * 1024,
+                     help="larger REST bodies get 413, larger gRPC messages RESOURCE_EXHAUSTED "
+                     "(default 16 MiB)")
+    net.add_argument("--max-instances", "--max_instances", type=_positive, default=1024,
+                     help="most examples in one request (default 1024)")
+    net.add_argument("--monitoring_config_file", "--monitoring-config-file", type=Path,
+                     help="text MonitoringConfig; prometheus_config { enable: true } serves "
+                     "Prometheus metrics on the REST port")
+    batch = p.add_argument_group("batching")
+    batch.add_argument("--enable_batching", "--enable-batching", type=_bool, nargs="?",
+                       const=True, default=True, metavar="true|false",
+                       help="merge concurrent requests into one model call (default true)")
+    batch.add_argument("--no-enable-batching", "--no-batching", dest="enable_batching",
+                       action="store_false", help="same as --enable_batching=false")
+    batch.add_argument("--batching_parameters_file", "--batching-parameters-file", type=Path,
+                       help="text BatchingParameters: max_batch_size, batch_timeout_micros, "
+                       "max_enqueued_batches, num_batch_threads, allowed_batch_sizes")
+    batch.add_argument("--max-batch-size", "--max_batch_size", type=_positive,
+                       help=f"most examples in one merged model call (default "
+                       f"{DEFAULT_MAX_BATCH_SIZE})")
+    batch.add_argument("--batch-timeout-micros", "--batch_timeout_micros", type=_non_negative,
+                       help="longest a batch waits for requests already arriving "
+                       f"(default {DEFAULT_BATCH_TIMEOUT_MICROS})")
+    batch.add_argument("--num-batch-threads", "--num_batch_threads", type=_positive,
+                       help=f"threads running model calls (default {DEFAULT_BATCH_THREADS})")
+    batch.add_argument("--max-enqueued-batches", "--max_enqueued_batches", type=_positive,
+                       help="most batches waiting; a request that does not fit gets "
+                       f"503/UNAVAILABLE (default {DEFAULT_MAX_ENQUEUED_BATCHES})")
+    threads = p.add_argument_group("TensorFlow threads")
+    threads.add_argument("--tensorflow_session_parallelism", "--tensorflow-session-parallelism",
+                         type=_non_negative_int, metavar="N",
+                         help="threads for both pools below unless they are given; 0 = "
+                         "TensorFlow's choice")
+    threads.add_argument("--tensorflow_intra_op_parallelism", "--tensorflow-intra-op-parallelism",
+                         type=_non_negative_int, metavar="N",
+                         help="threads one model call may use; 0 = TensorFlow's choice (all "
+                         "cores), default: the cores left after the event loop's, shared "
+                         "among the batch threads, at least 1")
+    threads.add_argument("--tensorflow_inter_op_parallelism", "--tensorflow-inter-op-parallelism",
+                         type=_non_negative_int, metavar="N",
+                         help="threads running independent ops; 0 = TensorFlow's choice, "
+                         "default: the number of batch threads")
     args = p.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        p.error(f"--port must be between 0 and 65535, got {args.port}")
-    intra, inter = default_tf_threads(args.num_batch_threads)
-    if args.tensorflow_intra_op_parallelism is None:
-        args.tensorflow_intra_op_parallelism = intra
-    if args.tensorflow_inter_op_parallelism is None:
-        args.tensorflow_inter_op_parallelism = inter
+    if args.model_config_file is not None:
+        if args.model_name or args.model_base_path:
+            p.error("give either --model_config_file or --model_name/--model_base_path, not both")
+        if args.num_versions is not None:
+            p.error("--num-versions applies to --model_base_path; in a --model_config_file use "
+                    "model_version_policy { latest { num_versions: N } }")
+    else:
+        if not args.model_base_path:
+            p.error("give --model_base_path (with --model_name) or --model_config_file")
+        if not args.model_name:
+            p.error("--model_name is required with --model_base_path")
+    if args.model_config_file_poll_wait_seconds and args.model_config_file is None:
+        p.error("--model_config_file_poll_wait_seconds needs --model_config_file")
     return args
 
 
@@ -103,11 +174,11 @@ def default_tf_threads(num_batch_threads: int) -> tuple[int, int]:
     return max(1, (cores - 1) // num_batch_threads), num_batch_threads
 
 
-def check_base_path(base: Path) -> None:
+def check_base_path(base: Path, flag: str = "--model_base_path") -> None:
     """Fail early, before TensorFlow is imported, on the mistakes a user can fix."""
     if not base.exists():
         raise UserError(
-            f"Model base path {base} does not exist. Point --model-base-path at the directory "
+            f"Model base path {base} does not exist. Point {flag} at the directory "
             "the export wrote (it holds numbered version directories, e.g. exported/mnist/1/).")
     if not base.is_dir():
         raise UserError(f"Model base path {base} is not a directory.")
@@ -118,32 +189,98 @@ def check_base_path(base: Path) -> None:
             f"{base / '1'}. Export a model first.")
 
 
+def _model_specs(args) -> list:
+    from tfpipeline.serving.model_config import ModelSpec, VersionPolicy, read_model_config_file
+
+    if args.model_config_file is not None:
+        specs = read_model_config_file(args.model_config_file)
+        for spec in specs:
+            check_base_path(spec.base_path, f"base_path of model \"{spec.name}\" in "
+                            f"{args.model_config_file}")
+        return specs
+    check_base_path(args.model_base_path)
+    policy = VersionPolicy("latest", num_versions=args.num_versions or 1)
+    return [ModelSpec(args.model_name, args.model_base_path.resolve(), policy)]
+
+
+def _batch_config(args):
+    """Flags and --batching_parameters_file together; a value set twice is refused."""
+    from tfpipeline.serving.batching import BatchConfig
+    from tfpipeline.serving.model_config import BatchingFile, read_batching_parameters
+
+    file = BatchingFile()
+    if args.batching_parameters_file is not None:
+        if not args.enable_batching:
+            raise UserError("--batching_parameters_file is given but batching is off "
+                            "(--enable_batching=false): drop one of them.")
+        file = read_batching_parameters(args.batching_parameters_file)
+    values = {}
+    for name, flag, default in [("max_batch_size", "--max-batch-size", DEFAULT_MAX_BATCH_SIZE),
+                                ("batch_timeout_micros", "--batch-timeout-micros",
+                                 DEFAULT_BATCH_TIMEOUT_MICROS),
+                                ("num_batch_threads", "--num-batch-threads",
+                                 DEFAULT_BATCH_THREADS),
+                                ("max_enqueued_batches", "--max-enqueued-batches",
+                                 DEFAULT_MAX_ENQUEUED_BATCHES)]:
+        from_flag, from_file = getattr(args, name), getattr(file, name)
+        if from_flag is not None and from_file is not None:
+            raise UserError(f"{name} is set both by {flag} and in --batching_parameters_file "
+                            f"{args.batching_parameters_file}: keep one.")
+        values[name] = from_file if from_file is not None else (
+            from_flag if from_flag is not None else default)
+    sizes = file.allowed_batch_sizes
+    if sizes and sizes[-1] != values["max_batch_size"]:
+        raise UserError(f"The last allowed_batch_sizes entry ({sizes[-1]}) in "
+                        f"{args.batching_parameters_file} must equal max_batch_size "
+                        f"({values['max_batch_size']}), as in TF Serving.")
+    config = BatchConfig(enabled=args.enable_batching, max_batch_size=values["max_batch_size"],
+                         timeout_seconds=values["batch_timeout_micros"] / 1e6,
+                         max_enqueued_batches=values["max_enqueued_batches"],
+                         allowed_batch_sizes=sizes)
+    return config, values["num_batch_threads"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        check_base_path(args.model_base_path)
+        specs = _model_specs(args)
+        prometheus_path = None
+        if args.monitoring_config_file is not None:
+            from tfpipeline.serving.model_config import read_monitoring_config
+
+            prometheus_path = read_monitoring_config(args.monitoring_config_file)
+        batching, num_batch_threads = _batch_config(args)
+        intra, inter = default_tf_threads(num_batch_threads)
+        if args.tensorflow_session_parallelism is not None:
+            intra = inter = args.tensorflow_session_parallelism
+        if args.tensorflow_intra_op_parallelism is not None:
+            intra = args.tensorflow_intra_op_parallelism
+        if args.tensorflow_inter_op_parallelism is not None:
+            inter = args.tensorflow_inter_op_parallelism
         # TensorFlow's C++ start-up chatter would drown the server's own log lines.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from tfpipeline.serving.app import ServerConfig, serve
-        from tfpipeline.serving.batching import BatchConfig
+        from tfpipeline.serving.core import ServerConfig
+        from tfpipeline.serving.server import serve
 
         config = ServerConfig(
-            model_name=args.model_name,
-            base_path=args.model_base_path.resolve(),
+            models=tuple(specs),
+            model_config_file=args.model_config_file,
+            model_config_poll_seconds=args.model_config_file_poll_wait_seconds,
             host=args.host,
-            port=args.port,
-            batching=BatchConfig(enabled=args.enable_batching,
-                                 max_batch_size=args.max_batch_size,
-                                 timeout_seconds=args.batch_timeout_micros / 1e6),
-            num_batch_threads=args.num_batch_threads,
-            intra_op_threads=args.tensorflow_intra_op_parallelism,
-            inter_op_threads=args.tensorflow_inter_op_parallelism,
+            rest_port=args.rest_api_port,
+            grpc_port=args.port,
+            batching=batching,
+            num_batch_threads=num_batch_threads,
+            intra_op_threads=intra,
+            inter_op_threads=inter,
             poll_wait_seconds=args.file_system_poll_wait_seconds,
-            num_versions=args.num_versions,
             max_body_bytes=args.max_body_bytes,
             max_instances=args.max_instances,
+            rest_timeout_seconds=args.rest_api_timeout_in_ms / 1000,
+            prometheus_path=prometheus_path,
+            grpc_max_concurrent_rpcs=args.grpc_max_threads,
         )
         asyncio.run(serve(config))
     except UserError as exc:

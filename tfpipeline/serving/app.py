@@ -1,93 +1,80 @@
-"""The aiohttp application: TF Serving's REST routes, JSON errors, and the server's lifetime.
+"""The aiohttp application: TF Serving's REST routes and JSON errors.
 
-Routes (as TF Serving):
-  GET  /v1/models/{name}[/versions/{v}]            model version status
-  GET  /v1/models/{name}[/versions/{v}]/metadata   signature defs
-  POST /v1/models/{name}[/versions/{v}]:predict    row or columnar predict
-and   GET  /monitoring/stats                         request/batching counters (ours)
+Routes (as TF Serving; `[...]` is `/versions/{v}` or `/labels/{label}`, both optional):
+  GET  /v1/models/{name}[...]              model version status
+  GET  /v1/models/{name}[...]/metadata     signature defs
+  POST /v1/models/{name}[...]:predict      row or columnar predict
+  POST /v1/models/{name}[...]:classify|:regress   501: these models expose predict signatures
+and  GET  /monitoring/stats                request/batching counters (ours)
+     GET  <prometheus path>                Prometheus text, when a monitoring config enables it
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import signal
-import socket
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+import time
 
-import tensorflow as tf
 from aiohttp import web
 
-from tfpipeline.errors import UserError
-
-from .batching import Arrivals, BatchConfig, Batcher, BatchStats
-from .errors import NotFound, RequestError, TooLarge
-from .servable import Servable, Signature, load_servable
+from .core import ServingCore
+from .errors import DeadlineExceeded, RequestError, TooLarge, Unimplemented
+from .metrics import CONTENT_TYPE
+from .servable import Servable
 from .validation import format_predict_response, parse_predict
-from .versions import VersionManager
 
 log = logging.getLogger("tfpipeline.serving")
 
 _MODEL = "/v1/models/{name:[^/:]+}"
 _VERSION = _MODEL + "/versions/{version:[0-9]+}"
+_LABEL = _MODEL + "/labels/{label:[^/:]+}"
+_PREFIXES = (_MODEL, _VERSION, _LABEL)
 
-
-@dataclass(frozen=True)
-class ServerConfig:
-    model_name: str
-    base_path: Path
-    host: str = "127.0.0.1"
-    port: int = 8501
-    batching: BatchConfig = BatchConfig()
-    num_batch_threads: int = 2
-    intra_op_threads: int = 0  # 0: TensorFlow's default
-    inter_op_threads: int = 0
-    poll_wait_seconds: float = 2.0
-    num_versions: int = 1
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_instances: int = 1024
+# TF Serving's API names, so REST and gRPC requests share metric labels.
+_API = {"predict": "Predict", "status": "GetModelStatus", "metadata": "GetModelMetadata",
+        "unimplemented": "Classify/Regress"}
+_CODE_BY_HTTP = {200: "OK", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED",
+                 413: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
+                 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
 
 def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-class ModelServer:
-    """Request handlers over a VersionManager; holds the shared batching state."""
+class RestServer:
+    """Request handlers over the shared ServingCore."""
 
-    def __init__(self, config: ServerConfig, manager: VersionManager, executor):
-        self.config = config
-        self.manager = manager
-        self.executor = executor
-        self.stats = BatchStats()
-        self.arrivals = Arrivals()
-        self.responses: Counter = Counter()
+    def __init__(self, core: ServingCore):
+        self.core = core
+        self.config = core.config
 
     def make_app(self) -> web.Application:
         # client_max_size makes aiohttp stop reading a body (chunked ones too) past the limit.
         app = web.Application(client_max_size=self.config.max_body_bytes,
                               middlewares=[self._json_errors])
         # aiohttp tries routes in order, each a regex match: predict, the hot one, goes first.
-        app.router.add_post(_MODEL + ":predict", self.predict)
-        app.router.add_post(_VERSION + ":predict", self.predict)
-        app.router.add_get(_MODEL, self.status)
-        app.router.add_get(_VERSION, self.status)
-        app.router.add_get(_MODEL + "/metadata", self.metadata)
-        app.router.add_get(_VERSION + "/metadata", self.metadata)
+        for prefix in _PREFIXES:
+            app.router.add_post(prefix + ":predict", self.predict)
+        for prefix in _PREFIXES:
+            app.router.add_post(prefix + ":classify", self.unimplemented)
+            app.router.add_post(prefix + ":regress", self.unimplemented)
+            app.router.add_get(prefix, self.status)
+            app.router.add_get(prefix + "/metadata", self.metadata)
         app.router.add_get("/monitoring/stats", self.monitoring)
+        if self.config.prometheus_path:
+            app.router.add_get(self.config.prometheus_path, self.prometheus)
         return app
 
     @web.middleware
     async def _json_errors(self, request: web.Request, handler) -> web.StreamResponse:
         """Every error leaves as {"error": ...}; only real server faults are 500s."""
+        start = time.monotonic()
+        code = None
         try:
             response = await handler(request)
         except RequestError as exc:
-            response = error_response(exc.status, exc.message)
+            response, code = error_response(exc.status, exc.message), exc.code
         except web.HTTPException as exc:  # no such route, wrong method
             if exc.status < 400:
                 raise
@@ -95,30 +82,24 @@ class ModelServer:
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             response = error_response(500, "Internal server error; see the server log")
-        self.responses[response.status] += 1
+        self.core.responses[response.status] += 1
+        name = request.match_info.get("name")
+        api = _API.get(getattr(handler, "__name__", ""))
+        if name is not None and api is not None:
+            code = code or _CODE_BY_HTTP.get(response.status, "UNKNOWN")
+            self.core.record(name, api, code, start)
         return response
 
     # -- lookups ------------------------------------------------------------------------
 
-    def _check_model(self, request: web.Request) -> int | None:
-        name = request.match_info["name"]
-        if name != self.config.model_name:
-            raise NotFound(f"Servable not found for request: model \"{name}\" is not served "
-                           f"here (this server serves \"{self.config.model_name}\")")
+    @staticmethod
+    def _spec(request: web.Request) -> tuple[str, int | None, str | None]:
         version = request.match_info.get("version")
-        return None if version is None else int(version)
+        return (request.match_info["name"], None if version is None else int(version),
+                request.match_info.get("label"))
 
     def _servable(self, request: web.Request) -> Servable:
-        return self.manager.get(self._check_model(request))
-
-    def _batcher(self, servable: Servable, signature: Signature) -> Batcher:
-        batcher = servable.batchers.get(signature.name)
-        if batcher is None:
-            batcher = Batcher(signature, batchable=signature.batchable,
-                              config=self.config.batching, executor=self.executor,
-                              stats=self.stats, arrivals=self.arrivals)
-            servable.batchers[signature.name] = batcher
-        return batcher
+        return self.core.models.servable(*self._spec(request))
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.config.max_body_bytes
@@ -133,125 +114,62 @@ class ModelServer:
     # -- handlers -----------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
-        version = self._check_model(request)
-        return web.json_response({"model_version_status": self.manager.status(version)})
+        name, version, label = self._spec(request)
+        manager = self.core.models.manager(name)
+        if label is not None:
+            version = manager.resolve_label(label)
+        return web.json_response({"model_version_status": manager.status(version)})
 
     async def metadata(self, request: web.Request) -> web.Response:
         servable = self._servable(request)
         signature_def = {name: sig.metadata() for name, sig in servable.signatures.items()}
         return web.json_response({
-            "model_spec": {"name": self.config.model_name, "signature_name": "",
+            "model_spec": {"name": request.match_info["name"], "signature_name": "",
                            "version": str(servable.version)},
             "metadata": {"signature_def": {"signature_def": signature_def}},
         })
 
     async def predict(self, request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(self.config.rest_timeout_seconds):
+                return await self._predict(request)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"Request timed out after {self.config.rest_timeout_seconds * 1000:.0f} ms "
+                "(--rest_api_timeout_in_ms)") from None
+
+    async def _predict(self, request: web.Request) -> web.Response:
         # Counted as arriving until queued, so a forming batch waits for it (see batching).
-        self.arrivals.enter()
+        self.core.arrivals.enter()
         try:
             servable = self._servable(request)  # picked once: a swap cannot pull it away
             body = await self._read_body(request)
             parsed = parse_predict(body, servable.signatures, self.config.max_instances)
-            pending = self._batcher(servable, parsed.signature).enqueue(parsed.inputs, parsed.rows)
+            pending = self.core.enqueue(servable, parsed.signature, parsed.inputs, parsed.rows)
         finally:
-            self.arrivals.leave()
-        try:
-            outputs = await pending
-        except tf.errors.InvalidArgumentError as exc:
-            # Validation matches the signature, so this is the model rejecting values.
-            raise RequestError(f"Model rejected the input: {exc.message.splitlines()[0]}") from None
+            self.core.arrivals.leave()
+        outputs = await self.core.outputs(pending)
         return web.json_response(format_predict_response(parsed, outputs))
+
+    async def unimplemented(self, request: web.Request) -> web.Response:
+        self._servable(request)  # an unknown model is still a 404
+        verb = request.path.rsplit(":", 1)[-1]
+        raise Unimplemented(f"{verb} is not implemented: these models expose predict "
+                            "signatures; POST to :predict instead")
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.core.metrics.text(),
+                            headers={"Content-Type": CONTENT_TYPE})
 
     async def monitoring(self, request: web.Request) -> web.Response:
         batching = self.config.batching
         return web.json_response({
-            "model": self.config.model_name,
-            "available_versions": self.manager.available_versions,
+            "models": {name: m.available_versions
+                       for name, m in sorted(self.core.models.managers.items())},
             "batching": {"enabled": batching.enabled, "max_batch_size": batching.max_batch_size,
-                         "batch_timeout_micros": round(batching.timeout_seconds * 1e6)},
-            **self.stats.as_json(),
-            "arriving": self.arrivals.count,
-            "responses": {str(k): v for k, v in sorted(self.responses.items())},
+                         "batch_timeout_micros": round(batching.timeout_seconds * 1e6),
+                         "max_enqueued_batches": batching.max_enqueued_batches},
+            **self.core.stats.as_json(),
+            "arriving": self.core.arrivals.count,
+            "responses": {str(k): v for k, v in sorted(self.core.responses.items())},
         })
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    try:
-        family, _, _, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        return socket.create_server(address, family=family)
-    except OSError as exc:
-        raise UserError(
-            f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Pick another --port "
-            "(0 picks a free one) or check --host."
-        ) from None
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def configure_threads(intra_op: int, inter_op: int) -> None:
-    """Size TensorFlow's thread pools; must run before the first model is loaded.
-
-    A server's model calls already run side by side (batch threads) next to an event loop
-    that needs a core of its own. For a small model, splitting one call across cores costs
-    more in hand-offs than it gains: on 2 cores this MNIST CNN uses 0.55 ms of CPU per image
-    at batch 1 with one intra-op thread and about 0.9 ms with TensorFlow's default of two.
-    """
-    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-
-
-async def serve(config: ServerConfig) -> None:
-    """Load the model, listen, poll for new versions, and run until SIGINT/SIGTERM."""
-    log.info("starting: model %s from %s (batching %s, max batch %d, timeout %d us; "
-             "TensorFlow intra-op %d, inter-op %d threads)",
-             config.model_name, config.base_path,
-             "on" if config.batching.enabled else "off", config.batching.max_batch_size,
-             round(config.batching.timeout_seconds * 1e6), config.intra_op_threads,
-             config.inter_op_threads)
-    configure_threads(config.intra_op_threads, config.inter_op_threads)
-    manager = VersionManager(config.model_name, config.base_path, load_servable,
-                             config.num_versions)
-    await manager.refresh()
-    if not manager.available_versions:
-        failures = "; ".join(f"version {s['version']}: {s['status']['error_message']}"
-                             for s in manager.status())
-        raise UserError(
-            f"No version of model {config.model_name} under {config.base_path} could be "
-            f"loaded ({failures or 'no complete version directories'})."
-        )
-    # TensorFlow leaves millions of long-lived Python objects; without this, a full garbage
-    # collection (triggered by the many small lists JSON parsing makes) walks them all and
-    # stalls every request for a few hundred milliseconds.
-    gc.freeze()
-    sock = bind_socket(config.host, config.port)
-    with ThreadPoolExecutor(config.num_batch_threads, thread_name_prefix="model") as executor:
-        server = ModelServer(config, manager, executor)
-        runner = web.AppRunner(server.make_app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-        url = _url(sock)
-        log.info("listening on %s", url)
-        # A stable, parseable line on stdout: scripts and tests started with --port 0 read it.
-        print(f"Serving {config.model_name} at {url}", flush=True)
-        poller = None
-        if config.poll_wait_seconds > 0:
-            poller = asyncio.create_task(manager.poll_forever(config.poll_wait_seconds))
-        try:
-            await _wait_for_stop_signal()
-        finally:
-            if poller:
-                poller.cancel()
-            await runner.cleanup()
-            log.info("stopped serving %s", config.model_name)
-
-
-async def _wait_for_stop_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()

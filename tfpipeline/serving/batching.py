@@ -8,6 +8,13 @@ up and form the next batch, so under load batches fill by themselves.
 
 Model calls run in a thread pool (TensorFlow releases the GIL), so the event loop keeps
 accepting and parsing requests meanwhile.
+
+The queue is bounded, as TF Serving's (`max_enqueued_batches`): a request that would make
+more batches wait than that is refused at once with `Unavailable` (503 / UNAVAILABLE), never
+queued and dropped later, so every accepted request gets its answer. With merging off, the
+same number of examples (`max_enqueued_batches * max_batch_size`) may wait or run at once.
+`allowed_batch_sizes` pads a merged batch up to the next allowed size by repeating its first
+row, as TF Serving's batching session does, so the model only ever sees those sizes.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import Unavailable
+
 Arrays = dict[str, np.ndarray]
 
 
@@ -31,12 +40,16 @@ class BatchStats:
     model_calls: int = 0
     instances: int = 0
     batch_sizes: Counter = field(default_factory=Counter)  # instances per call -> calls
+    refused: int = 0  # requests turned away because the queue was full
+    on_batch: Callable[[int], None] | None = None  # e.g. a Prometheus histogram's observe
 
     def record(self, requests: int, instances: int) -> None:
         self.requests += requests
         self.model_calls += 1
         self.instances += instances
         self.batch_sizes[instances] += 1
+        if self.on_batch is not None:
+            self.on_batch(instances)
 
     def as_json(self) -> dict:
         return {
@@ -45,6 +58,7 @@ class BatchStats:
             "instances": self.instances,
             "max_batch_size": max(self.batch_sizes, default=0),
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+            "refused": self.refused,
         }
 
 
@@ -79,6 +93,12 @@ class BatchConfig:
     enabled: bool = True
     max_batch_size: int = 64
     timeout_seconds: float = 0.002
+    max_enqueued_batches: int = 10  # TF Serving's default
+    allowed_batch_sizes: tuple[int, ...] = ()  # empty: any size up to max_batch_size
+
+    @property
+    def max_waiting_rows(self) -> int:
+        return self.max_enqueued_batches * self.max_batch_size
 
 
 class Batcher:
@@ -94,15 +114,30 @@ class Batcher:
         self._arrivals = arrivals
         self._queue: list[_Pending] = []
         self._queued_rows = 0
+        self._alone_rows = 0  # rows of unmerged calls waiting for or running in the executor
         self._worker: asyncio.Task | None = None
 
+    @property
+    def waiting_rows(self) -> int:
+        """Examples accepted and not yet answered by a model call (the queue depth)."""
+        return self._queued_rows + self._alone_rows
+
     def enqueue(self, arrays: Arrays, rows: int) -> asyncio.Future:
-        """Queue one validated request. Synchronous, so the caller can leave `Arrivals` right
-        after and a waiting batch sees the request already in the queue."""
+        """Queue one validated request, or raise Unavailable if the queue is full.
+        Synchronous, so the caller can leave `Arrivals` right after and a waiting batch sees
+        the request already in the queue."""
         loop = asyncio.get_running_loop()
-        if not self._merge or rows >= self._config.max_batch_size:
+        config = self._config
+        if not self._merge or rows >= config.max_batch_size:
             # Merging is off, impossible (no batch dimension) or pointless (already full).
+            if self._alone_rows and self._alone_rows + rows > config.max_waiting_rows:
+                self._refuse(f"{self._alone_rows} examples are already waiting")
+            self._alone_rows += rows
             return asyncio.ensure_future(self._call_alone(arrays, rows))
+        batches = -(-(self._queued_rows + rows) // config.max_batch_size)
+        if batches > config.max_enqueued_batches:
+            self._refuse(f"{len(self._queue)} requests ({self._queued_rows} examples) are "
+                         "already queued")
         future = loop.create_future()
         self._queue.append(_Pending(arrays, rows, future))
         self._queued_rows += rows
@@ -110,9 +145,18 @@ class Batcher:
             self._worker = loop.create_task(self._drain())
         return future
 
+    def _refuse(self, why: str) -> None:
+        self._stats.refused += 1
+        raise Unavailable(
+            f"The server is overloaded: {why} (max_enqueued_batches "
+            f"{self._config.max_enqueued_batches} of {self._config.max_batch_size}); retry later")
+
     async def _call_alone(self, arrays: Arrays, rows: int) -> Arrays:
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self._run, arrays)
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, arrays)
+        finally:
+            self._alone_rows -= rows
         self._stats.record(1, rows)
         return outputs
 
@@ -152,7 +196,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         rows = sum(item.rows for item in batch)
         try:
-            merged = _concatenate([item.arrays for item in batch])
+            merged = _pad(_concatenate([item.arrays for item in batch]), rows,
+                          self._config.allowed_batch_sizes)
             outputs = await loop.run_in_executor(self._executor, self._run, merged)
         except Exception as exc:  # every request in the batch gets the same error
             for item in batch:
@@ -165,6 +210,16 @@ class Batcher:
             if not item.future.done():  # the client may have gone away meanwhile
                 item.future.set_result({k: v[start:start + item.rows] for k, v in outputs.items()})
             start += item.rows
+
+
+def _pad(arrays: Arrays, rows: int, allowed: tuple[int, ...]) -> Arrays:
+    """Repeat the first row up to the smallest allowed batch size of at least `rows`; the
+    callers slice each request's rows from the front, so the padding is never returned."""
+    size = next((s for s in allowed if s >= rows), rows)
+    if size == rows:
+        return arrays
+    return {name: np.concatenate([a, np.repeat(a[:1], size - rows, axis=0)])
+            for name, a in arrays.items()}
 
 
 def _concatenate(parts: list[Arrays]) -> Arrays:

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import saved_model_pb2
 
 # TF Serving reports dtypes by their DataType enum names; these are the ones that are not
 # simply "DT_" + the dtype's name.
@@ -95,6 +97,9 @@ class Servable:
     signatures: dict[str, Signature]
     root: Any = field(repr=False)
     load_seconds: float = 0.0
+    # The SavedModel's own SignatureDef protos (graph tensor names, method names), which
+    # gRPC GetModelMetadata returns as TF Serving does.
+    signature_defs: dict = field(default_factory=dict, repr=False)
     # Per-signature request batchers, created by the server on first use and stored here so
     # they live exactly as long as this version does (in-flight requests keep both alive).
     batchers: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -122,6 +127,20 @@ def warm_up(signature: Signature) -> None:
     signature(arrays)
 
 
+def read_signature_defs(path: Path) -> dict:
+    """Signature name -> SignatureDef proto, from the SavedModel's serving meta graph."""
+    saved_model = saved_model_pb2.SavedModel()
+    pb, pbtxt = Path(path) / "saved_model.pb", Path(path) / "saved_model.pbtxt"
+    if pb.is_file():
+        saved_model.ParseFromString(pb.read_bytes())
+    else:
+        text_format.Parse(pbtxt.read_text(), saved_model)
+    for meta_graph in saved_model.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    return dict(saved_model.meta_graphs[0].signature_def) if saved_model.meta_graphs else {}
+
+
 def load_servable(path: Path, version: int) -> Servable:
     """Load a SavedModel directory, describe its signatures and warm them up.
 
@@ -134,4 +153,6 @@ def load_servable(path: Path, version: int) -> Servable:
         raise ValueError(f"{path} has no signatures to serve")
     for signature in signatures.values():
         warm_up(signature)
-    return Servable(version, Path(path), signatures, root, time.monotonic() - start)
+    signature_defs = read_signature_defs(path)
+    return Servable(version, Path(path), signatures, root, time.monotonic() - start,
+                    signature_defs={k: v for k, v in signature_defs.items() if k in signatures})

@@ -4,10 +4,17 @@ Formats are TF Serving's: row (`instances`, a list with one entry per example) a
 (`inputs`, one value or an object of named values). Every check happens here, before any
 model runs, so a bad request is a 400 with a message naming the problem and can never fail
 a batch it would otherwise have joined.
+
+DT_STRING inputs take JSON strings (sent as their UTF-8 bytes) or, for binary values, TF
+Serving's `{"b64": "<base64>"}` objects, in row and columnar format alike. DT_STRING outputs
+come back as `{"b64": ...}` when the output's name ends in `_bytes` (TF Serving's rule) or
+when the bytes are not UTF-8 text, which JSON could not carry; otherwise as strings.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -97,7 +104,7 @@ def _parse_rows(instances: Any, signature: Signature, max_instances: int) -> dic
         raise RequestError("'instances' is empty: send at least one example")
     _check_count(len(instances), max_instances, "'instances'")
     names = list(signature.inputs)
-    if all(isinstance(item, dict) for item in instances):
+    if all(isinstance(item, dict) and not _is_b64(item) for item in instances):
         # Objects of named inputs, one per example (required when there are several inputs).
         for i, item in enumerate(instances):
             _check_names(set(item), names, f"instances[{i}]")
@@ -114,7 +121,8 @@ def _parse_rows(instances: Any, signature: Signature, max_instances: int) -> dic
 
 def _parse_columns(inputs: Any, signature: Signature, max_instances: int) -> dict[str, np.ndarray]:
     names = list(signature.inputs)
-    if isinstance(inputs, dict):  # a tensor is never an object, so this names the inputs
+    if isinstance(inputs, dict) and not (_is_b64(inputs) and len(names) == 1):
+        # A tensor is never an object (a lone {"b64": ...} is a value), so this names inputs.
         _check_names(set(inputs), names, "'inputs'")
         columns = inputs
     elif len(names) == 1:
@@ -161,12 +169,73 @@ def to_array(value: Any, info: TensorInfo, row_format: bool) -> np.ndarray:
     `value` carries the batch dimension: in row format it is the list of instances.
     """
     where = f"Input '{info.name}'"
+    if info.dtype.kind == "O":
+        array = _string_array(value, where)
+        _check_shape(array, info, where, row_format)
+        return array
     try:
         array = np.array(value)
     except (ValueError, TypeError):  # ragged nesting
         raise RequestError(f"{where} is not a rectangular nested list of numbers") from None
     array = _convert_dtype(array, info, where)
     _check_shape(array, info, where, row_format)
+    return array
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _string_array(value: Any, where: str) -> np.ndarray:
+    """A DT_STRING input: nested lists of strings / {"b64": ...} to an object array of bytes."""
+    shape: list[int] = []
+
+    def leaf(item: Any) -> bytes:
+        if isinstance(item, str):
+            return item.encode("utf-8")
+        if _is_b64(item):
+            if not isinstance(item["b64"], str):
+                raise RequestError(f"{where}: the value of \"b64\" must be a base64 string")
+            try:
+                return base64.b64decode(item["b64"], validate=True)
+            except binascii.Error as exc:
+                raise RequestError(f"{where}: invalid base64 in {{\"b64\": ...}}: {exc}") from None
+        if isinstance(item, dict):
+            raise RequestError(f"{where}: an object in a DT_STRING tensor must be "
+                               f"{{\"b64\": \"...\"}}; got keys {sorted(item)}")
+        raise RequestError(f"{where} contains {type(item).__name__} values; expected DT_STRING "
+                           "(strings, or {\"b64\": \"...\"} for binary data)")
+
+    ragged = RequestError(f"{where} is not a rectangular nested list of strings")
+    rank: list[int] = []  # set by the first leaf: every leaf must be at that depth
+    leaves: list[bytes] = []
+
+    def walk(item: Any, depth: int) -> None:
+        if not isinstance(item, list):
+            if not rank:
+                rank.append(depth)
+            if depth != rank[0]:
+                raise ragged
+            leaves.append(leaf(item))
+            return
+        if rank and depth >= rank[0]:
+            raise ragged
+        if depth == len(shape):
+            shape.append(len(item))
+        elif shape[depth] != len(item):
+            raise ragged
+        for child in item:
+            walk(child, depth + 1)
+
+    walk(value, 0)
+    if rank and rank[0] != len(shape):  # e.g. [[], ["a"]]: an empty list beside a leaf
+        raise ragged
+    # Filled one by one: assigning a list would go through a NumPy bytes array, which drops
+    # trailing NUL bytes.
+    array = np.empty(tuple(shape), dtype=object)
+    flat = array.reshape(-1)
+    for i, item in enumerate(leaves):
+        flat[i] = item
     return array
 
 
@@ -233,8 +302,8 @@ def format_predict_response(request: PredictRequest, outputs: dict[str, np.ndarr
     ordered = {k: outputs[k] for k in request.signature.outputs if k in outputs}
     if not request.row_format:
         if len(ordered) == 1:
-            return {"outputs": _to_json(next(iter(ordered.values())))}
-        return {"outputs": {k: _to_json(v) for k, v in ordered.items()}}
+            return {"outputs": _to_json(*next(iter(ordered.items())))}
+        return {"outputs": {k: _to_json(k, v) for k, v in ordered.items()}}
     for name, value in ordered.items():
         if value.ndim == 0 or value.shape[0] != request.rows:
             raise RequestError(
@@ -242,14 +311,24 @@ def format_predict_response(request: PredictRequest, outputs: dict[str, np.ndarr
                 "format; send 'inputs' (columnar format) instead"
             )
     if len(ordered) == 1:
-        return {"predictions": _to_json(next(iter(ordered.values())))}
-    columns = {k: _to_json(v) for k, v in ordered.items()}
+        return {"predictions": _to_json(*next(iter(ordered.items())))}
+    columns = {k: _to_json(k, v) for k, v in ordered.items()}
     return {"predictions": [{k: columns[k][i] for k in columns} for i in range(request.rows)]}
 
 
-def _to_json(array: np.ndarray):
+def _to_json(name: str, array: np.ndarray):
     if array.dtype.kind == "O":  # string outputs come back as bytes
-        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(array).tolist()
+        as_b64 = name.endswith("_bytes")
+        return np.vectorize(lambda b: _string_to_json(b, as_b64), otypes=[object])(array).tolist()
     # tolist gives Python floats holding the exact float32 values, so a client that converts
     # back to float32 gets bit-identical numbers.
     return array.tolist()
+
+
+def _string_to_json(value: bytes, as_b64: bool):
+    if not as_b64:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return {"b64": base64.b64encode(value).decode("ascii")}

@@ -1,7 +1,9 @@
 """Find, load and swap model versions under a TF Serving style base path (`<base>/<N>/`).
 
-Policy, as TF Serving's default "latest" policy: serve the highest `num_versions` complete
-versions. A new version is loaded in a worker thread and becomes visible only once it is
+Policy, as TF Serving's ServableVersionPolicy: "latest" (the default) serves the highest
+`num_versions` complete versions, "all" every version, "specific" the listed ones. Version
+labels (TF Serving's `version_labels`) name versions; a label may only point at a version
+that is loaded. A new version is loaded in a worker thread and becomes visible only once it is
 warmed up; the version it replaces is then dropped from the table. Requests that already
 picked the old version keep a reference to it and finish normally, so a swap never fails a
 request. This module imports no TensorFlow: the loader is passed in.
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import NotFound
+from .errors import FailedPrecondition, NotFound, RequestError
+from .model_config import VersionPolicy
 
 log = logging.getLogger("tfpipeline.serving")
 
@@ -88,17 +91,39 @@ class VersionState:
 class VersionManager:
     """The table of loaded versions of one model, refreshed from disk by polling."""
 
-    def __init__(self, model_name: str, base_path: Path, loader: Callable, num_versions: int = 1):
+    def __init__(self, model_name: str, base_path: Path, loader: Callable,
+                 num_versions: int = 1, policy: VersionPolicy | None = None):
         self.model_name = model_name
         self.base_path = base_path
         self._loader = loader
-        self._num_versions = num_versions
+        self.policy = policy or VersionPolicy("latest", num_versions=num_versions)
+        self.labels: dict[str, int] = {}
         self._available: dict = {}  # version -> Servable
         self._states: dict[int, VersionState] = {}
         self._failed: dict[int, float] = {}  # version -> stamp of the attempt that failed
         self._refresh_lock = asyncio.Lock()
 
     # -- lookups used by request handlers -------------------------------------------------
+
+    def resolve_label(self, label: str) -> int:
+        """The version a label names (TF Serving answers INVALID_ARGUMENT for unknown ones)."""
+        if label not in self.labels:
+            known = ", ".join(sorted(self.labels)) or "none"
+            raise RequestError(f"Unrecognized servable version label: {label} (model "
+                               f"{self.model_name} has labels: {known})")
+        return self.labels[label]
+
+    def set_labels(self, labels: dict[str, int]) -> None:
+        """Replace the labels; refused, as by TF Serving, if one names a version not loaded."""
+        for label, version in sorted(labels.items()):
+            if version not in self._available:
+                loaded = ", ".join(map(str, sorted(self._available))) or "none"
+                raise FailedPrecondition(
+                    f"Request to assign label \"{label}\" to version {version} of model "
+                    f"{self.model_name}, which is not currently available for inference "
+                    f"(loaded: {loaded}). Point the label at a loaded version or change the "
+                    "version policy so that version is loaded.")
+        self.labels = dict(labels)
 
     def get(self, version: int | None = None):
         """The servable for `version`, or the highest available one when None."""
@@ -123,6 +148,9 @@ class VersionManager:
             raise NotFound(f"Version {version} of model {self.model_name} is not known")
         return [self._states[version].as_json()]
 
+    def servables(self) -> list:
+        return list(self._available.values())
+
     @property
     def available_versions(self) -> list[int]:
         return sorted(self._available)
@@ -137,8 +165,9 @@ class VersionManager:
             wanted: set[int] = set()
             # Newest first; a version that fails to load is skipped (until its files change)
             # so the next older one is served instead.
-            for version in sorted(on_disk, reverse=True):
-                if len(wanted) == self._num_versions:
+            latest = self.policy.kind == "latest"
+            for version in self.policy.wanted(list(on_disk)):
+                if latest and len(wanted) == self.policy.num_versions:
                     break
                 if self._failed.get(version) == stamps[version]:
                     continue
