@@ -1,23 +1,27 @@
-"""Benchmark the REST server against calling the SavedModel in-process.
+"""Benchmark the server over gRPC and REST against calling the SavedModel in-process.
 
-    python bench/serving.py [--model-base-path exported/mnist]
+    python bench/serving.py [--model-base-path exported/mnist] [--soak-seconds 60]
 
 Measures, on this machine, with one 28x28x1 image per request:
-  1. p50/p99 latency at concurrency 1: in-process signature call vs the server
-     (batching on and off);
-  2. throughput at concurrency 32 with batching on vs off;
-  3. a soak run (60 s by default) at concurrency 32 with batching on, counting errors.
-The server runs as `python -m tfpipeline.serve` on 127.0.0.1 with --port 0 and its default
-flags. Everything else runs in child processes of this script too, so no two measurements
-share an interpreter: the in-process reference (once with the server's TensorFlow thread
-settings, the like-for-like comparison, and once with TensorFlow's defaults), and the load
-generator, a minimal HTTP/1.1 keep-alive client on asyncio streams that sends pre-encoded
-requests, so that on a small machine it takes as little CPU as possible from the server
-(it reports its own CPU share). The model alone is also timed at batch 1 and 32: that
-ratio is the most batching could give if HTTP and JSON cost nothing.
-If the base path has no versions (a fresh clone), an untrained convnet with the MNIST
-baseline's layer sizes is exported to a temp dir and used instead. Prints a table and writes
-JSON to bench/results/.
+  1. p50/p99 latency at concurrency 1: the in-process signature call vs the server over gRPC
+     (TF Serving's PredictionServiceStub, raw tensor_content) and over REST (JSON), with
+     batching on and off;
+  2. throughput at concurrency 32 over gRPC and REST, batching on and off, against the model
+     alone at batch 32 (one call at a time: the ceiling for batching if transport were free);
+  3. a soak run (60 s by default) at concurrency 32 over gRPC and REST together, with
+     batching on: every request must get a 200/OK (0 errors, 0 lost);
+  4. an overload run: more concurrency than the batching queue holds (a server started with
+     a --batching_parameters_file of max_batch_size 8, max_enqueued_batches 1): the only
+     failures allowed are clean 503/UNAVAILABLE refusals, and nothing may be lost.
+The server runs as `python -m tfpipeline.serve` on 127.0.0.1 with ports 0. Everything else
+runs in child processes of this script too, so no two measurements share an interpreter: the
+in-process reference (once with the server's TensorFlow thread settings, the like-for-like
+comparison, and once with TensorFlow's defaults), and the load generators: a minimal HTTP/1.1
+keep-alive client on asyncio streams sending pre-encoded requests, and a grpc.aio client
+sending pre-built PredictRequests, each reporting its own CPU share.
+If the base path has no versions (a fresh clone), the project's default CNN
+(tfpipeline.models.cnn, untrained) is exported with tfpipeline.export.write_savedmodel and a
+warm-up file to a temp dir and used instead. Prints a table and writes JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_TEST_IMAGES = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 PREDICT = "/v1/models/mnist:predict"
+OVERLOAD_BATCHING = ("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 2000 }\n"
+                     "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n")
 
 
 @dataclass
@@ -55,15 +61,21 @@ class Run:
     """One measured configuration."""
 
     name: str
-    requests: int = 0
-    errors: int = 0
+    requests: int = 0  # answered (OK, refused or error)
+    errors: int = 0  # answers other than OK and clean overload refusals
+    refused: int = 0  # 503 / UNAVAILABLE "overloaded": the server's back-pressure
+    lost: int = 0  # sent and never answered (connection dropped, timed out)
     seconds: float = 0.0
     p50_ms: float | None = None
     p99_ms: float | None = None
-    throughput: float | None = None
+    throughput: float | None = None  # OK answers per second
     mean_batch: float | None = None
     client_cpu_share: float | None = None  # CPU seconds of the load generator per second
     error_samples: list = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        if len(self.error_samples) < 5:
+            self.error_samples.append(text[:200])
 
 
 def percentiles(latencies: list[float], run: Run) -> Run:
@@ -90,13 +102,15 @@ def find_or_build_model(base: Path, workdir: Path) -> tuple[Path, str]:
     versions = discover_versions(base)
     if versions:
         return base, f"{base} (version {max(versions)})"
-    sys.path.insert(0, str(ROOT / "tests"))
-    import savedmodel_factory
+    from tfpipeline.export import write_savedmodel
+    from tfpipeline.models import cnn
+    from tfpipeline.warmup import write_warmup_requests
 
-    built = workdir / "mnist"
-    savedmodel_factory.export_version(built, 1, arch="convnet")
-    return built, ("untrained convnet with the MNIST baseline's layer sizes (Conv32-Pool-"
-                   f"Conv64-Pool-Dense10), built because {base} has no versions")
+    built = workdir / "mnist" / "1"
+    write_savedmodel(cnn.build((28, 28, 1), 10), (28, 28, 1), built)
+    write_warmup_requests(built, test_images(3)[0])
+    return built.parent, ("the default CNN (tfpipeline.models.cnn, untrained), exported because "
+                          f"{base} has no versions")
 
 
 # -- in-process reference (child process) ---------------------------------------------
@@ -163,25 +177,33 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+@dataclass
+class Endpoints:
+    rest: str  # http://host:port
+    grpc: str  # host:port
+
+
 @contextmanager
 def server(base: Path, *flags: str):
-    command = [sys.executable, "-m", "tfpipeline.serve", "--model-name", "mnist",
-               "--model-base-path", str(base), "--port", "0", *flags]
-    env = _env()
+    command = [sys.executable, "-m", "tfpipeline.serve", "--model_name=mnist",
+               f"--model_base_path={base}", "--port=0", "--rest_api_port=0", *flags]
     log = tempfile.TemporaryFile("w+")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
-                               stdin=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                               stderr=log, stdin=subprocess.DEVNULL, text=True)
     try:
-        url = None
-        for line in process.stdout:  # ends if the process exits before printing its URL
+        rest = grpc_target = None
+        for line in process.stdout:  # ends if the process exits before printing its URLs
+            match = re.search(r"Serving gRPC at (\S+)", line)
+            if match:
+                grpc_target = match.group(1)
             match = re.search(r"Serving mnist at (http://\S+)", line)
             if match:
-                url = match.group(1)
+                rest = match.group(1)
                 break
-        if url is None:
+        if rest is None or grpc_target is None:
             log.seek(0)
             raise SystemExit(f"server did not start:\n{log.read()}")
-        yield url
+        yield Endpoints(rest, grpc_target)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -191,16 +213,44 @@ def server(base: Path, *flags: str):
         log.close()
 
 
-def load(url: str, name: str, concurrency: int, max_requests: int, max_seconds: float) -> Run:
-    """Run the load generator in a child process, so it has an interpreter of its own."""
-    output = subprocess.run(
-        [sys.executable, __file__, "--child-load", url, "--concurrency", str(concurrency),
-         "--child-limits", str(max_requests), str(max_seconds)],
-        env=_env(), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=True)
-    run = Run(**json.loads(output.stdout.splitlines()[-1]))
-    run.name = name
-    return run
+@dataclass
+class Load:
+    """One load generator: `protocol` rest or grpc, in a child process of its own."""
 
+    protocol: str
+    name: str
+    concurrency: int
+    max_requests: int
+    max_seconds: float
+
+
+def run_loads(endpoints: Endpoints, loads: list[Load]) -> list[Run]:
+    """Run the load generators at the same time, each in its own child process."""
+    children = []
+    for item in loads:
+        target = endpoints.grpc if item.protocol == "grpc" else endpoints.rest
+        children.append(subprocess.Popen(
+            [sys.executable, __file__, f"--child-{item.protocol}-load", target,
+             "--child-stats", endpoints.rest, "--concurrency", str(item.concurrency),
+             "--child-limits", str(item.max_requests), str(item.max_seconds)],
+            env=_env(), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True))
+    runs = []
+    for item, child in zip(loads, children):
+        stdout, _ = child.communicate()
+        if child.returncode:
+            raise SystemExit(f"load generator {item.name} failed with status {child.returncode}")
+        run = Run(**json.loads(stdout.splitlines()[-1]))
+        run.name = item.name
+        runs.append(run)
+    return runs
+
+
+def load(endpoints: Endpoints, protocol: str, name: str, concurrency: int, max_requests: int,
+         max_seconds: float) -> Run:
+    return run_loads(endpoints, [Load(protocol, name, concurrency, max_requests, max_seconds)])[0]
+
+
+# -- load generators (child processes) ----------------------------------------------------
 
 def request_bytes(url: str, images: np.ndarray) -> list[bytes]:
     """Complete HTTP/1.1 requests (keep-alive), one image each, encoded once up front."""
@@ -214,8 +264,8 @@ def request_bytes(url: str, images: np.ndarray) -> list[bytes]:
     return requests
 
 
-async def generate_load(url: str, requests: list[bytes], run: Run, concurrency: int,
-                        max_requests: int, max_seconds: float) -> None:
+async def generate_rest_load(url: str, requests: list[bytes], run: Run, concurrency: int,
+                             max_requests: int, max_seconds: float) -> None:
     """`concurrency` keep-alive connections in a closed loop until `max_requests` or
     `max_seconds`. The server is aiohttp, which always answers with a Content-Length."""
     parts = urlsplit(url)
@@ -231,20 +281,30 @@ async def generate_load(url: str, requests: list[bytes], run: Run, concurrency: 
                 request = requests[issued % len(requests)]
                 issued += 1
                 start = time.perf_counter()
-                writer.write(request)
-                status, answer = await read_response(reader)
-                latencies.append(time.perf_counter() - start)
+                try:
+                    writer.write(request)
+                    status, answer = await asyncio.wait_for(read_response(reader), 60)
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+                    run.lost += 1
+                    run.note(f"lost: {exc!r}")
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+                    continue
                 run.requests += 1
-                if status != 200:
+                if status == 200:
+                    latencies.append(time.perf_counter() - start)
+                elif status == 503 and b"overloaded" in answer:
+                    run.refused += 1
+                else:
                     run.errors += 1
-                    if len(run.error_samples) < 5:
-                        run.error_samples.append(answer[:200].decode(errors="replace"))
+                    run.note(f"{status} {answer.decode(errors='replace')}")
         finally:
             writer.close()
 
     began = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     run.seconds = time.perf_counter() - began
+    run.throughput = len(latencies) / run.seconds
     percentiles(latencies, run)
 
 
@@ -258,19 +318,76 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-def child_load(url: str, concurrency: int, max_requests: int, max_seconds: float) -> Run:
+async def generate_grpc_load(target: str, images: np.ndarray, run: Run, concurrency: int,
+                             max_requests: int, max_seconds: float) -> None:
+    """The same closed loop over one grpc.aio channel with TF Serving's generated stub."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    requests = []
+    for i in range(len(images)):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "mnist"
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(images[i:i + 1]))
+        requests.append(request)
+    overload = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    issued = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        async def client():
+            nonlocal issued
+            while issued < max_requests and time.perf_counter() < deadline:
+                request = requests[issued % len(requests)]
+                issued += 1
+                start = time.perf_counter()
+                try:
+                    await stub.Predict(request, timeout=60)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in overload and "overloaded" in (exc.details() or ""):
+                        run.requests += 1
+                        run.refused += 1
+                    elif exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                        grpc.StatusCode.UNAVAILABLE,
+                                        grpc.StatusCode.CANCELLED):
+                        run.lost += 1  # no answer from the server itself
+                        run.note(f"lost: {exc.code().name} {exc.details()}")
+                    else:
+                        run.requests += 1
+                        run.errors += 1
+                        run.note(f"{exc.code().name} {exc.details()}")
+                    continue
+                run.requests += 1
+                latencies.append(time.perf_counter() - start)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        run.seconds = time.perf_counter() - began
+    run.throughput = len(latencies) / run.seconds
+    percentiles(latencies, run)
+
+
+def child_load(protocol: str, target: str, stats_url: str, concurrency: int,
+               max_requests: int, max_seconds: float) -> Run:
     images, _ = test_images(1000)
-    requests = request_bytes(url, images)
     run = Run("load")
-    before = _stats(url)
+    before = _stats(stats_url)
+    if protocol == "grpc":
+        coroutine = generate_grpc_load(target, images, run, concurrency, max_requests,
+                                       max_seconds)
+    else:
+        coroutine = generate_rest_load(target, request_bytes(target, images), run, concurrency,
+                                       max_requests, max_seconds)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     gc.freeze()
-    asyncio.run(generate_load(url, requests, run, concurrency, max_requests, max_seconds))
+    asyncio.run(coroutine)
     after_usage = resource.getrusage(resource.RUSAGE_SELF)
-    after = _stats(url)
+    after = _stats(stats_url)
     cpu = (after_usage.ru_utime + after_usage.ru_stime) - (usage.ru_utime + usage.ru_stime)
     run.client_cpu_share = cpu / run.seconds
-    run.throughput = run.requests / run.seconds
     calls = after["model_calls"] - before["model_calls"]
     if calls:
         run.mean_batch = (after["instances"] - before["instances"]) / calls
@@ -282,8 +399,9 @@ def _stats(url: str) -> dict:
         return json.load(response)
 
 
-def warm(url: str, concurrency: int) -> None:
-    load(url, "warm-up", concurrency, 200, 10)
+def warm(endpoints: Endpoints, concurrency: int) -> None:
+    run_loads(endpoints, [Load("rest", "warm-up", concurrency, 200, 10),
+                          Load("grpc", "warm-up", concurrency, 200, 10)])
 
 
 # -- report -------------------------------------------------------------------------------
@@ -294,12 +412,12 @@ def fmt(value, spec: str) -> str:
 
 
 def print_table(runs: list[Run]) -> None:
-    print(f"{'run':52} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'req/s':>8} {'batch':>6} {'client CPU':>10}")
+    print(f"{'run':50} {'answers':>8} {'errors':>6} {'refused':>7} {'lost':>4} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'OK/s':>7} {'batch':>5} {'client CPU':>10}")
     for r in runs:
-        print(f"{r.name:52} {r.requests:8d} {r.errors:6d} {fmt(r.p50_ms, '8.2f')} "
-              f"{fmt(r.p99_ms, '8.2f')} {fmt(r.throughput, '8.0f')} {fmt(r.mean_batch, '6.1f')} "
-              f"{fmt(r.client_cpu_share, '10.2f')}")
+        print(f"{r.name:50} {r.requests:8d} {r.errors:6d} {r.refused:7d} {r.lost:4d} "
+              f"{fmt(r.p50_ms, '7.2f')} {fmt(r.p99_ms, '7.2f')} {fmt(r.throughput, '7.0f')} "
+              f"{fmt(r.mean_batch, '5.1f')} {fmt(r.client_cpu_share, '10.2f')}")
 
 
 def print_model(label: str, rates: dict) -> None:
@@ -316,12 +434,18 @@ def main(argv=None) -> int:
     p.add_argument("--latency-requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--throughput-seconds", type=float, default=10)
-    p.add_argument("--soak-seconds", type=float, default=60)
+    p.add_argument("--soak-seconds", type=float, default=60,
+                   help="the gRPC + REST soak run (default 60)")
+    p.add_argument("--overload-seconds", type=float, default=10)
+    p.add_argument("--overload-concurrency", type=int, default=64,
+                   help="per protocol, against a queue of 1 batch of 8 (default 64)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/)")
     # The child processes this script starts for the in-process reference and the load.
     p.add_argument("--child-in-process", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-threads", type=int, nargs=2, help=argparse.SUPPRESS)
-    p.add_argument("--child-load", help=argparse.SUPPRESS)
+    p.add_argument("--child-rest-load", help=argparse.SUPPRESS)
+    p.add_argument("--child-grpc-load", help=argparse.SUPPRESS)
+    p.add_argument("--child-stats", help=argparse.SUPPRESS)
     p.add_argument("--child-limits", type=float, nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_in_process:
@@ -329,16 +453,25 @@ def main(argv=None) -> int:
         print(json.dumps(in_process(args.child_in_process, images, args.latency_requests,
                                     *args.child_threads)))
         return 0
-    if args.child_load:
+    if args.child_rest_load or args.child_grpc_load:
         requests, seconds = args.child_limits
-        print(json.dumps(asdict(child_load(args.child_load, args.concurrency, int(requests),
-                                           seconds))))
+        protocol = "grpc" if args.child_grpc_load else "rest"
+        target = args.child_grpc_load or args.child_rest_load
+        print(json.dumps(asdict(child_load(protocol, target, args.child_stats, args.concurrency,
+                                           int(requests), seconds))))
         return 0
 
     sys.path.insert(0, str(ROOT))
     from tfpipeline.serve import DEFAULT_BATCH_THREADS, default_tf_threads
 
     threads = default_tf_threads(DEFAULT_BATCH_THREADS)
+    c, n, t = args.concurrency, args.latency_requests, args.throughput_seconds
+    runs: dict[str, Run] = {}
+
+    def add(*measured: Run) -> None:
+        for run in measured:
+            runs[run.name] = run
+
     with tempfile.TemporaryDirectory() as workdir:
         base, model_label = find_or_build_model(args.model_base_path, Path(workdir))
         from tfpipeline.serving.versions import discover_versions
@@ -347,60 +480,84 @@ def main(argv=None) -> int:
         _, images_label = test_images(1)
         print(f"model: {model_label}\ninputs: {images_label}, one per request\n", flush=True)
         load_before = os.getloadavg()
-        c, n, t = args.concurrency, args.latency_requests, args.throughput_seconds
         local = run_in_process(version_dir, n, *threads)
         default = run_in_process(version_dir, n, 0, 0)
-        runs = [Run(**{**local["run"], "name": f"in-process, 1 image, server's TF threads {threads}"}),
-                Run(**{**default["run"], "name": "in-process, 1 image, TF default threads"})]
-        with server(base) as url:
-            warm(url, c)
-            runs.append(load(url, "server, batching on, concurrency 1", 1, n, 120))
-            runs.append(load(url, f"server, batching on, concurrency {c}", c, 10**7, t))
-            runs.append(load(url, f"soak {args.soak_seconds:.0f} s, batching on, concurrency {c}",
-                             c, 10**8, args.soak_seconds))
-        with server(base, "--no-batching") as url:
-            warm(url, c)
-            runs.append(load(url, "server, batching off, concurrency 1", 1, n, 120))
-            runs.append(load(url, f"server, batching off, concurrency {c}", c, 10**7, t))
+        add(Run(**{**local["run"], "name": f"in-process, 1 image, server's TF threads {threads}"}),
+            Run(**{**default["run"], "name": "in-process, 1 image, TF default threads"}))
+        for batching in ("on", "off"):
+            with server(base, f"--enable_batching={'true' if batching == 'on' else 'false'}") as ends:
+                warm(ends, c)
+                for protocol in ("grpc", "rest"):
+                    add(load(ends, protocol, f"{protocol}, batching {batching}, concurrency 1",
+                             1, n, 120))
+                    add(load(ends, protocol, f"{protocol}, batching {batching}, concurrency {c}",
+                             c, 10**7, t))
+                if batching == "on":
+                    half = max(1, c // 2)
+                    add(*run_loads(ends, [
+                        Load("grpc", f"soak {args.soak_seconds:.0f} s: grpc, concurrency {half}",
+                             half, 10**8, args.soak_seconds),
+                        Load("rest", f"soak {args.soak_seconds:.0f} s: rest, concurrency {half}",
+                             half, 10**8, args.soak_seconds)]))
+        batching_file = Path(workdir) / "overload-batching.config"
+        batching_file.write_text(OVERLOAD_BATCHING)
+        with server(base, f"--batching_parameters_file={batching_file}") as ends:
+            warm(ends, 4)
+            oc = args.overload_concurrency
+            add(*run_loads(ends, [
+                Load("grpc", f"overload: grpc, concurrency {oc}, queue 1x8", oc, 10**8,
+                     args.overload_seconds),
+                Load("rest", f"overload: rest, concurrency {oc}, queue 1x8", oc, 10**8,
+                     args.overload_seconds)]))
         load_after = os.getloadavg()
 
-    on, off, soak = runs[3], runs[6], runs[4]
+    local_run = runs[f"in-process, 1 image, server's TF threads {threads}"]
+    grpc1, rest1 = runs["grpc, batching on, concurrency 1"], runs["rest, batching on, concurrency 1"]
+    grpc_c, rest_c = runs[f"grpc, batching on, concurrency {c}"], runs[f"rest, batching on, concurrency {c}"]
+    grpc_off = runs[f"grpc, batching off, concurrency {c}"]
+    soak = [r for name, r in runs.items() if name.startswith("soak")]
+    overload = [r for name, r in runs.items() if name.startswith("overload")]
     rates = local["images_per_s"]
+    ceiling = rates["batch 32"]["images_per_s"]
     result = {
-        "p50_overhead_ms": runs[2].p50_ms - runs[0].p50_ms,
-        "p50_overhead_vs_tf_defaults_ms": runs[2].p50_ms - runs[1].p50_ms,
-        "batching_speedup": on.throughput / off.throughput,
-        # What batching could give if HTTP and JSON were free: the model's own images/s at
-        # batch 32 (one call at a time, as the batcher) over batch 1 (one caller, and two
-        # callers as the unbatched server's two batch threads), and its CPU cost per image
-        # at batch 1 over batch 32 (the bound once the cores are saturated).
-        "model_speedup_batch32": rates["batch 32"]["images_per_s"] / rates["batch 1"]["images_per_s"],
-        "model_speedup_batch32_vs_2_threads": (rates["batch 32"]["images_per_s"]
-                                               / rates["batch 1, 2 threads"]["images_per_s"]),
-        "model_cpu_ratio_batch1_batch32": (rates["batch 1"]["cpu_ms_per_image"]
-                                           / rates["batch 32"]["cpu_ms_per_image"]),
-        "soak_errors": soak.errors,
+        "grpc_p50_overhead_ms": grpc1.p50_ms - local_run.p50_ms,
+        "rest_p50_overhead_ms": rest1.p50_ms - local_run.p50_ms,
+        "grpc_over_rest_throughput": grpc_c.throughput / rest_c.throughput,
+        "model_alone_batch32_images_per_s": ceiling,
+        "grpc_batching_share_of_ceiling": grpc_c.throughput / ceiling,
+        "grpc_batching_on_over_off": grpc_c.throughput / grpc_off.throughput,
+        "soak_answers": sum(r.requests for r in soak),
+        "soak_errors_and_lost": sum(r.errors + r.lost + r.refused for r in soak),
+        "overload_refused": sum(r.refused for r in overload),
+        "overload_errors_and_lost": sum(r.errors + r.lost for r in overload),
     }
     goals = {
-        "p50 within +1 ms of in-process": result["p50_overhead_ms"] <= 1.0,
-        "batching >= 5x throughput at concurrency 32": result["batching_speedup"] >= 5,
-        "0 errors in the soak run": soak.errors == 0 and soak.requests > 0,
+        "gRPC p50 <= in-process + 0.5 ms": result["grpc_p50_overhead_ms"] <= 0.5,
+        f"gRPC throughput at concurrency {c} >= 1.5x REST's": result["grpc_over_rest_throughput"] >= 1.5,
+        "gRPC with batching >= 0.8x the model-alone batch-32 ceiling":
+            result["grpc_batching_share_of_ceiling"] >= 0.8,
+        "soak over gRPC + REST: 0 errors, 0 lost": result["soak_errors_and_lost"] == 0
+            and result["soak_answers"] > 0,
+        "overload: only clean 503/UNAVAILABLE refusals, 0 lost": result["overload_errors_and_lost"] == 0
+            and result["overload_refused"] > 0,
     }
-    print_table(runs)
-    print(f"\nserver p50 overhead over in-process: {result['p50_overhead_ms']:+.2f} ms with the "
-          f"server's TF threads, {result['p50_overhead_vs_tf_defaults_ms']:+.2f} ms against "
-          "TF's default threads")
-    print(f"throughput batching on / off at concurrency {c}: {result['batching_speedup']:.2f}x")
+    print_table(list(runs.values()))
+    print(f"\np50 over in-process: gRPC {result['grpc_p50_overhead_ms']:+.2f} ms, REST "
+          f"{result['rest_p50_overhead_ms']:+.2f} ms (server's TF threads)")
+    print(f"concurrency {c}, batching on: gRPC / REST throughput "
+          f"{result['grpc_over_rest_throughput']:.2f}x; gRPC at "
+          f"{result['grpc_batching_share_of_ceiling']:.2f}x the model alone at batch 32 "
+          f"({ceiling:.0f} images/s); batching on / off over gRPC "
+          f"{result['grpc_batching_on_over_off']:.2f}x")
     print_model(f"server's TF threads {threads}", rates)
     print_model("TF default threads", default["images_per_s"])
-    print(f"model alone, batch 32 over batch 1: {result['model_speedup_batch32']:.1f}x images/s "
-          f"({result['model_speedup_batch32_vs_2_threads']:.1f}x over 2 threads at batch 1), "
-          f"{result['model_cpu_ratio_batch1_batch32']:.1f}x less CPU per image "
-          "(the ceiling for batching if HTTP and JSON cost nothing)")
     print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
-          f"on {os.cpu_count()} cores (client and server share them)")
+          f"on {os.cpu_count()} cores (clients and server share them)")
     for goal, met in goals.items():
         print(f"  [{'met' if met else 'NOT met'}] {goal}")
+    for run in runs.values():
+        for sample in run.error_samples:
+            print(f"  {run.name}: {sample}")
 
     out = args.out or ROOT / "bench" / "results" / f"serving-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -411,7 +568,7 @@ def main(argv=None) -> int:
                     "loadavg_before": load_before, "loadavg_after": load_after},
         "args": {k: str(v) for k, v in vars(args).items()},
         "server_tf_threads": threads,
-        "runs": [asdict(r) for r in runs],
+        "runs": [asdict(r) for r in runs.values()],
         "model_alone": {"server_threads": rates, "tf_default_threads": default["images_per_s"]},
         "summary": result, "goals": goals,
     }, indent=2))

@@ -5,102 +5,25 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import selectors
-import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import savedmodel_factory
+from serving_helpers import (ROOT, Server, env as _env, export_version, random_images,
+                             start_server, stop_server)
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
 MAX_INSTANCES = 200
 MAX_BODY_BYTES = 1_000_000
 PREDICT = "/v1/models/mnist:predict"
-
-
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    host: str
-    port: int
-    log_path: Path
-
-    def request(self, method: str, path: str, body=None) -> tuple[int, dict]:
-        if body is not None and not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        try:
-            connection.request(method, path, body=body,
-                               headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            connection.close()
-
-    def get(self, path: str) -> tuple[int, dict]:
-        return self.request("GET", path)
-
-    def post(self, path: str, body) -> tuple[int, dict]:
-        return self.request("POST", path, body)
-
-    def stats(self) -> dict:
-        return self.get("/monitoring/stats")[1]
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-
-def start_server(base: Path, log_path: Path, *flags: str) -> Server:
-    """Start the server with --port 0 and learn its port from the line it prints."""
-    command = [sys.executable, "-m", "tfpipeline.serve", "--model-name", "mnist",
-               "--model-base-path", str(base), "--port", "0",
-               "--file-system-poll-wait-seconds", "0.2", *flags]
-    log_file = open(log_path, "w")
-    process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                               stderr=log_file, stdin=subprocess.DEVNULL, text=True)
-    log_file.close()
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if selector.select(timeout=0.5):
-            line = process.stdout.readline()
-            match = re.search(r"Serving mnist at http://([0-9.]+):(\d+)", line)
-            if match:
-                return Server(process, match.group(1), int(match.group(2)), log_path)
-            if not line:
-                break
-        if process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError(f"server did not start:\n{log_path.read_text()}")
-
-
-def stop_server(server: Server) -> None:
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
 
 
 def reference(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,14 +32,10 @@ def reference(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in signature(images=tf.constant(images)).items()}
 
 
-def random_images(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, 28, 28, 1), dtype=np.uint8)
-
-
 @pytest.fixture(scope="module")
 def model_base(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("models") / "mnist"
-    savedmodel_factory.export_version(base, 1)
+    export_version(base, 1)
     return base
 
 
@@ -358,7 +277,7 @@ def unbatched_server(tmp_path_factory):
     """A server with batching off, started on a base path that also holds junk: an empty
     higher version, a broken higher version, and a temp dir of an export in progress."""
     base = tmp_path_factory.mktemp("junk") / "mnist"
-    savedmodel_factory.export_version(base, 1)
+    export_version(base, 1)
     (base / "9").mkdir()  # no saved_model.pb: an incomplete copy, ignored
     (base / "5").mkdir()
     (base / "5" / "saved_model.pb").write_bytes(b"not a protobuf")  # fails to load
@@ -449,13 +368,13 @@ def _wait_for(predicate, timeout: float = 60):
 
 def test_new_version_is_picked_up_without_failing_requests(tmp_path):
     base = tmp_path / "mnist"
-    savedmodel_factory.export_version(base, 1, seed=0)
+    export_version(base, 1, seed=0)
     server = start_server(base, tmp_path / "server.log")
     image = random_images(1, seed=6)[0]
     try:
         with LoadLoop(server, image) as load:
             assert _wait_for(lambda: load.ok >= 20)
-            savedmodel_factory.export_version(base, 2, seed=1)  # different weights
+            export_version(base, 2, seed=1)  # different weights
             assert _wait_for(lambda: server.get("/v1/models/mnist")[1]["model_version_status"][0]
                              == {"version": "2", "state": "AVAILABLE",
                                  "status": {"error_code": "OK", "error_message": ""}})

@@ -2,11 +2,13 @@
 
     python -m tfpipeline.predict digit.png other.jpg --model-dir exported/mnist
     python -m tfpipeline.predict digit.png --server http://127.0.0.1:8501 [--model-name mnist]
+    python -m tfpipeline.predict digit.png --grpc 127.0.0.1:8500 [--model-name mnist]
 
 Images are converted to the signature's input: grayscale or RGB by its channel count and
 resized to its height and width. Prints one line per file: class and its probability.
 The --server mode talks plain TF Serving REST, so it works against TF Serving itself too,
-and does not import TensorFlow.
+and does not import TensorFlow. The --grpc mode uses TF Serving's published gRPC client
+(tensorflow-serving-api's PredictionServiceStub), so it works against TF Serving too.
 """
 
 from __future__ import annotations
@@ -128,6 +130,56 @@ class ServerModel:
         return {k: np.asarray(v) for k, v in outputs.items()}
 
 
+# -- through a server's gRPC API ------------------------------------------------------------
+
+class GrpcModel:
+    """TF Serving's gRPC PredictionService: metadata for the input, Predict with raw
+    tensor_content both ways (no JSON)."""
+
+    def __init__(self, target: str, model_name: str, signature: str = "serving_default"):
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
+
+        self._grpc, self._tf = grpc, tf
+        self.target, self.model_name, self.signature = target, model_name, signature
+        self._channel = grpc.insecure_channel(target)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = model_name
+        response = self._call(self._stub.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        if signature not in signature_map.signature_def:
+            raise UserError(f"Signature {signature} not found on {target} for model {model_name}")
+        inputs = signature_map.signature_def[signature].inputs
+        if len(inputs) != 1:
+            raise UserError(f"Signature {signature} has {len(inputs)} inputs; images need one")
+        (name, info), = inputs.items()
+        dtype = tf.dtypes.as_dtype(info.dtype)
+        if not (dtype.is_integer or dtype.is_floating):
+            raise UserError(f"Input '{name}' is {dtype.name}; images need a numeric input")
+        dims = [None if d.size < 0 else d.size for d in info.tensor_shape.dim]
+        self.spec = _spec_from_dims(name, dims, np.dtype(dtype.as_numpy_dtype).name)
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=60)
+        except self._grpc.RpcError as exc:
+            raise UserError(f"gRPC server at {self.target} answered {exc.code().name}: "
+                            f"{exc.details()}") from None
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = self.signature
+        request.inputs[self.spec.name].CopyFrom(self._tf.make_tensor_proto(batch))
+        response = self._call(self._stub.Predict, request)
+        return {k: self._tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+
 # -- in this process ----------------------------------------------------------------------
 
 class LocalModel:
@@ -170,6 +222,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--model-dir", type=Path,
                        help="exported base path (its highest version is used) or a version dir")
     where.add_argument("--server", help="TF Serving REST address, e.g. http://127.0.0.1:8501")
+    where.add_argument("--grpc", metavar="HOST:PORT",
+                       help="TF Serving gRPC address, e.g. 127.0.0.1:8500")
     p.add_argument("--model-name", default="mnist", help="model name on the server (default mnist)")
     p.add_argument("--signature-name", default="serving_default")
     return p.parse_args(argv)
@@ -178,7 +232,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.server:
+        if args.grpc:
+            model = GrpcModel(args.grpc, args.model_name, args.signature_name)
+        elif args.server:
             model = ServerModel(args.server, args.model_name, args.signature_name)
         else:
             model = LocalModel(args.model_dir, args.signature_name)
