@@ -318,25 +318,79 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def generate_grpc_load(target: str, images: np.ndarray, run: Run, concurrency: int,
-                             max_requests: int, max_seconds: float) -> None:
-    """The same closed loop over one grpc.aio channel with TF Serving's generated stub."""
-    import grpc
+def grpc_request_bytes(images: np.ndarray) -> list[bytes]:
+    """Serialized PredictRequests, one image each as raw tensor_content, built once up front
+    with TF Serving's messages, so the timed loop spends nothing on protobuf."""
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import predict_pb2
 
     requests = []
     for i in range(len(images)):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "mnist"
         request.inputs["images"].CopyFrom(tf.make_tensor_proto(images[i:i + 1]))
-        requests.append(request)
-    overload = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        requests.append(request.SerializeToString())
+    return requests
+
+
+GRPC_PREDICT = "/tensorflow.serving.PredictionService/Predict"
+
+
+def _grpc_outcome(run: Run, exc) -> None:
+    import grpc
+
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED) and \
+            "overloaded" in (exc.details() or ""):
+        run.requests += 1
+        run.refused += 1
+    elif exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.CANCELLED):
+        run.lost += 1  # no answer from the server itself
+        run.note(f"lost: {exc.code().name} {exc.details()}")
+    else:
+        run.requests += 1
+        run.errors += 1
+        run.note(f"{exc.code().name} {exc.details()}")
+
+
+def generate_grpc_load_sync(target: str, requests: list[bytes], run: Run, max_requests: int,
+                            max_seconds: float) -> None:
+    """Concurrency 1: a plain blocking call in a loop, as most TF Serving clients are written
+    (grpc's synchronous stub has less per-call overhead than grpc.aio)."""
+    import grpc
+
+    latencies: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    with grpc.insecure_channel(target) as channel:
+        predict = channel.unary_unary(GRPC_PREDICT)  # bytes in, bytes out
+        began = time.perf_counter()
+        for issued in range(max_requests):
+            if time.perf_counter() >= deadline:
+                break
+            start = time.perf_counter()
+            try:
+                predict(requests[issued % len(requests)], timeout=60)
+            except grpc.RpcError as exc:
+                _grpc_outcome(run, exc)
+                continue
+            run.requests += 1
+            latencies.append(time.perf_counter() - start)
+        run.seconds = time.perf_counter() - began
+    run.throughput = len(latencies) / run.seconds
+    percentiles(latencies, run)
+
+
+async def generate_grpc_load(target: str, requests: list[bytes], run: Run, concurrency: int,
+                             max_requests: int, max_seconds: float) -> None:
+    """The same closed loop as REST's over one grpc.aio channel (HTTP/2 streams), sending
+    the pre-serialized PredictRequests to TF Serving's Predict method."""
+    import grpc
+
     latencies: list[float] = []
     deadline = time.perf_counter() + max_seconds
     issued = 0
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        predict = channel.unary_unary(GRPC_PREDICT)  # bytes in, bytes out
 
         async def client():
             nonlocal issued
@@ -345,20 +399,9 @@ async def generate_grpc_load(target: str, images: np.ndarray, run: Run, concurre
                 issued += 1
                 start = time.perf_counter()
                 try:
-                    await stub.Predict(request, timeout=60)
+                    await predict(request, timeout=60)
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() in overload and "overloaded" in (exc.details() or ""):
-                        run.requests += 1
-                        run.refused += 1
-                    elif exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED,
-                                        grpc.StatusCode.UNAVAILABLE,
-                                        grpc.StatusCode.CANCELLED):
-                        run.lost += 1  # no answer from the server itself
-                        run.note(f"lost: {exc.code().name} {exc.details()}")
-                    else:
-                        run.requests += 1
-                        run.errors += 1
-                        run.note(f"{exc.code().name} {exc.details()}")
+                    _grpc_outcome(run, exc)
                     continue
                 run.requests += 1
                 latencies.append(time.perf_counter() - start)
@@ -374,16 +417,25 @@ def child_load(protocol: str, target: str, stats_url: str, concurrency: int,
                max_requests: int, max_seconds: float) -> Run:
     images, _ = test_images(1000)
     run = Run("load")
-    before = _stats(stats_url)
     if protocol == "grpc":
-        coroutine = generate_grpc_load(target, images, run, concurrency, max_requests,
-                                       max_seconds)
+        requests = grpc_request_bytes(images)
+        if concurrency == 1:
+            def generate():
+                generate_grpc_load_sync(target, requests, run, max_requests, max_seconds)
+        else:
+            def generate():
+                asyncio.run(generate_grpc_load(target, requests, run, concurrency,
+                                               max_requests, max_seconds))
     else:
-        coroutine = generate_rest_load(target, request_bytes(target, images), run, concurrency,
-                                       max_requests, max_seconds)
+        requests = request_bytes(target, images)
+
+        def generate():
+            asyncio.run(generate_rest_load(target, requests, run, concurrency, max_requests,
+                                           max_seconds))
+    before = _stats(stats_url)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     gc.freeze()
-    asyncio.run(coroutine)
+    generate()
     after_usage = resource.getrusage(resource.RUSAGE_SELF)
     after = _stats(stats_url)
     cpu = (after_usage.ru_utime + after_usage.ru_stime) - (usage.ru_utime + usage.ru_stime)
