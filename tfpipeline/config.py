@@ -143,7 +143,7 @@ class PipelineConfig:
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UserError(f"--learning-rate must be a positive number, got {self.learning_rate}.")
         if self.model != "auto":
-            models.family(self.model)  # unknown family → UserError
+            models.hyperparams(self.model, self.pinned())  # unknown family, --hparam names → UserError
         for name in ("histogram_freq", "image_freq"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -159,6 +159,7 @@ class PipelineConfig:
     def search_plan(self) -> SearchSettings | None:
         """The search this run does, or None to train the family's defaults (printing why,
         when the default was to search). Refuses combinations that cannot both hold."""
+        self.search.validate()
         given = self.search.customized() + (["--model auto"] if self.model == "auto" else [])
         if self.tune is False:
             if given:

@@ -55,6 +55,7 @@ class _Trained:
     steps_run: int
     resumed: bool
     trained_on: list[str]
+    examples: int
     validation: Any  # the batched validation dataset, or None after a search (trained on it)
     weights_sha256: str
     run_log: tensorboard_logs.RunLog
@@ -174,7 +175,7 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     digest = distribute.weights_digest(model)
     print(f"Final weights sha256 {digest}", flush=True)
     return _Trained(model, family, hp, settings, training.epochs_completed(history), steps_run, resumed,
-                    trained_on, validation, digest, run_log)
+                    trained_on, num_train, validation, digest, run_log)
 
 
 def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, state, logdir, export_base,
@@ -224,7 +225,7 @@ def _metadata(config, dist, spec, found, trained: _Trained, validation, test_eva
                   "parameters": trained.model.count_params()},
         "training": {"epochs_requested": trained.hp.epochs, "epochs_run": trained.epochs_run,
                      "steps_per_epoch": trained.settings.steps_per_epoch, "steps_run": trained.steps_run,
-                     "trained_on": trained.trained_on, "seed": config.seed, "deterministic": config.deterministic,
+                     "trained_on": trained.trained_on, "examples": trained.examples, "seed": config.seed, "deterministic": config.deterministic,
                      "quick": config.quick, "resumed": trained.resumed},
         "distribution": {**dist.to_json(trained.hp.batch_size, trained.hp.learning_rate),
                          "weights_sha256": trained.weights_sha256},

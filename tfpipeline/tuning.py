@@ -314,8 +314,6 @@ def search(config: PipelineConfig, settings: SearchSettings, datasets: data_lib.
     """
     families, auto, budget, this_role = families_of(config, settings), config.model == "auto", \
         settings.budget(config.quick), role()
-    for family in families:  # --hparam names and types, before any trial
-        models.hyperparams(family, config.pinned())
     if settings.overwrite and state.created and config.run_name:  # same id as a dropped run
         shutil.rmtree(logdir / "trials", ignore_errors=True)
     spec = datasets.spec
