@@ -25,6 +25,7 @@ def quick_runs(tmp_path_factory, manual_dir, data_dir):
     return cwd, first, second
 
 
+@pytest.mark.slow
 def test_quick_run_exports_and_summarizes(quick_runs):
     cwd, first, _ = quick_runs
     assert first.returncode == 0, first.stderr[-3000:]
@@ -44,6 +45,7 @@ def test_quick_run_exports_and_summarizes(quick_runs):
     assert metrics["test"]["confusion_matrix"] == test["confusion_matrix"]
 
 
+@pytest.mark.slow
 def test_second_run_is_version_two(quick_runs):
     cwd, _, second = quick_runs
     assert second.returncode == 0, second.stderr[-3000:]
@@ -72,6 +74,7 @@ TF_ONLY_CHECK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_export_serves_from_plain_tensorflow(quick_runs, manual_dir):
     cwd, first, _ = quick_runs
     assert first.returncode == 0
@@ -115,11 +118,13 @@ def _assert_user_error(proc, *phrases):
         (["--hparam", "depth=3"], ["no hyperparameter 'depth'"]),
     ],
 )
+@pytest.mark.slow
 def test_bad_flags_are_explained(tmp_path, data_dir, args, phrases):
     proc = run_cli("--quick", "--data-dir", data_dir, *args, cwd=tmp_path)
     _assert_user_error(proc, *phrases)
 
 
+@pytest.mark.slow
 def test_missing_data_files_are_named(tmp_path):
     empty = tmp_path / "manual"
     empty.mkdir()
@@ -127,6 +132,7 @@ def test_missing_data_files_are_named(tmp_path):
     _assert_user_error(proc, "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", str(empty))
 
 
+@pytest.mark.slow
 def test_unwritable_export_dir_fails_before_training(tmp_path, data_dir):
     (tmp_path / "exported").write_text("a file where the export folder should be")
     proc = run_cli("--quick", "--data-dir", data_dir, cwd=tmp_path)
@@ -134,6 +140,7 @@ def test_unwritable_export_dir_fails_before_training(tmp_path, data_dir):
     assert "Epoch" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_publishes_nothing(tmp_path, data_dir):
     proc = run_cli("--quick", "--data-dir", data_dir, "--model", "mlp", "--learning-rate", "1e12", cwd=tmp_path)
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]

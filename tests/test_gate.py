@@ -40,6 +40,7 @@ def base_copy(first, tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_first_version_always_publishes(first):
     _, result = first
     assert result.export_path.name == "1"
@@ -48,6 +49,7 @@ def test_first_version_always_publishes(first):
         "test_accuracy": result.test_accuracy, "baseline": None}
 
 
+@pytest.mark.slow
 def test_worse_model_is_held_back_and_kept(base_copy, first, data_dir, manual_dir):
     _, published = first
     with pytest.raises(gate.HeldBack) as held:
@@ -68,6 +70,7 @@ def test_worse_model_is_held_back_and_kept(base_copy, first, data_dir, manual_di
     assert not list((base_copy / "exported/mnist").glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_force_publish_publishes_the_worse_model(base_copy, data_dir, manual_dir):
     result = run(_config(base_copy, data_dir, manual_dir, epochs=1, learning_rate=1e-5, force_publish=True))
     assert result.export_path == base_copy / "exported/mnist/2"
@@ -75,6 +78,7 @@ def test_force_publish_publishes_the_worse_model(base_copy, data_dir, manual_dir
     assert result.metadata["gate"]["baseline"]["delta_points"] < -0.1
 
 
+@pytest.mark.slow
 def test_better_model_is_published(base_copy, first, data_dir, manual_dir):
     _, published = first
     result = run(_config(base_copy, data_dir, manual_dir, epochs=4))
@@ -83,6 +87,7 @@ def test_better_model_is_published(base_copy, first, data_dir, manual_dir):
     assert result.metadata["gate"]["baseline"]["delta_points"] > 0
 
 
+@pytest.mark.slow
 def test_tolerance_is_in_points(base_copy, first, data_dir, manual_dir):
     # Allowed to lose 100 points: even the untrained-looking model passes.
     result = run(_config(base_copy, data_dir, manual_dir, epochs=1, learning_rate=1e-5, max_regression=100.0))

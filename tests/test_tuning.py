@@ -62,6 +62,7 @@ def auto_run(tmp_path_factory, env):
     return cwd, proc, _metadata(cwd)
 
 
+@pytest.mark.slow
 def test_auto_search_tries_two_families_and_exports_the_best(auto_run):
     cwd, proc, metadata = auto_run
     search = metadata["search"]
@@ -92,6 +93,7 @@ def test_auto_search_tries_two_families_and_exports_the_best(auto_run):
     assert not list(cwd.glob("work/mnist/tune-*/run.json"))
 
 
+@pytest.mark.slow
 def test_tuned_run_honours_profile_batches(auto_run):
     # The final training of a tuned run is the same training as a plain run's: its TensorBoard
     # extras (here the profiler) land in the run's own logdir, the one metadata.json names.
@@ -101,6 +103,7 @@ def test_tuned_run_honours_profile_batches(auto_run):
     assert not list((cwd / metadata["run"]["logdir"] / "trials").glob("**/*.xplane.pb"))  # not the trials'
 
 
+@pytest.mark.slow
 def test_tuned_export_is_a_working_savedmodel(auto_run, manual_dir):
     import gzip
 
@@ -119,6 +122,7 @@ def test_tuned_export_is_a_working_savedmodel(auto_run, manual_dir):
     assert accuracy > 0.5
 
 
+@pytest.mark.slow
 def test_tensorboard_hparams_lists_every_trial(auto_run, tmp_path):
     cwd, _, metadata = auto_run
     logdir = cwd / "runs/mnist" / AUTO_RUN  # the run's own log dir
@@ -153,6 +157,7 @@ def test_tensorboard_hparams_lists_every_trial(auto_run, tmp_path):
 
 # --- resume after kill -9 ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_after_kill_keeps_finished_trials(tmp_path, env):
     args = [*TINY, "--max-trials", "5", "--max-epochs", "2"]
     process = subprocess.Popen([sys.executable, "-m", "pipelines.mnist", *args], cwd=tmp_path,
@@ -197,6 +202,7 @@ def test_resume_after_kill_keeps_finished_trials(tmp_path, env):
 
 # --- distributed: a chief and two workers -------------------------------------------------------
 
+@pytest.mark.slow
 def test_chief_and_two_workers_share_one_search(tmp_path, env):
     trials = 4
     args = [*TINY, "--max-trials", str(trials)]
@@ -332,6 +338,7 @@ def test_bad_search_settings_fail_before_any_work(tmp_path, monkeypatch, data_di
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow
 def test_bad_search_flag_from_the_command_line(tmp_path):
     proc = run_cli("--no-tune", "--tuner", "random", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -340,6 +347,7 @@ def test_bad_search_flag_from_the_command_line(tmp_path):
 
 # --- memory across trials ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_memory_stays_flat_across_trials():
     proc = subprocess.run([sys.executable, "-m", "bench.tuning_memory", "--trials", "10"], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)

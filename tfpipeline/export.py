@@ -3,12 +3,12 @@
     exported/<dataset>/<N>/            the SavedModel (saved_model.pb, variables/)
     exported/<dataset>/<N>/metadata.json
 
-A version is written into a hidden temporary folder beside its final place, reloaded with
-plain `tf.saved_model.load` and checked against the in-memory model on the test set, and
-only then (if the promotion gate, tfpipeline/gate.py, lets it) renamed to the next free integer; a
-held-back candidate goes to `exported/<dataset>/candidates/<run-id>/`. A crash at any point leaves at most a hidden
-`.tmp-*` folder, which TF Serving ignores (it only looks at integer names) and the next
-export removes; never a half-written numbered version.
+A version is written into a hidden temporary folder beside its final place (`staged`),
+reloaded with plain `tf.saved_model.load` and checked against the in-memory model on the test
+set, and only then, if the promotion gate (tfpipeline/gate.py) lets it, renamed to the next
+free integer (`publish`); a held-back candidate goes to `<base>/candidates/<run-id>/` (`hold`).
+A crash at any point leaves at most a hidden `.tmp-*` folder, which TF Serving ignores (it
+only looks at integer names) and the next export removes; never a half-written version.
 """
 
 from __future__ import annotations
