@@ -49,7 +49,7 @@ def runs(tmp_path_factory, manual_dir, data_dir) -> Runs:
                   cwd=cwd, env=env)
     assert cnn.returncode == 0, cnn.stderr[-3000:]
     mlp = run(PipelineConfig(
-        model="mlp", quick=True, run_name=MLP_RUN, histogram_freq=0, verbose=0,
+        model="mlp", quick=True, run_name=MLP_RUN, histogram_freq=0, verbose=0, force_publish=True,
         data_dir=data_dir, manual_dir=str(manual_dir),
         logdir=str(cwd / "runs"), export_dir=str(cwd / "exported"), work_dir=str(cwd / "work"),
     ))
