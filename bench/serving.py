@@ -222,6 +222,7 @@ class Load:
     concurrency: int
     max_requests: int
     max_seconds: float
+    method: str = "predict"  # or "status": an empty call, the transport's floor
 
 
 def run_loads(endpoints: Endpoints, loads: list[Load]) -> list[Run]:
@@ -231,7 +232,8 @@ def run_loads(endpoints: Endpoints, loads: list[Load]) -> list[Run]:
         target = endpoints.grpc if item.protocol == "grpc" else endpoints.rest
         children.append(subprocess.Popen(
             [sys.executable, __file__, f"--child-{item.protocol}-load", target,
-             "--child-stats", endpoints.rest, "--concurrency", str(item.concurrency),
+             "--child-stats", endpoints.rest, "--child-method", item.method,
+             "--concurrency", str(item.concurrency),
              "--child-limits", str(item.max_requests), str(item.max_seconds)],
             env=_env(), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True))
     runs = []
@@ -246,15 +248,18 @@ def run_loads(endpoints: Endpoints, loads: list[Load]) -> list[Run]:
 
 
 def load(endpoints: Endpoints, protocol: str, name: str, concurrency: int, max_requests: int,
-         max_seconds: float) -> Run:
-    return run_loads(endpoints, [Load(protocol, name, concurrency, max_requests, max_seconds)])[0]
+         max_seconds: float, method: str = "predict") -> Run:
+    return run_loads(endpoints, [Load(protocol, name, concurrency, max_requests, max_seconds,
+                                      method)])[0]
 
 
 # -- load generators (child processes) ----------------------------------------------------
 
-def request_bytes(url: str, images: np.ndarray) -> list[bytes]:
+def request_bytes(url: str, images: np.ndarray, method: str = "predict") -> list[bytes]:
     """Complete HTTP/1.1 requests (keep-alive), one image each, encoded once up front."""
     host = urlsplit(url).netloc
+    if method == "status":
+        return [f"GET /v1/models/mnist HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()]
     requests = []
     for i in range(len(images)):
         body = json.dumps({"instances": images[i:i + 1].tolist()}).encode()
@@ -318,11 +323,16 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-def grpc_request_bytes(images: np.ndarray) -> list[bytes]:
+def grpc_request_bytes(images: np.ndarray, method: str = "predict") -> list[bytes]:
     """Serialized PredictRequests, one image each as raw tensor_content, built once up front
     with TF Serving's messages, so the timed loop spends nothing on protobuf."""
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
+
+    if method == "status":
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "mnist"
+        return [request.SerializeToString()]
 
     requests = []
     for i in range(len(images)):
@@ -333,7 +343,8 @@ def grpc_request_bytes(images: np.ndarray) -> list[bytes]:
     return requests
 
 
-GRPC_PREDICT = "/tensorflow.serving.PredictionService/Predict"
+GRPC_METHODS = {"predict": "/tensorflow.serving.PredictionService/Predict",
+                "status": "/tensorflow.serving.ModelService/GetModelStatus"}
 
 
 def _grpc_outcome(run: Run, exc) -> None:
@@ -353,8 +364,8 @@ def _grpc_outcome(run: Run, exc) -> None:
         run.note(f"{exc.code().name} {exc.details()}")
 
 
-def generate_grpc_load_sync(target: str, requests: list[bytes], run: Run, max_requests: int,
-                            max_seconds: float) -> None:
+def generate_grpc_load_sync(target: str, method: str, requests: list[bytes], run: Run,
+                            max_requests: int, max_seconds: float) -> None:
     """Concurrency 1: a plain blocking call in a loop, as most TF Serving clients are written
     (grpc's synchronous stub has less per-call overhead than grpc.aio)."""
     import grpc
@@ -362,7 +373,7 @@ def generate_grpc_load_sync(target: str, requests: list[bytes], run: Run, max_re
     latencies: list[float] = []
     deadline = time.perf_counter() + max_seconds
     with grpc.insecure_channel(target) as channel:
-        predict = channel.unary_unary(GRPC_PREDICT)  # bytes in, bytes out
+        predict = channel.unary_unary(GRPC_METHODS[method])  # bytes in, bytes out
         began = time.perf_counter()
         for issued in range(max_requests):
             if time.perf_counter() >= deadline:
@@ -380,8 +391,8 @@ def generate_grpc_load_sync(target: str, requests: list[bytes], run: Run, max_re
     percentiles(latencies, run)
 
 
-async def generate_grpc_load(target: str, requests: list[bytes], run: Run, concurrency: int,
-                             max_requests: int, max_seconds: float) -> None:
+async def generate_grpc_load(target: str, method: str, requests: list[bytes], run: Run,
+                             concurrency: int, max_requests: int, max_seconds: float) -> None:
     """The same closed loop as REST's over one grpc.aio channel (HTTP/2 streams), sending
     the pre-serialized PredictRequests to TF Serving's Predict method."""
     import grpc
@@ -390,7 +401,7 @@ async def generate_grpc_load(target: str, requests: list[bytes], run: Run, concu
     deadline = time.perf_counter() + max_seconds
     issued = 0
     async with grpc.aio.insecure_channel(target) as channel:
-        predict = channel.unary_unary(GRPC_PREDICT)  # bytes in, bytes out
+        predict = channel.unary_unary(GRPC_METHODS[method])  # bytes in, bytes out
 
         async def client():
             nonlocal issued
@@ -413,21 +424,21 @@ async def generate_grpc_load(target: str, requests: list[bytes], run: Run, concu
     percentiles(latencies, run)
 
 
-def child_load(protocol: str, target: str, stats_url: str, concurrency: int,
+def child_load(protocol: str, method: str, target: str, stats_url: str, concurrency: int,
                max_requests: int, max_seconds: float) -> Run:
     images, _ = test_images(1000)
     run = Run("load")
     if protocol == "grpc":
-        requests = grpc_request_bytes(images)
+        requests = grpc_request_bytes(images, method)
         if concurrency == 1:
             def generate():
-                generate_grpc_load_sync(target, requests, run, max_requests, max_seconds)
+                generate_grpc_load_sync(target, method, requests, run, max_requests, max_seconds)
         else:
             def generate():
-                asyncio.run(generate_grpc_load(target, requests, run, concurrency,
+                asyncio.run(generate_grpc_load(target, method, requests, run, concurrency,
                                                max_requests, max_seconds))
     else:
-        requests = request_bytes(target, images)
+        requests = request_bytes(target, images, method)
 
         def generate():
             asyncio.run(generate_rest_load(target, requests, run, concurrency, max_requests,
@@ -498,6 +509,7 @@ def main(argv=None) -> int:
     p.add_argument("--child-rest-load", help=argparse.SUPPRESS)
     p.add_argument("--child-grpc-load", help=argparse.SUPPRESS)
     p.add_argument("--child-stats", help=argparse.SUPPRESS)
+    p.add_argument("--child-method", default="predict", help=argparse.SUPPRESS)
     p.add_argument("--child-limits", type=float, nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_in_process:
@@ -509,8 +521,8 @@ def main(argv=None) -> int:
         requests, seconds = args.child_limits
         protocol = "grpc" if args.child_grpc_load else "rest"
         target = args.child_grpc_load or args.child_rest_load
-        print(json.dumps(asdict(child_load(protocol, target, args.child_stats, args.concurrency,
-                                           int(requests), seconds))))
+        print(json.dumps(asdict(child_load(protocol, args.child_method, target, args.child_stats,
+                                           args.concurrency, int(requests), seconds))))
         return 0
 
     sys.path.insert(0, str(ROOT))
@@ -539,6 +551,12 @@ def main(argv=None) -> int:
         for batching in ("on", "off"):
             with server(base, f"--enable_batching={'true' if batching == 'on' else 'false'}") as ends:
                 warm(ends, c)
+                if batching == "on":
+                    for protocol in ("grpc", "rest"):  # empty calls: the transport's floor
+                        add(load(ends, protocol, f"{protocol} status (empty call), concurrency 1",
+                                 1, n, 120, "status"))
+                        add(load(ends, protocol, f"{protocol} status (empty call), concurrency {c}",
+                                 c, 10**7, t, "status"))
                 for protocol in ("grpc", "rest"):
                     add(load(ends, protocol, f"{protocol}, batching {batching}, concurrency 1",
                              1, n, 120))
@@ -571,8 +589,11 @@ def main(argv=None) -> int:
     overload = [r for name, r in runs.items() if name.startswith("overload")]
     rates = local["images_per_s"]
     ceiling = rates["batch 32"]["images_per_s"]
+    grpc_floor = runs["grpc status (empty call), concurrency 1"]
     result = {
         "grpc_p50_overhead_ms": grpc1.p50_ms - local_run.p50_ms,
+        "grpc_p50_beyond_model_and_floor_ms": grpc1.p50_ms - local_run.p50_ms - grpc_floor.p50_ms,
+        "grpc_empty_call_per_s_at_concurrency": runs[f"grpc status (empty call), concurrency {c}"].throughput,
         "rest_p50_overhead_ms": rest1.p50_ms - local_run.p50_ms,
         "grpc_over_rest_throughput": grpc_c.throughput / rest_c.throughput,
         "model_alone_batch32_images_per_s": ceiling,
@@ -595,7 +616,9 @@ def main(argv=None) -> int:
     }
     print_table(list(runs.values()))
     print(f"\np50 over in-process: gRPC {result['grpc_p50_overhead_ms']:+.2f} ms, REST "
-          f"{result['rest_p50_overhead_ms']:+.2f} ms (server's TF threads)")
+          f"{result['rest_p50_overhead_ms']:+.2f} ms (server's TF threads); gRPC beyond the "
+          f"model and an empty gRPC call ({grpc_floor.p50_ms:.2f} ms): "
+          f"{result['grpc_p50_beyond_model_and_floor_ms']:+.2f} ms")
     print(f"concurrency {c}, batching on: gRPC / REST throughput "
           f"{result['grpc_over_rest_throughput']:.2f}x; gRPC at "
           f"{result['grpc_batching_share_of_ceiling']:.2f}x the model alone at batch 32 "
