@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -383,6 +384,7 @@ model_config_list {{
 }}
 """)
     server = start_server(None, root / "server.log", f"--model_config_file={config}",
+                          "--model_config_file_poll_wait_seconds=0.5",
                           "--tensorflow_intra_op_parallelism=0",
                           "--tensorflow_inter_op_parallelism=0")
     yield root, config, server
@@ -472,6 +474,23 @@ model_config_list {{
     _, outputs = client.predict(images, name="third", label="stable")
     np.testing.assert_array_equal(outputs["probabilities"], expected["probabilities"])
     assert server.get("/v1/models/digits/labels/canary")[0] == 200  # the others still serve
+
+
+def test_changed_config_file_is_applied_by_the_poll(config_setup):
+    # Runs after the reload test (file order): the file, unchanged until now, replaces the
+    # config that reload set, and this edit also moves "stable" and drops "text".
+    root, config, server = config_setup
+    text = config.read_text()
+    config.write_text(text.replace('key: "stable" value: 1', 'key: "stable" value: 2')
+                      .replace(text[text.index('  config {\n    name: "text"'):text.rindex("}")], ""))
+    deadline = time.monotonic() + 60
+    while server.get("/v1/models/text")[0] != 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.get("/v1/models/text")[0] == 404
+    assert server.get("/v1/models/third")[0] == 404  # it came by reload, not from the file
+    status, meta = server.get("/v1/models/digits/labels/stable/metadata")
+    assert status == 200 and meta["model_spec"]["version"] == "2"
+    assert "applied the changed model config file" in server.log()
 
 
 def test_label_on_unloaded_version_is_refused_at_startup(tmp_path):
