@@ -163,6 +163,8 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     backup = state.run_dir / runstate.key("train", {"family": family, "hp": dataclasses.asdict(hp),
                                                      "distribution": dist.identity()})
     resumed = backup.exists()
+    if resumed:
+        print(f"Resuming interrupted run {state.run_id} from its last saved epoch ({backup}).", flush=True)
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
     history = fit(model, batches(train, True), validation, settings, logdir=logdir, backup_dir=backup,
                   extra_callbacks=run_log.callbacks(validation))
