@@ -46,7 +46,7 @@ def runs(tmp_path_factory, manual_dir, data_dir) -> Runs:
     cwd = tmp_path_factory.mktemp("tb")
     env = {"TFPIPELINE_MANUAL_DIR": str(manual_dir), "TFDS_DATA_DIR": data_dir}
     cnn = run_cli("--quick", "--run-name", CNN_RUN, "--profile-batches", "2,4", "--image-freq", "1",
-                  cwd=cwd, env=env)
+                  "--clipnorm", "1.0", cwd=cwd, env=env)
     assert cnn.returncode == 0, cnn.stderr[-3000:]
     mlp = run(PipelineConfig(
         model="mlp", quick=True, run_name=MLP_RUN, histogram_freq=0, verbose=0,
@@ -247,6 +247,9 @@ def test_hparams_compare_runs_of_different_families(runs, board):
     assert cnn["hparams"]["filters"] == ",".join(map(str, runs.cnn_metadata["model"]["hyperparameters"]["filters"]))
     assert "filters" not in mlp["hparams"] and mlp["hparams"]["units"] == runs.mlp_metadata["model"]["hyperparameters"]["units"]
     assert cnn["hparams"]["learning_rate"] != mlp["hparams"]["learning_rate"]
+    # Optimizer options are columns too (0: off), and metadata.json says the same.
+    assert cnn["hparams"]["clipnorm"] == 1.0 and mlp["hparams"]["clipnorm"] == 0.0
+    assert runs.cnn_metadata["training"]["optimizer"]["clipnorm"] == 1.0
     for row, metadata in ((cnn, runs.cnn_metadata), (mlp, runs.mlp_metadata)):
         values = {(m["name"].get("group", ""), m["name"]["tag"]): m["value"] for m in row["metricValues"]}
         assert values[("test", "epoch_accuracy")] == pytest.approx(metadata["metrics"]["test"]["accuracy"], abs=1e-6)

@@ -51,6 +51,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive finite number, got {text}")
+    return value
+
+
 def batch_range(text: str) -> tuple[int, int]:
     """`START,END`: training batches to profile, counted from 1, END included."""
     from tfpipeline.tensorboard_logs import parse_batch_range
@@ -112,6 +122,12 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
     how.add_argument("--batch-size", type=positive_int,
                      help="batch size per replica; each step trains on this x replicas (the global batch)")
     how.add_argument("--learning-rate", type=positive_float, help="peak learning rate (warmup, then cosine decay), for one replica: see --lr-scaling")
+    how.add_argument("--clipnorm", type=positive_float, metavar="N",
+                     help="clip each weight's gradient to this L2 norm (Keras optimizer clipnorm); default: off")
+    how.add_argument("--clipvalue", type=positive_float, metavar="V",
+                     help="clip every gradient value to [-V, V] (Keras optimizer clipvalue); default: off")
+    how.add_argument("--weight-decay", type=non_negative_float, metavar="W",
+                     help="decoupled weight decay: trains with AdamW instead of Adam (default: 0, Adam)")
     how.add_argument("--seed", type=int, default=42, help="seed for weights and data order (default: 42)")
     how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
     how.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
@@ -178,6 +194,9 @@ def config_from_args(args: argparse.Namespace):
         strategy=args.strategy,
         cpu_devices=args.cpu_devices,
         lr_scaling=args.lr_scaling,
+        clipnorm=args.clipnorm,
+        clipvalue=args.clipvalue,
+        weight_decay=args.weight_decay,
         search=tuning.settings_from_args(args),
     )
 
@@ -240,7 +259,7 @@ def main(argv: list[str] | None = None, dataset: str = "mnist") -> int:
     except TrainingDiverged as exc:
         return fail(
             f"Training diverged: {exc}. Nothing was exported. Try a lower --learning-rate "
-            "(or a smaller --batch-size).",
+            "(or --clipnorm, or a smaller --batch-size).",
             EXIT_DIVERGED,
         )
     except ExportVerificationError as exc:

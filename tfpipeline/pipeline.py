@@ -55,6 +55,10 @@ class PipelineConfig:
     strategy: str = "auto"  # auto, default, mirrored or multi_worker
     cpu_devices: int | None = None  # split the host CPU into N logical devices (for mirrored)
     lr_scaling: str = "linear"  # how the peak learning rate grows with the replicas
+    # Optimizer options (tfpipeline/training.py); None: off (weight decay 0: Adam, else AdamW).
+    clipnorm: float | None = None
+    clipvalue: float | None = None
+    weight_decay: float | None = None
     # Hyperparameter search first (tfpipeline/tuning.py: a tuning.SearchSettings); None: train
     # the family's defaults. model may then be "auto" (the family is searched too).
     search: Any = None
@@ -67,6 +71,7 @@ class PipelineConfig:
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UserError(f"--learning-rate must be a positive number, got {self.learning_rate}.")
         models.family(self.model)  # unknown family → UserError
+        training.check_optimizer_options(self.clipnorm, self.clipvalue, self.weight_decay)
         for name in ("histogram_freq", "image_freq"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -113,6 +118,7 @@ def _config_key(config: PipelineConfig, hp, dist: distribute.Distribution | None
     }
     if dist is not None and dist.kind != "default":  # another global batch: another run
         identity["distribution"] = dist.identity()
+    identity.update(training.optimizer_options(config))  # only when set: older keys stay valid
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return f"{config.model}-{digest[:10]}"
 
@@ -205,6 +211,7 @@ def run(config: PipelineConfig) -> PipelineResult:
     settings = training.settings_for(
         global_hp, spec.num_examples["train"], verbose=config.verbose,
         histogram_freq=config.histogram_freq, profile_batches=config.profile_batches,
+        **training.optimizer_options(config),
     )
     with dist.strategy.scope():  # model, optimizer and metric variables: one copy per replica
         model = models.build(config.model, spec.input_shape, spec.num_classes, hp)
@@ -246,7 +253,8 @@ def run(config: PipelineConfig) -> PipelineResult:
         "training": {"epochs_requested": hp.epochs, "epochs_run": epochs_run,
                      "steps_per_epoch": settings.steps_per_epoch, "steps_run": steps_run, "seed": config.seed,
                      "deterministic": config.deterministic, "quick": config.quick,
-                     "resumed": resumed},
+                     "resumed": resumed, "optimizer": training.optimizer_record(settings),
+                     "recovery": training.recovery_of(history)},
         "distribution": {**dist.to_json(hp.batch_size, hp.learning_rate), "weights_sha256": weights_sha256},
         "metrics": {
             "validation": {"accuracy": val_eval.accuracy, "loss": val_eval.loss},

@@ -74,6 +74,9 @@ def run_hparams(config, hp, parameters: int) -> dict[str, bool | int | float | s
         "quick": config.quick,
         "validation_fraction": config.validation_fraction,
         "parameters": int(parameters),
+        # Optimizer options: 0 when off (HParams values cannot be empty), so the table can
+        # filter and sort runs by them.
+        **{name: float(getattr(config, name, None) or 0.0) for name in ("clipnorm", "clipvalue", "weight_decay")},
     }
     row.update({name: _scalar(value) for name, value in dataclasses.asdict(hp).items()})
     return row

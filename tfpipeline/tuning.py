@@ -274,7 +274,8 @@ class PipelineHyperModel(kt.HyperModel):
         # One warmup + cosine cycle over the epochs this trial trains: a Hyperband round that
         # continues a trial from its checkpoint starts a new cycle (a warm restart).
         settings = training.settings_for(dataclasses.replace(fhp, epochs=max(1, epochs - initial)),
-                                         self.num_search, early_stopping_patience=0)
+                                         self.num_search, early_stopping_patience=0,
+                                         **training.optimizer_options(self.config))
         return training.compile_model(model, settings)
 
     def fit(self, hp, model, *args, callbacks=None, epochs=1, initial_epoch=0, **kwargs):
@@ -739,7 +740,8 @@ def run(config):
         data_lib.make_pipeline(datasets.test, batch_size=hp.batch_size, training=False, seed=config.seed))
     # No validation split is left to stop on: train the epochs the search found.
     settings_ = training.settings_for(hp, num_full, verbose=config.verbose, histogram_freq=config.histogram_freq,
-                                      profile_batches=config.profile_batches, early_stopping_patience=0)
+                                      profile_batches=config.profile_batches, early_stopping_patience=0,
+                                      **training.optimizer_options(config))
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     model = training.compile_model(models.build(family, spec.input_shape, spec.num_classes, hp), settings_)
@@ -764,7 +766,8 @@ def run(config):
                      "steps_run": int(model.optimizer.iterations.numpy()),
                      "epochs_from": "--epochs" if config.epochs else f"best trial {best['trial_id']}",
                      "trained_on": ["train", "validation"], "examples": num_full, "seed": config.seed,
-                     "deterministic": config.deterministic, "quick": config.quick, "resumed": resumed},
+                     "deterministic": config.deterministic, "quick": config.quick, "resumed": resumed,
+                     "optimizer": training.optimizer_record(settings_), "recovery": training.recovery_of(history)},
         "metrics": {
             "validation": validation,
             "test": {"accuracy": test_eval.accuracy, "loss": test_eval.loss,
