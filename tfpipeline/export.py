@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpipeline import quantize
 from tfpipeline.errors import UserError
 
 SIGNATURE = "serving_default"
@@ -139,8 +140,13 @@ def export_verified(
     test_labels: np.ndarray,
     expected_accuracy: float,
     metadata: dict,
+    tflite=None,
 ) -> ExportResult:
-    """Export, reload, verify on the test set, write metadata, then publish atomically."""
+    """Export, reload, verify on the test set, write metadata, then publish atomically.
+
+    `tflite`: a `quantize.TFLiteSettings` to add the verified int8 model_int8.tflite
+    (--export-tflite), or None.
+    """
     base = ensure_writable(Path(export_base))
     _remove_stale_temporaries(base)
     tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -154,6 +160,8 @@ def export_verified(
                 f"model scored {expected_accuracy:.4%}"
             )
         metadata = {**metadata, "export": {"signature": SIGNATURE, "verified_test_accuracy": accuracy}}
+        if tflite is not None:  # issue 17: raises quantize.QuantizationError past the allowed drop
+            metadata["export"]["tflite"] = quantize.write_verified(tflite, tmp, test_images, test_labels, accuracy)
         with open(tmp / "metadata.json", "w") as f:
             json.dump(metadata, f, indent=2, default=_json_default)
             f.flush()

@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfpipeline import data as data_lib
-from tfpipeline import distribute, evaluation, export, models, multiworker, tensorboard_logs, training
+from tfpipeline import distribute, evaluation, export, models, multiworker, quantize, tensorboard_logs, training
 from tfpipeline.errors import UserError
 
 
@@ -59,6 +59,9 @@ class PipelineConfig:
     clipnorm: float | None = None
     clipvalue: float | None = None
     weight_decay: float | None = None
+    # The int8 LiteRT model beside the SavedModel (tfpipeline/quantize.py).
+    export_tflite: bool = False
+    max_quantization_drop: float = 0.5  # test accuracy points the int8 model may lose
     # Hyperparameter search first (tfpipeline/tuning.py: a tuning.SearchSettings); None: train
     # the family's defaults. model may then be "auto" (the family is searched too).
     search: Any = None
@@ -72,6 +75,9 @@ class PipelineConfig:
             raise UserError(f"--learning-rate must be a positive number, got {self.learning_rate}.")
         models.family(self.model)  # unknown family → UserError
         training.check_optimizer_options(self.clipnorm, self.clipvalue, self.weight_decay)
+        quantize.check_max_drop(self.max_quantization_drop)
+        if self.export_tflite:
+            quantize.check_available()
         for name in ("histogram_freq", "image_freq"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -268,7 +274,8 @@ def run(config: PipelineConfig) -> PipelineResult:
                 "wall_seconds": round(time.time() - started, 1)},
     }
     result = export.export_verified(
-        model, spec.input_shape, export_base, test_images, test_labels, test_eval.accuracy, metadata
+        model, spec.input_shape, export_base, test_images, test_labels, test_eval.accuracy, metadata,
+        tflite=quantize.settings_for(config, datasets.train),
     )
     run_log.finish(model, test_images, test_labels, metadata, result.path)
     return PipelineResult(

@@ -2,6 +2,7 @@
 
     python -m tfpipeline.predict digit.png other.jpg --model-dir exported/mnist
     python -m tfpipeline.predict digit.png --server http://127.0.0.1:8501 [--model-name mnist]
+    python -m tfpipeline.predict --tflite exported/mnist/1/model_int8.tflite digit.png
 
 Images are converted to the signature's input: grayscale or RGB by its channel count and
 resized to its height and width. Prints one line per file: class and its probability.
@@ -162,6 +163,27 @@ class LocalModel:
         return self.signature({self.spec.name: batch})
 
 
+# -- an int8 .tflite under LiteRT (issue 17, tfpipeline/quantize.py) -------------------------
+
+class TFLiteFileModel:
+    """`model_int8.tflite` (--export-tflite) run by the LiteRT interpreter; no TensorFlow."""
+
+    def __init__(self, path: Path):
+        from tfpipeline.quantize import LiteRTModel
+
+        if not path.is_file():
+            raise UserError(f"TFLite model {path} does not exist (--export-tflite writes <version>/model_int8.tflite)")
+        try:
+            self.model = LiteRTModel(path)
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"Cannot load {path} as a TFLite model: {exc}") from None
+        dims = [None if d < 0 else d for d in self.model.input_shape]
+        self.spec = _spec_from_dims(self.model.input_name, dims, self.model.input_dtype.name)
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.model.predict(batch)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tfpipeline.predict",
                                 description="Print the predicted class of each image file.")
@@ -170,6 +192,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--model-dir", type=Path,
                        help="exported base path (its highest version is used) or a version dir")
     where.add_argument("--server", help="TF Serving REST address, e.g. http://127.0.0.1:8501")
+    where.add_argument("--tflite", type=Path, metavar="FILE",
+                       help="an int8 model_int8.tflite (--export-tflite), run with the LiteRT interpreter")
     p.add_argument("--model-name", default="mnist", help="model name on the server (default mnist)")
     p.add_argument("--signature-name", default="serving_default")
     return p.parse_args(argv)
@@ -180,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.server:
             model = ServerModel(args.server, args.model_name, args.signature_name)
+        elif args.tflite:
+            model = TFLiteFileModel(args.tflite)
         else:
             model = LocalModel(args.model_dir, args.signature_name)
         images = [load_image(path, model.spec) for path in args.images]

@@ -66,7 +66,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp_api
 
 from tfpipeline import data as data_lib
-from tfpipeline import distribute, evaluation, export, models, tensorboard_logs, training
+from tfpipeline import distribute, evaluation, export, models, quantize, tensorboard_logs, training
 from tfpipeline.errors import UserError
 
 TUNERS = ("hyperband", "random", "bayesian")
@@ -622,6 +622,10 @@ def _resolve_run(state_dir: Path, config, overwrite: bool, role: str) -> tuple[s
 # --- the stage -----------------------------------------------------------------------------------
 
 def _validate(config, settings: SearchSettings, families: tuple[str, ...]) -> None:
+    training.check_optimizer_options(config.clipnorm, config.clipvalue, config.weight_decay)
+    quantize.check_max_drop(config.max_quantization_drop)
+    if config.export_tflite:
+        quantize.check_available()
     if settings.tuner not in TUNERS:
         raise UserError(f"Unknown tuner {settings.tuner!r}; choose one of {', '.join(TUNERS)}.")
     for name in ("max_trials", "max_epochs"):
@@ -792,7 +796,7 @@ def run(config):
                 "wall_seconds": round(time.time() - started, 1)},
     }
     result = export.export_verified(model, spec.input_shape, export_base, test_images, test_labels,
-                                    test_eval.accuracy, metadata)
+                                    test_eval.accuracy, metadata, tflite=quantize.settings_for(config, datasets.train))
     run_log.finish(model, test_images, test_labels, metadata, result.path)
     # Finished: the next run of this command is a new search (this one stays in run_dir).
     (state_dir / "run.json").unlink(missing_ok=True)
