@@ -214,6 +214,17 @@ def test_prediction_images_and_confusion_matrix(runs, board):
     assert matrix.width > 10 * 30 and matrix.height > 10 * 30
 
 
+def test_attribution_images_for_the_sample_and_the_mistakes(runs, board):
+    tags = board.json("/data/plugin/images/tags")
+    for run in (CNN_RUN, MLP_RUN):
+        assert {"attributions", "attributions_mistakes"} <= set(tags[f"mnist/{run}/test"]), tags
+    sample = _image(board, f"mnist/{CNN_RUN}/test", "attributions")
+    assert sample.width >= 4 * 2 * 112 and sample.height >= 4 * 112  # 16 pairs of 4x digits, 4 per row
+    # Attributions are drawn in red (raised the class) and blue (lowered it).
+    pixels = np.asarray(sample.convert("RGB")).reshape(-1, 3).astype(int)
+    assert ((pixels[:, 0] - pixels[:, 2]) > 100).any() and ((pixels[:, 2] - pixels[:, 0]) > 100).any()
+
+
 def test_run_summary_text(runs, board):
     tags = board.json("/data/plugin/text/tags")
     assert "run_summary" in tags[f"mnist/{CNN_RUN}"] and "run_summary" in tags[f"mnist/{MLP_RUN}"]

@@ -184,6 +184,32 @@ class TFLiteFileModel:
         return self.model.predict(batch)
 
 
+# -- --explain: the attribution overlay (issue 17, tfpipeline/explain.py) ---------------------
+
+def explain_image(model_dir: Path | None, image_path: Path, out: Path) -> str:
+    """Write `out`: the image beside its integrated-gradients map for the predicted class,
+    computed on the exported version's model (the highest under --model-dir, or that version)."""
+    if model_dir is None:
+        raise UserError("--explain computes gradients through the model itself: give --model-dir "
+                        "(not --server or --tflite)")
+    from tfpipeline.serving.versions import discover_versions
+
+    if not model_dir.is_dir():
+        raise UserError(f"Model directory {model_dir} does not exist")
+    versions = discover_versions(model_dir)
+    version_dir = versions[max(versions)] if versions else model_dir
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfpipeline import explain
+
+    model = explain.load_exported(version_dir)
+    height, width, channels = model.input_shape[1:]
+    image = load_image(image_path, InputSpec("images", height, width, channels, "uint8"))
+    names = json.loads((Path(version_dir) / "metadata.json").read_text())["dataset"]["class_names"]
+    predicted, probability = explain.overlay_png(model, image, out, names)
+    return (f"{image_path}: class {names[predicted]} (probability {probability:.4f}); "
+            f"attributions written to {out}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tfpipeline.predict",
                                 description="Print the predicted class of each image file.")
@@ -196,12 +222,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="an int8 model_int8.tflite (--export-tflite), run with the LiteRT interpreter")
     p.add_argument("--model-name", default="mnist", help="model name on the server (default mnist)")
     p.add_argument("--signature-name", default="serving_default")
+    p.add_argument("--explain", type=Path, metavar="OUT.png",
+                   help="with --model-dir and one image: write the image beside its integrated-gradients "
+                        "attribution map for the predicted class (docs/explanations.md)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.explain is not None:
+            if len(args.images) != 1:
+                raise UserError(f"--explain writes one picture: give one image, not {len(args.images)}")
+            print(explain_image(args.model_dir, args.images[0], args.explain))
+            return 0
         if args.server:
             model = ServerModel(args.server, args.model_name, args.signature_name)
         elif args.tflite:

@@ -8,7 +8,8 @@ Layout of one run, `<logdir>/<dataset>/<run-id>/`:
     test/                 this module, at the end: the exported model's epoch_accuracy and
                           epoch_loss on the test split (Keras's tag names, so the Scalars
                           charts show test next to train and validation), and images:
-                          predictions, mistakes, confusion_matrix
+                          predictions, mistakes, confusion_matrix; attributions and
+                          attributions_mistakes (tfpipeline/explain.py)
     validation/           also, with --image-freq N, the same images every N epochs
     (the run folder)      the HParams session (the run's hyperparameters) and a Markdown
                           run summary (text tag run_summary)
@@ -40,6 +41,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 from tensorboard.plugins.hparams import api as hp_api
 
+from tfpipeline import explain
 from tfpipeline.errors import UserError
 
 SAMPLE_IMAGES = 40  # the fixed test sample shown with its predictions: 8 columns x 5 rows
@@ -387,6 +389,7 @@ class RunLog:
             tf.summary.scalar("epoch_loss", test["loss"], step=step)
             write_prediction_images("test", test_images, test_labels, _predict(model, test_images),
                                     self.class_names, step=step)
+            explain.write_summaries(model, test_images, test_labels, self.class_names, step)  # issue 17
         test_writer.close()
         with self.writer.as_default():
             tf.summary.text("run_summary", run_summary(self.config, metadata, export_path), step=step)
