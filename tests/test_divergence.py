@@ -61,21 +61,23 @@ def test_a_run_that_diverges_again_gives_up_naming_what_it_tried(tiny_images, ca
 
 
 class Poison(keras.layers.Layer):
-    """Passes logits through, or makes them NaN while its (non-trainable) switch is on."""
+    """Passes logits through (switch 0), makes them NaN (1) or zero (2: a dead model, whose
+    loss is exactly that of guessing)."""
 
     def build(self, input_shape):
         self.on = self.add_weight(name="on", shape=(), initializer="zeros", trainable=False)
 
     def call(self, logits):
-        return keras.ops.where(self.on > 0, keras.ops.full_like(logits, float("nan")), logits)
+        nan = keras.ops.where(self.on == 1, keras.ops.full_like(logits, float("nan")), logits)
+        return keras.ops.where(self.on == 2, keras.ops.zeros_like(logits), nan)
 
 
 class PoisonEpoch(keras.callbacks.Callback):
     """Turns the poison on at the start of one epoch, once; records what the retry starts from."""
 
-    def __init__(self, layer: Poison, epoch: int):
+    def __init__(self, layer: Poison, epoch: int, dead_retry: bool = False):
         super().__init__()
-        self.layer, self.epoch = layer, epoch
+        self.layer, self.epoch, self.dead_retry = layer, epoch, dead_retry
         self.good_weights = self.retry_start = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -84,6 +86,8 @@ class PoisonEpoch(keras.callbacks.Callback):
             self.layer.on.assign(1.0)
         elif self.good_weights is not None and self.retry_start is None:
             self.retry_start = (epoch, self.model.get_weights())
+            if self.dead_retry:
+                self.layer.on.assign(2.0)
 
 
 def test_the_rollback_goes_to_the_last_good_epoch(tiny_images):
@@ -107,6 +111,20 @@ def test_the_rollback_goes_to_the_last_good_epoch(tiny_images):
     for got, want in zip(weights, watch.good_weights):
         np.testing.assert_array_equal(got, want)
     assert training.epochs_completed(history) == 3 and np.isfinite(history.history["loss"]).all()
+
+
+def test_a_retry_that_learns_nothing_is_no_recovery(tiny_images):
+    """Finite but dead (constant logits: the loss of guessing): given up, not published."""
+    images, labels = tiny_images
+    keras.utils.set_random_seed(0)
+    mlp = models.build("mlp", (28, 28, 1), 4)
+    poison = Poison(name="poison")
+    model = keras.Model(mlp.inputs, poison(mlp.outputs[0]))
+    settings = training.TrainSettings(epochs=2, batch_size=32, learning_rate=1e-3, steps_per_epoch=8,
+                                      early_stopping_patience=0, verbose=0)
+    train = tf.data.Dataset.from_tensor_slices((images[:256], labels[:256])).batch(32)
+    with pytest.raises(training.TrainingDiverged, match=r"the retry learned nothing: its training loss ended at 1.386"):
+        training.fit(model, train, None, settings, extra_callbacks=[PoisonEpoch(poison, epoch=1, dead_retry=True)])
 
 
 def test_optimizer_options_reach_keras():

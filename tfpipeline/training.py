@@ -7,8 +7,8 @@ BackupAndRestore so a killed run picks up from its last finished epoch when re-r
 Divergence: a training loss that becomes NaN/inf, or explodes far above the loss of guessing
 (`DivergenceWatch`), stops the attempt. `fit` then rolls back once to the weights of the last
 finished epoch (kept in memory at every epoch end) and trains the remaining epochs again with
-half the learning rate and gradient clipping on; if that diverges too it raises
-`TrainingDiverged`, naming both attempts. See docs/divergence.md.
+half the learning rate and gradient clipping on; if that diverges too, or ends having learned
+nothing, it raises `TrainingDiverged`, naming both attempts. See docs/divergence.md.
 """
 
 from __future__ import annotations
@@ -252,8 +252,9 @@ def fit(
     at the end of the last finished epoch (or at the start), is compiled again with half the
     learning rate and gradient clipping (`RETRY_CLIPNORM` unless the settings clip already),
     and trains the remaining epochs with a new warmup + cosine cycle over them. The returned
-    History then carries `recovery` (see `recovery_of`). A second divergence raises
-    `TrainingDiverged` naming both attempts.
+    History then carries `recovery` (see `recovery_of`). A second divergence, or a retry whose
+    training loss ends no lower than that of guessing (ln classes), raises `TrainingDiverged`
+    naming both attempts.
     """
     if not model.compiled:
         compile_model(model, settings)
@@ -281,6 +282,13 @@ def fit(
     if watch.diverged is not None:
         raise TrainingDiverged(f"{first}; then it {tried}, and the loss diverged again: {watch.diverged}")
     check_finite(history)
+    # A retry that stays finite can still be dead (--learning-rate 5: every unit off, the loss
+    # flat at chance for six epochs, 11% accuracy): not a recovery worth publishing.
+    chance, final = _chance_loss(model), history.history["loss"][-1]
+    if not final < chance:
+        raise TrainingDiverged(
+            f"{first}; then it {tried}, but the retry learned nothing: its training loss ended at {final:.3f}, no "
+            f"better than the {chance:.2f} of guessing uniformly among {int(model.output_shape[-1])} classes")
     history.recovery = {
         "diverged": first,
         "rolled_back_to_epoch": snapshot.epoch,
@@ -327,6 +335,11 @@ def _fit_attempt(model, train, validation, settings, schedule_settings, watch, s
     )
 
 
+def _chance_loss(model: keras.Model) -> float:
+    """The cross-entropy of guessing every class with the same probability: ln(classes)."""
+    return math.log(max(2, int(model.output_shape[-1])))
+
+
 def _epoch_name(epoch: int) -> str:
     return f"the end of epoch {epoch}" if epoch else "the start (no epoch had finished)"
 
@@ -371,7 +384,7 @@ class DivergenceWatch(keras.callbacks.Callback):
             return
         loss = float(loss)
         classes = max(2, int(self.model.output_shape[-1]))
-        limit = EXPLOSION_FACTOR * math.log(classes)
+        limit = EXPLOSION_FACTOR * _chance_loss(self.model)
         where = f"batch {batch + 1} of epoch {self._epoch + 1}"
         if not math.isfinite(loss):
             self.diverged = f"the training loss became {loss} at {where}"
