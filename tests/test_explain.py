@@ -95,6 +95,7 @@ def test_masking_the_top_attributed_pixels_hurts_more_than_random_ones(setup):
     assert top_drop > random_drop + 0.1, (top_drop, random_drop)
 
 
+@pytest.mark.slow  # a subprocess
 def test_predict_explain_writes_the_overlay_for_an_exported_version(setup, tmp_path):
     model, sample, _, _, classes = setup
     class_names = ["top-left", "top-right", "bottom-left", "bottom-right"]

@@ -43,8 +43,11 @@ def trained():
 def _export(trained, base, calibration=None, max_drop=0.5):
     model, train_images, test_images, test_labels, accuracy = trained
     settings = quantize.TFLiteSettings(train_images[:100] if calibration is None else calibration, max_drop)
-    return export.export_verified(model, (28, 28, 1), base, test_images, test_labels, accuracy,
-                                  {"note": "test"}, tflite=settings)
+    # As pipeline.run does it: stage and verify the SavedModel, add the checked int8 model, publish.
+    with export.staged(model, (28, 28, 1), base, test_images, test_labels, accuracy) as candidate:
+        record = quantize.write_verified(settings, candidate.path, test_images, test_labels,
+                                         candidate.verified_accuracy)
+        return export.publish(candidate, {"note": "test", "export": {"tflite": record}})
 
 
 def test_int8_model_is_published_verified_and_recorded(trained, tmp_path):
@@ -76,6 +79,7 @@ def test_a_drop_past_the_limit_publishes_nothing(trained, tmp_path):
     assert list(base.iterdir()) == []  # no version, no temporary folder, no .tflite
 
 
+@pytest.mark.slow  # a subprocess
 def test_predict_runs_the_tflite_file_without_tensorflow(trained, tmp_path):
     result = _export(trained, tmp_path / "exported")
     _, _, test_images, test_labels, _ = trained
@@ -100,6 +104,7 @@ def test_predict_runs_the_tflite_file_without_tensorflow(trained, tmp_path):
     assert [int(line.split("class ")[1].split()[0]) for line in lines] == expected.tolist()
 
 
+@pytest.mark.slow  # a subprocess
 def test_predict_explains_a_missing_tflite_file(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tfpipeline.predict", "--tflite", str(tmp_path / "no.tflite"),
                            str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120,

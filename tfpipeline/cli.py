@@ -7,10 +7,11 @@ User mistakes end with one clear paragraph and a non-zero exit status, not a tra
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import textwrap
+
+from tfpipeline import argtypes
 
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,136 +19,159 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_EXPORT_FAILED = 4
+EXIT_HELD_BACK = 5  # the promotion gate kept the new version back (nothing published)
 EXIT_INTERRUPTED = 130
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value
+def families(text: str) -> tuple[str, ...]:
+    """`A,B`: model families for --model auto."""
+    from tfpipeline.models import FAMILIES
 
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive whole number, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive finite number, got {text}")
-    return value
-
-
-def batch_range(text: str) -> tuple[int, int]:
-    """`START,END`: training batches to profile, counted from 1, END included."""
-    from tfpipeline.tensorboard_logs import parse_batch_range
-
-    try:
-        return parse_batch_range(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def hparam(text: str) -> tuple[str, object]:
-    """`KEY=VALUE`, VALUE read as JSON when it parses (numbers, true/false, lists), else a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown model famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"use a comma-separated list of {', '.join(FAMILIES)}")
+    return names
 
 
 def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
-    from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR
-    from tfpipeline.models import FAMILIES
+    from tfpipeline.data import ENV_MANUAL_DIR
 
     parser = argparse.ArgumentParser(
         prog=f"python -m pipelines.{dataset}",
         description=textwrap.dedent(
             f"""\
-            Train, evaluate and export an image classifier on the TFDS dataset {dataset!r}:
-            TFDS → tf.data → Keras model → test evaluation → verified SavedModel in
-            <export-dir>/<dataset>/<version>/, ready for TF Serving or `python -m tfpipeline.serve`."""
+            Search, train, evaluate, gate and export an image classifier on the TFDS dataset
+            {dataset!r}: TFDS → tf.data → [KerasTuner search] → Keras model → test evaluation →
+            promotion gate → verified SavedModel in <export-dir>/<dataset>/<version>/, ready for
+            TF Serving or `python -m tfpipeline.serve`."""
         ),
         epilog=textwrap.dedent(
             f"""\
             examples:
-              python -m pipelines.{dataset}                      # defaults: the CNN
-              python -m pipelines.{dataset} --model transformer --epochs 5
-              python -m pipelines.{dataset} --quick              # smoke test: small subset, 1 epoch
-              python -m pipelines.{dataset} --hparam filters=[32,64,128] --hparam dropout=0.4
+              python -m pipelines.{dataset}                      # search the CNN's hyperparameters, train the best
+              python -m pipelines.{dataset} --no-tune            # train the CNN's defaults (a few minutes)
+              python -m pipelines.{dataset} --model transformer --no-tune --epochs 5
+              python -m pipelines.{dataset} --quick              # smoke test: small subset, 1 epoch, no search
+              python -m pipelines.{dataset} --no-tune --hparam filters=[32,64] --hparam dropout=0.4
 
             offline: put the dataset's published files in a folder and pass --manual-dir DIR
             (or set {ENV_MANUAL_DIR}); TFDS checks their checksums and prepares them once.
-            Re-running a command that was interrupted resumes from its last finished epoch."""
+            Re-running a command that was interrupted resumes it (search and training).
+            exit status: 0 published, {EXIT_USER_ERROR} a usage or input mistake, {EXIT_DIVERGED} training diverged,
+            {EXIT_EXPORT_FAILED} export verification failed, {EXIT_HELD_BACK} held back by the promotion gate,
+            {EXIT_INTERRUPTED} interrupted."""
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    for add in (_what, _how, _distribution, _search, _gate, _where, _tensorboard):
+        add(parser, dataset)
+    return parser
+
+
+def _what(parser: argparse.ArgumentParser, dataset: str) -> None:
+    from tfpipeline.models import FAMILIES
+
     what = parser.add_argument_group("what to train")
     what.add_argument("--dataset", default=dataset, help=f"TFDS dataset name (default: {dataset})")
     what.add_argument("--model", default="cnn", choices=[*FAMILIES, "auto"],
                       help="model family, or auto: the search chooses the family too (default: cnn)")
-    what.add_argument(
-        "--hparam", type=hparam, action="append", default=[], metavar="KEY=VALUE",
-        help="override one of the family's hyperparameters (repeatable); see tfpipeline/models/",
-    )
-    how = parser.add_argument_group("how to train (default: the family's own settings)")
-    how.add_argument("--epochs", type=positive_int, help="number of epochs")
-    how.add_argument("--batch-size", type=positive_int,
+    what.add_argument("--hparam", type=argtypes.key_value, action="append", default=[], metavar="KEY=VALUE",
+                      help="set one of the family's hyperparameters (repeatable; pinned during a search); "
+                           "see tfpipeline/models/")
+
+
+def _how(parser: argparse.ArgumentParser, dataset: str) -> None:
+    how = parser.add_argument_group("how to train (default: the family's own settings, or the search's best)")
+    how.add_argument("--epochs", type=argtypes.positive_int, help="number of epochs")
+    how.add_argument("--batch-size", type=argtypes.positive_int,
                      help="batch size per replica; each step trains on this x replicas (the global batch)")
-    how.add_argument("--learning-rate", type=positive_float, help="peak learning rate (warmup, then cosine decay), for one replica: see --lr-scaling")
-    how.add_argument("--clipnorm", type=positive_float, metavar="N",
+    how.add_argument("--learning-rate", type=argtypes.positive_float,
+                     help="peak learning rate (warmup, then cosine decay), for one replica: see --lr-scaling")
+    how.add_argument("--clipnorm", type=argtypes.positive_float, metavar="N",
                      help="clip each weight's gradient to this L2 norm (Keras optimizer clipnorm); default: off")
-    how.add_argument("--clipvalue", type=positive_float, metavar="V",
+    how.add_argument("--clipvalue", type=argtypes.positive_float, metavar="V",
                      help="clip every gradient value to [-V, V] (Keras optimizer clipvalue); default: off")
-    how.add_argument("--weight-decay", type=non_negative_float, metavar="W",
+    how.add_argument("--weight-decay", type=argtypes.non_negative_float, metavar="W",
                      help="decoupled weight decay: trains with AdamW instead of Adam (default: 0, Adam)")
     how.add_argument("--seed", type=int, default=42, help="seed for weights and data order (default: 42)")
     how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
-    how.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
+    how.add_argument("--validation-fraction", type=argtypes.open_fraction, default=0.1, metavar="F",
                      help="share of the TFDS train split held out for validation (default: 0.1)")
-    how.add_argument("--quick", action="store_true", help="small subset and one epoch (unless --epochs): a smoke test in seconds")
+    how.add_argument("--quick", action="store_true",
+                     help="small subset and one epoch (unless --epochs), no search (unless --tune): a smoke test")
+
+
+def _distribution(parser: argparse.ArgumentParser, dataset: str) -> None:
     dist = parser.add_argument_group(
         "distribution (tf.distribute)",
         "Several machines: start the same command on each, with TF_CONFIG naming them all\n"
-        "(Kubeflow TFJob and Vertex AI set it); see the README on distributed training.",
+        "(Kubeflow TFJob and Vertex AI set it); see docs/distributed.md.",
     )
     dist.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multi_worker"],
                       help="auto (default): multi_worker when TF_CONFIG names several workers, else mirrored "
                            "when several GPUs (or --cpu-devices N > 1) are there, else default (one device)")
-    dist.add_argument("--cpu-devices", type=positive_int, metavar="N",
+    dist.add_argument("--cpu-devices", type=argtypes.positive_int, metavar="N",
                       help="split the CPU into N logical devices, so mirrored trains N replicas without GPUs")
     dist.add_argument("--lr-scaling", default="linear", choices=["linear", "sqrt", "none"],
                       help="peak learning rate x replicas (linear, default), x sqrt(replicas), or unchanged")
-    from tfpipeline import tuning
 
-    tuning.add_arguments(parser)
+
+def _search(parser: argparse.ArgumentParser, dataset: str) -> None:
+    from tfpipeline import config
+
+    group = parser.add_argument_group(
+        "hyperparameter search (KerasTuner)",
+        textwrap.fill(  # the parser keeps descriptions as written (RawDescriptionHelpFormatter)
+            "By default a run searches the family's hyperparameters first, then trains the best on "
+            "train+validation for the epochs it needed, and exports that. --quick, --strategy, "
+            "--cpu-devices and a TF_CONFIG naming several workers train the family's defaults instead "
+            "unless --tune or a search flag is given. An interrupted search resumes when the same command "
+            "runs again. Distributed search: run the same command as chief and workers with "
+            "KERASTUNER_TUNER_ID=chief|tuner0|tuner1..., KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT "
+            "(see docs/tuning.md).", width=100),
+    )
+    group.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                       help="search first (the default for a full run), or --no-tune: train the family's defaults")
+    group.add_argument("--tuner", choices=config.TUNERS, help="search algorithm (default: hyperband)")
+    group.add_argument("--max-trials", type=argtypes.positive_int, metavar="N",
+                       help=f"number of trials (random, bayesian; default {config.DEFAULT_TRIALS}) or a cap on "
+                            "Hyperband's")
+    group.add_argument("--max-epochs", type=argtypes.positive_int, metavar="N",
+                       help=f"epochs of the longest trial (default {config.DEFAULT_MAX_EPOCHS}; --quick: "
+                            f"{config.QUICK_MAX_EPOCHS})")
+    group.add_argument("--factor", type=argtypes.at_least(2, "each round keeps 1/factor of the trials"),
+                       metavar="N", help="Hyperband: keep 1/N of the trials per round, each N times longer "
+                                         f"(default {config.DEFAULT_FACTOR})")
+    group.add_argument("--search-fraction", type=argtypes.fraction, metavar="F",
+                       help=f"share of the training split the trials train on (default {config.DEFAULT_FRACTION}; "
+                            f"--quick: {config.QUICK_FRACTION}); the final training uses all of it")
+    group.add_argument("--families", type=families, metavar="A,B",
+                       help="with --model auto: the families to choose from (default: all)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="drop an unfinished search of this command and start a new one")
+
+
+def _gate(parser: argparse.ArgumentParser, dataset: str) -> None:
+    from tfpipeline.config import DEFAULT_MAX_REGRESSION
+
+    group = parser.add_argument_group(
+        "promotion gate",
+        "Before publishing, the new version is scored against the latest published version under the\n"
+        "same export base, on the same test split. It is held back (kept under <base>/candidates/,\n"
+        f"exit status {EXIT_HELD_BACK}) if its test accuracy is lower by more than --max-regression.",
+    )
+    group.add_argument("--max-regression", type=argtypes.non_negative_float, default=DEFAULT_MAX_REGRESSION,
+                       metavar="POINTS", help="percentage points of test accuracy a new version may lose "
+                                              f"(default {DEFAULT_MAX_REGRESSION}: about the noise of 10,000 images)")
+    group.add_argument("--force-publish", action="store_true", help="publish even if the gate would hold it back")
+
+
+def _where(parser: argparse.ArgumentParser, dataset: str) -> None:
+    from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR
+
     where = parser.add_argument_group("where things go")
     where.add_argument("--data-dir", help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
     where.add_argument("--manual-dir", help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")
@@ -155,57 +179,45 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
     where.add_argument("--export-tflite", action="store_true",
                        help="also write <version>/model_int8.tflite: int8 post-training quantization, checked with "
                             "the LiteRT interpreter on the test split (needs pip install 'tfpipeline[tflite]')")
-    where.add_argument("--max-quantization-drop", type=non_negative_float, default=0.5, metavar="POINTS",
+    where.add_argument("--max-quantization-drop", type=argtypes.non_negative_float, default=0.5, metavar="POINTS",
                        help="with --export-tflite: fail the export if the int8 model's test accuracy is more than "
                             "this many percentage points below the float model's (default: 0.5)")
     where.add_argument("--logdir", default="runs", help="TensorBoard root; runs go to <dir>/<dataset>/<run-id> (default: runs)")
     where.add_argument("--work-dir", default="work", help="checkpoints that let an interrupted run resume (default: work)")
     where.add_argument("--run-name", help="run id for the logs (default: time and model family)")
+
+
+def _tensorboard(parser: argparse.ArgumentParser, dataset: str) -> None:
     board = parser.add_argument_group("TensorBoard (tensorboard --logdir <logdir>)")
-    board.add_argument("--histogram-freq", type=non_negative_int, default=1, metavar="N",
+    board.add_argument("--histogram-freq", type=argtypes.non_negative_int, default=1, metavar="N",
                        help="weight histograms every N epochs; 0 turns them off (default: 1)")
-    board.add_argument("--image-freq", type=non_negative_int, default=0, metavar="N",
+    board.add_argument("--image-freq", type=argtypes.non_negative_int, default=0, metavar="N",
                        help="also log validation prediction images and confusion matrix every N epochs "
-                            "(default: 0, only the test ones at the end)")
-    board.add_argument("--profile-batches", type=batch_range, metavar="START,END",
+                            "(default: 0, only the test ones at the end; not with a search, whose final "
+                            "training has no validation split)")
+    board.add_argument("--profile-batches", type=argtypes.batch_range, metavar="START,END",
                        help="profile training batches START to END (from 1) for TensorBoard's profile tab, "
                             "e.g. 2,4; the first batch includes tracing and compilation")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace):
-    from tfpipeline import tuning
-    from tfpipeline.pipeline import PipelineConfig
+    from tfpipeline.config import PipelineConfig, SearchSettings
 
     return PipelineConfig(
-        dataset=args.dataset,
-        model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        hparams=dict(args.hparam),
-        seed=args.seed,
-        deterministic=args.deterministic,
-        validation_fraction=args.validation_fraction,
-        data_dir=args.data_dir,
-        manual_dir=args.manual_dir,
-        export_dir=args.export_dir,
-        logdir=args.logdir,
-        work_dir=args.work_dir,
-        run_name=args.run_name,
-        quick=args.quick,
-        histogram_freq=args.histogram_freq,
-        image_freq=args.image_freq,
-        profile_batches=args.profile_batches,
-        strategy=args.strategy,
-        cpu_devices=args.cpu_devices,
-        lr_scaling=args.lr_scaling,
-        clipnorm=args.clipnorm,
-        clipvalue=args.clipvalue,
-        weight_decay=args.weight_decay,
-        export_tflite=args.export_tflite,
-        max_quantization_drop=args.max_quantization_drop,
-        search=tuning.settings_from_args(args),
+        dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, hparams=dict(args.hparam), seed=args.seed,
+        deterministic=args.deterministic, validation_fraction=args.validation_fraction,
+        data_dir=args.data_dir, manual_dir=args.manual_dir, export_dir=args.export_dir,
+        logdir=args.logdir, work_dir=args.work_dir, run_name=args.run_name, quick=args.quick,
+        histogram_freq=args.histogram_freq, image_freq=args.image_freq, profile_batches=args.profile_batches,
+        strategy=args.strategy, cpu_devices=args.cpu_devices, lr_scaling=args.lr_scaling,
+        tune=args.tune,
+        search=SearchSettings(tuner=args.tuner, max_trials=args.max_trials, max_epochs=args.max_epochs,
+                              factor=args.factor, search_fraction=args.search_fraction,
+                              families=args.families, overwrite=args.overwrite),
+        max_regression=args.max_regression, force_publish=args.force_publish,
+        clipnorm=args.clipnorm, clipvalue=args.clipvalue, weight_decay=args.weight_decay,
+        export_tflite=args.export_tflite, max_quantization_drop=args.max_quantization_drop,
     )
 
 
@@ -218,17 +230,16 @@ def summary(result) -> str:
         Done in {wall:.0f} s.
           test accuracy   {test['accuracy']:.2%} on {result.metadata['dataset']['num_examples']['test']:,} images
           exported model  {result.export_path}  (reloaded and verified with tf.saved_model.load)
-          metadata        {result.metadata_path}{tflite_summary(result.metadata_path)}
+          metadata        {result.metadata_path}{tflite_summary(result.metadata)}
           metrics         {result.logdir / 'metrics.json'}
           inspect it      tensorboard --logdir {result.logdir.parent}
           serve it        python -m tfpipeline.serve --model-name {result.metadata['dataset']['name']} --model-base-path {result.export_path.parent}"""
     ) + search_summary(result.metadata)
 
 
-def tflite_summary(metadata_path) -> str:
-    """With --export-tflite: the int8 model's line (LiteRT accuracy, drop, size), from the
-    published metadata.json (the export adds its own section there)."""
-    tflite = json.loads(metadata_path.read_text()).get("export", {}).get("tflite")
+def tflite_summary(metadata: dict) -> str:
+    """With --export-tflite: the int8 model's line (LiteRT accuracy, drop, size)."""
+    tflite = metadata.get("export", {}).get("tflite")
     if not tflite:
         return ""
     return (f"\n          int8 TFLite     {tflite['file']} beside it: {tflite['test_accuracy']:.2%} under LiteRT "
@@ -256,6 +267,19 @@ def worker_summary(result) -> str:
             "and exports the model.")
 
 
+def held_back(exc) -> int:
+    """The gate's refusal: per-class changes, then one paragraph naming both accuracies."""
+    decision = exc.decision
+    print("\nTest accuracy by class, new version against the latest published one:", file=sys.stderr)
+    print("\n".join(decision.per_class_lines()), file=sys.stderr)
+    return fail(
+        f"Not published. The new version's test accuracy is {decision.candidate_accuracy:.2%}; the latest "
+        f"published version {decision.baseline_version} scores {decision.baseline_accuracy:.2%} on the same "
+        f"test split ({decision.delta:+.2f} points; --max-regression allows -{decision.max_regression:g}). "
+        f"The verified candidate is kept at {exc.candidate}. Run again with --force-publish to publish anyway.",
+        EXIT_HELD_BACK)
+
+
 def fail(message: str, code: int) -> int:
     # Never break inside a word: paths (pytest-of-root, my-data/...) must stay copyable.
     print(textwrap.fill(f"error: {message}", width=100, break_on_hyphens=False, break_long_words=False),
@@ -268,6 +292,7 @@ def main(argv: list[str] | None = None, dataset: str = "mnist") -> int:
 
     from tfpipeline.errors import UserError
     from tfpipeline.export import ExportVerificationError
+    from tfpipeline.gate import HeldBack
     from tfpipeline.pipeline import run
     from tfpipeline.quantize import QuantizationError
     from tfpipeline.training import TrainingDiverged
@@ -276,6 +301,8 @@ def main(argv: list[str] | None = None, dataset: str = "mnist") -> int:
         result = run(config_from_args(args))
     except UserError as exc:
         return fail(str(exc), EXIT_USER_ERROR)
+    except HeldBack as exc:
+        return held_back(exc)
     except TrainingDiverged as exc:
         return fail(
             f"Training diverged: {exc}. Nothing was exported. Try a lower --learning-rate "

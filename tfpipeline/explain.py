@@ -20,6 +20,7 @@ and the most confident mistakes) and by `python -m tfpipeline.predict IMAGE --ex
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import keras
@@ -182,13 +183,17 @@ def load_exported(version_dir: Path) -> keras.Model:
     serve = loaded.signatures["serving_default"]
     (spec,) = serve.structured_input_signature[1].values()
     model = models.build(family, tuple(spec.shape[1:]), num_classes, models.hyperparams(family, hyperparameters))
-    saved = {v.name.removesuffix(":0"): v for v in loaded.variables}
-    mine = {v.path: v for v in model.variables}
-    if set(saved) != set(mine):
+    # Keras's exporter saves the model's variables in `model.variables` order. Names agree but
+    # for the number Keras appends to auto-named ones (dropout's seed_generator_22 in one
+    # process is seed_generator_3 in another), so compare them without it, and the shapes.
+    saved, mine = list(loaded.variables), list(model.variables)
+    if len(saved) != len(mine) or any(
+            _unnumbered(a.name.removesuffix(":0")) != _unnumbered(b.path) or tuple(a.shape) != tuple(b.shape)
+            for a, b in zip(saved, mine)):
         raise UserError(f"The SavedModel in {version_dir} does not hold the variables of a {family} model with "
                         f"its metadata's hyperparameters; --explain cannot rebuild it.")
-    for name, variable in mine.items():
-        variable.assign(saved[name])
+    for source, variable in zip(saved, mine):
+        variable.assign(source)
     probe = np.random.default_rng(0).integers(0, 256, (4, *spec.shape[1:]), dtype=np.uint8)
     expected = serve(**{next(iter(serve.structured_input_signature[1])): tf.constant(probe)})["probabilities"]
     got = tf.nn.softmax(model(probe, training=False), -1)
@@ -196,6 +201,10 @@ def load_exported(version_dir: Path) -> keras.Model:
         raise UserError(f"The model rebuilt from {version_dir}/metadata.json does not reproduce the SavedModel's "
                         "outputs; --explain cannot explain it.")
     return model
+
+
+def _unnumbered(name: str) -> str:
+    return re.sub(r"_\d+(?=/|$)", "", name)
 
 
 def overlay_png(model: keras.Model, image: np.ndarray, out: Path, class_names=None) -> tuple[int, float]:

@@ -2,15 +2,16 @@
 
     exported/<dataset>/<N>/model_int8.tflite     (TF Serving ignores it: it only loads the SavedModel)
 
-`write_verified` converts the SavedModel that `export.export_verified` has just written and
-verified (still in its temporary folder) with `tf.lite.TFLiteConverter.from_saved_model`:
+`write_verified` converts the SavedModel that `export.staged` has just written and verified
+(still in its hidden candidate folder, before the gate and `export.publish`) with `tf.lite.TFLiteConverter.from_saved_model`:
 weights and activations in int8, calibrated on a representative sample of the training split;
 the model's uint8 image input and float32 probabilities / int64 classes outputs stay as they
 are, so the .tflite takes the same input as the SavedModel's `serving_default`. The file is
 then run by the LiteRT interpreter (`ai-edge-litert`, the runtime a device uses, not
 TensorFlow's converter-side copy) on the whole test split. Its accuracy, size and drop against
-the float SavedModel go into metadata.json; a drop above `max_drop_points` raises
-`QuantizationError`, so the version is not published at all. See docs/tflite.md.
+the float SavedModel go into metadata.json (export.tflite); a drop above `max_drop_points`
+raises `QuantizationError`, and the candidate, .tflite included, is discarded: nothing is
+published. See docs/tflite.md.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class QuantizationError(Exception):
 
 @dataclasses.dataclass
 class TFLiteSettings:
-    """What `export.export_verified` needs to add the int8 model to a version.
+    """What `write_verified` needs to add the int8 model to a version.
 
     Args:
         calibration_images: uint8 images from the training split, as the model takes them.
