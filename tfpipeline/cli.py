@@ -260,7 +260,7 @@ def search_summary(metadata: dict) -> str:
 
 def worker_summary(result) -> str:
     """A multi-worker run's other workers train but leave evaluation and export to the chief."""
-    if "search" in result.metadata:  # a distributed search's worker: tuning.run said which trials it ran
+    if "search" in result.metadata:  # a distributed search's worker: tuning.search said which trials it ran
         return ""
     dist = result.metadata["distribution"]
     return (f"\nDone: {dist['worker']} of {dist['workers']} finished training; the chief evaluates "
