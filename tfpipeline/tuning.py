@@ -295,7 +295,8 @@ def identity(config: PipelineConfig, settings: SearchSettings) -> dict:
     """What defines "the same search", for its resume key (tfpipeline/runstate.py)."""
     return {"dataset": config.dataset, "families": list(families_of(config, settings)),
             "budget": settings.budget(config.quick), "fixed": config.pinned(), "seed": config.seed,
-            "quick": config.quick, "validation_fraction": config.validation_fraction}
+            "quick": config.quick, "validation_fraction": config.validation_fraction,
+            **training.optimizer_options(config)}  # only the options set: older keys stay valid
 
 
 def families_of(config: PipelineConfig, settings: SearchSettings) -> tuple[str, ...]:
