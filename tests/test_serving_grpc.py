@@ -506,7 +506,7 @@ def test_label_on_unloaded_version_is_refused_at_startup(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--enable_batching=maybe"], "true or false"),
+    (["--enable_batching=maybe"], "expected true or false"),
     (["--model_config_file=x", "--model_name=m"], "not both"),
 ])
 def test_flag_mistakes_exit_2(flags, message):

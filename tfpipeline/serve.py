@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+from tfpipeline.argtypes import boolean, non_negative_float, non_negative_int, port, positive_int
 from tfpipeline.errors import UserError
 from tfpipeline.serving.versions import discover_versions
 
@@ -31,44 +32,6 @@ DEFAULT_BATCH_THREADS = min(2, os.cpu_count() or 1)
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_BATCH_TIMEOUT_MICROS = 2000
 DEFAULT_MAX_ENQUEUED_BATCHES = 10  # TF Serving's
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
-    return value
-
-
-def _bool(text: str) -> bool:
-    """TF Serving's boolean flag values."""
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,39 +48,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     models.add_argument("--model_config_file", "--model-config-file", type=Path,
                         help="text ModelServerConfig: several models, version policies, labels")
     models.add_argument("--model_config_file_poll_wait_seconds",
-                        "--model-config-file-poll-wait-seconds", type=_non_negative, default=0,
+                        "--model-config-file-poll-wait-seconds", type=non_negative_float, default=0,
                         help="re-read --model_config_file this often; 0 reads it once (default)")
     models.add_argument("--file_system_poll_wait_seconds", "--file-system-poll-wait-seconds",
-                        type=_non_negative, default=2.0,
+                        type=non_negative_float, default=2.0,
                         help="how often to look for new versions; 0 loads once at start "
                         "(default 2)")
-    models.add_argument("--num-versions", "--num_versions", type=_positive,
+    models.add_argument("--num-versions", "--num_versions", type=positive_int,
                         help="with --model_base_path: serve the N newest versions (default 1)")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1",
                      help="address to bind both APIs (default 127.0.0.1: this machine only; "
                      "0.0.0.0 in a container)")
-    net.add_argument("--port", type=_port, default=8500,
+    net.add_argument("--port", type=port, default=8500,
                      help="gRPC port, as in TF Serving (default 8500); 0 picks a free one")
-    net.add_argument("--rest_api_port", "--rest-api-port", type=_port, default=8501,
+    net.add_argument("--rest_api_port", "--rest-api-port", type=port, default=8501,
                      help="REST port (default 8501); 0 picks a free one")
-    net.add_argument("--rest_api_timeout_in_ms", "--rest-api-timeout-in-ms", type=_positive,
+    net.add_argument("--rest_api_timeout_in_ms", "--rest-api-timeout-in-ms", type=positive_int,
                      default=30000, help="REST predict requests give up after this long "
                      "(default 30000)")
-    net.add_argument("--grpc_max_threads", "--grpc-max-threads", type=_positive,
+    net.add_argument("--grpc_max_threads", "--grpc-max-threads", type=positive_int,
                      help="most gRPC calls handled at once; more are refused with "
                      "RESOURCE_EXHAUSTED (default: no limit)")
-    net.add_argument("--max-body-bytes", "--max_body_bytes", type=_positive,
+    net.add_argument("--max-body-bytes", "--max_body_bytes", type=positive_int,
                      default=16 * 1024 * 1024,
                      help="larger REST bodies get 413, larger gRPC messages RESOURCE_EXHAUSTED "
                      "(default 16 MiB)")
-    net.add_argument("--max-instances", "--max_instances", type=_positive, default=1024,
+    net.add_argument("--max-instances", "--max_instances", type=positive_int, default=1024,
                      help="most examples in one request (default 1024)")
     net.add_argument("--monitoring_config_file", "--monitoring-config-file", type=Path,
                      help="text MonitoringConfig; prometheus_config { enable: true } serves "
                      "Prometheus metrics on the REST port")
     batch = p.add_argument_group("batching")
-    batch.add_argument("--enable_batching", "--enable-batching", type=_bool, nargs="?",
+    batch.add_argument("--enable_batching", "--enable-batching", type=boolean, nargs="?",
                        const=True, default=True, metavar="true|false",
                        help="merge concurrent requests into one model call (default true)")
     batch.add_argument("--no-enable-batching", "--no-batching", dest="enable_batching",
@@ -125,29 +88,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     batch.add_argument("--batching_parameters_file", "--batching-parameters-file", type=Path,
                        help="text BatchingParameters: max_batch_size, batch_timeout_micros, "
                        "max_enqueued_batches, num_batch_threads, allowed_batch_sizes")
-    batch.add_argument("--max-batch-size", "--max_batch_size", type=_positive,
+    batch.add_argument("--max-batch-size", "--max_batch_size", type=positive_int,
                        help=f"most examples in one merged model call (default "
                        f"{DEFAULT_MAX_BATCH_SIZE})")
-    batch.add_argument("--batch-timeout-micros", "--batch_timeout_micros", type=_non_negative,
+    batch.add_argument("--batch-timeout-micros", "--batch_timeout_micros", type=non_negative_float,
                        help="longest a batch waits for requests already arriving "
                        f"(default {DEFAULT_BATCH_TIMEOUT_MICROS})")
-    batch.add_argument("--num-batch-threads", "--num_batch_threads", type=_positive,
+    batch.add_argument("--num-batch-threads", "--num_batch_threads", type=positive_int,
                        help=f"threads running model calls (default {DEFAULT_BATCH_THREADS})")
-    batch.add_argument("--max-enqueued-batches", "--max_enqueued_batches", type=_positive,
+    batch.add_argument("--max-enqueued-batches", "--max_enqueued_batches", type=positive_int,
                        help="most batches waiting; a request that does not fit gets "
                        f"503/UNAVAILABLE (default {DEFAULT_MAX_ENQUEUED_BATCHES})")
     threads = p.add_argument_group("TensorFlow threads")
     threads.add_argument("--tensorflow_session_parallelism", "--tensorflow-session-parallelism",
-                         type=_non_negative_int, metavar="N",
+                         type=non_negative_int, metavar="N",
                          help="threads for both pools below unless they are given; 0 = "
                          "TensorFlow's choice")
     threads.add_argument("--tensorflow_intra_op_parallelism", "--tensorflow-intra-op-parallelism",
-                         type=_non_negative_int, metavar="N",
+                         type=non_negative_int, metavar="N",
                          help="threads one model call may use; 0 = TensorFlow's choice (all "
                          "cores), default: the cores left after the event loop's, shared "
                          "among the batch threads, at least 1")
     threads.add_argument("--tensorflow_inter_op_parallelism", "--tensorflow-inter-op-parallelism",
-                         type=_non_negative_int, metavar="N",
+                         type=non_negative_int, metavar="N",
                          help="threads running independent ops; 0 = TensorFlow's choice, "
                          "default: the number of batch threads")
     args = p.parse_args(argv)
