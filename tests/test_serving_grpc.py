@@ -25,7 +25,6 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_management_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_log_pb2, prediction_service_pb2_grpc)
-from tensorflow_serving.config import model_server_config_pb2
 
 from serving_helpers import (ROOT, SHAPE, env, export_version, random_images, start_server,
                              stop_server, tiny_model)
