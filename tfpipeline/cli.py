@@ -61,6 +61,26 @@ def batch_range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """`HxW`: the model's input height and width."""
+    from tfpipeline.folders import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def byte_size(text: str) -> int:
+    """`512M`, `2G`: bytes."""
+    from tfpipeline.folders import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def hparam(text: str) -> tuple[str, object]:
     """`KEY=VALUE`, VALUE read as JSON when it parses (numbers, true/false, lists), else a string."""
     key, sep, raw = text.partition("=")
@@ -73,25 +93,29 @@ def hparam(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
+def build_parser(dataset: str | None = "mnist") -> argparse.ArgumentParser:
+    """The flags; `dataset` None (`pipelines.images`): --dataset is required."""
     from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR
     from tfpipeline.models import FAMILIES
 
+    prog = f"python -m pipelines.{dataset or 'images'}"
+    example = dataset or "photos/"
     parser = argparse.ArgumentParser(
-        prog=f"python -m pipelines.{dataset}",
+        prog=prog,
         description=textwrap.dedent(
             f"""\
-            Train, evaluate and export an image classifier on the TFDS dataset {dataset!r}:
-            TFDS → tf.data → Keras model → test evaluation → verified SavedModel in
+            Train, evaluate and export an image classifier on {f"the TFDS dataset {dataset!r}" if dataset else
+            "a folder of images (one sub-folder per class) or a TFDS dataset"}:
+            data → tf.data → Keras model → test evaluation → verified SavedModel in
             <export-dir>/<dataset>/<version>/, ready for TF Serving or `python -m tfpipeline.serve`."""
         ),
         epilog=textwrap.dedent(
             f"""\
             examples:
-              python -m pipelines.{dataset}                      # defaults: the CNN
-              python -m pipelines.{dataset} --model transformer --epochs 5
-              python -m pipelines.{dataset} --quick              # smoke test: small subset, 1 epoch
-              python -m pipelines.{dataset} --hparam filters=[32,64,128] --hparam dropout=0.4
+              {prog}{"" if dataset else " --dataset " + example}         # defaults: the CNN
+              {prog} --model transformer --epochs 5{"" if dataset else " --dataset " + example}
+              {prog} --quick{"" if dataset else " --dataset " + example}    # smoke test: small subset, 1 epoch
+              {prog} --hparam filters=[32,64,128] --hparam dropout=0.4{"" if dataset else " --dataset " + example}
 
             offline: put the dataset's published files in a folder and pass --manual-dir DIR
             (or set {ENV_MANUAL_DIR}); TFDS checks their checksums and prepares them once.
@@ -100,7 +124,15 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_argument_group("what to train")
-    what.add_argument("--dataset", default=dataset, help=f"TFDS dataset name (default: {dataset})")
+    what.add_argument("--dataset", default=dataset, required=dataset is None,
+                      help="TFDS dataset name, or a folder of images: DIR/<class>/* or DIR/train/<class>/* "
+                           f"(see docs/images.md){f'; default: {dataset}' if dataset else ''}")
+    what.add_argument("--image-size", type=image_size, metavar="HxW",
+                      help="the model's input size; images are resized to it (default: the dataset's own; a "
+                           "folder: the median size, longer side at most 64, sides multiples of 4)")
+    what.add_argument("--channels", type=int, choices=[1, 3],
+                      help="1 (grayscale) or 3 (RGB) input channels (default: the dataset's own; a folder: 3 "
+                           "if any training image is in colour)")
     what.add_argument("--model", default="cnn", choices=[*FAMILIES, "auto"],
                       help="model family, or auto: the search chooses the family too (default: cnn)")
     what.add_argument(
@@ -115,7 +147,10 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
     how.add_argument("--seed", type=int, default=42, help="seed for weights and data order (default: 42)")
     how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
     how.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
-                     help="share of the TFDS train split held out for validation (default: 0.1)")
+                     help="share of the training data held out for validation (a folder without test/ also holds out as much for test; default: 0.1)")
+    how.add_argument("--cache-budget", type=byte_size, metavar="SIZE",
+                     help="decoded examples up to SIZE (e.g. 2G) are cached in memory; a larger dataset is "
+                          "cached on disk under --work-dir, or not at all (default: a quarter of the RAM)")
     how.add_argument("--quick", action="store_true", help="small subset and one epoch (unless --epochs): a smoke test in seconds")
     dist = parser.add_argument_group(
         "distribution (tf.distribute)",
@@ -165,6 +200,9 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed,
         deterministic=args.deterministic,
         validation_fraction=args.validation_fraction,
+        image_size=args.image_size,
+        channels=args.channels,
+        cache_budget=args.cache_budget,
         data_dir=args.data_dir,
         manual_dir=args.manual_dir,
         export_dir=args.export_dir,
@@ -225,7 +263,7 @@ def fail(message: str, code: int) -> int:
     return code
 
 
-def main(argv: list[str] | None = None, dataset: str = "mnist") -> int:
+def main(argv: list[str] | None = None, dataset: str | None = "mnist") -> int:
     args = build_parser(dataset).parse_args(argv)  # exits 2 with a usage message on bad flags
 
     from tfpipeline.errors import UserError

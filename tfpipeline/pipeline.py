@@ -39,6 +39,11 @@ class PipelineConfig:
     seed: int = 42
     deterministic: bool = False
     validation_fraction: float = 0.1
+    # The model's input (see tfpipeline/folders.py for the defaults from the data) and how many
+    # bytes of decoded examples may stay in memory (None: a quarter of the RAM).
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    cache_budget: int | None = None
     data_dir: str | None = None
     manual_dir: str | None = None
     export_dir: str = "exported"
@@ -58,6 +63,11 @@ class PipelineConfig:
     # Hyperparameter search first (tfpipeline/tuning.py: a tuning.SearchSettings); None: train
     # the family's defaults. model may then be "auto" (the family is searched too).
     search: Any = None
+
+    @property
+    def dataset_name(self) -> str:
+        """What exports, logs and checkpoints are filed under: a folder's base name or the TFDS name."""
+        return data_lib.dataset_name(self.dataset)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -111,6 +121,9 @@ def _config_key(config: PipelineConfig, hp, dist: distribute.Distribution | None
         "quick": config.quick,
         "validation_fraction": config.validation_fraction,
     }
+    for key in ("image_size", "channels"):  # only when given: older runs keep their keys
+        if getattr(config, key) is not None:
+            identity[key] = getattr(config, key)
     if dist is not None and dist.kind != "default":  # another global batch: another run
         identity["distribution"] = dist.identity()
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
@@ -166,7 +179,7 @@ def run(config: PipelineConfig) -> PipelineResult:
     dist = distribute.setup(config.strategy, cpu_devices=config.cpu_devices, lr_scaling=config.lr_scaling)
     print(dist.describe(hp.batch_size, hp.learning_rate), flush=True)
     # dist.writable: the real path on the chief (or alone), a temporary one on other workers.
-    export_base = export.ensure_writable(dist.writable(Path(config.export_dir) / config.dataset))
+    export_base = export.ensure_writable(dist.writable(Path(config.export_dir) / config.dataset_name))
 
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: same weights, same order
     if config.deterministic:
@@ -178,23 +191,29 @@ def run(config: PipelineConfig) -> PipelineResult:
         manual_dir=config.manual_dir,
         validation_fraction=config.validation_fraction,
         quick=config.quick,
+        image_size=config.image_size,
+        channels=config.channels,
+        cache_budget=config.cache_budget,
+        work_dir=config.work_dir,
+        seed=config.seed,
     )
     spec = datasets.spec
 
-    def pipeline(ds, training_split):
+    def pipeline(ds, training_split, role):
         # Data order is always deterministic (cheap here); --deterministic adds op determinism.
         # Batches of the global batch size; a strategy splits each among its replicas.
         return data_lib.make_pipeline(
-            ds, batch_size=dist.global_batch(hp.batch_size), training=training_split, seed=config.seed
+            ds, batch_size=dist.global_batch(hp.batch_size), training=training_split, seed=config.seed,
+            cache=datasets.cache(role),
         )
 
-    train_ds = pipeline(datasets.train, True)
-    val_ds = pipeline(datasets.validation, False)
-    test_images, test_labels = evaluation.collect(pipeline(datasets.test, False))
+    train_ds = pipeline(datasets.train, True, "train")
+    val_ds = pipeline(datasets.validation, False, "validation")
+    test_images, test_labels = evaluation.collect(pipeline(datasets.test, False, "test"))
 
-    state_dir = dist.writable(Path(config.work_dir) / config.dataset / _config_key(config, hp, dist))
+    state_dir = dist.writable(Path(config.work_dir) / config.dataset_name / _config_key(config, hp, dist))
     run_id, resumed = _run_id(config, state_dir)
-    logdir = dist.writable(Path(config.logdir) / config.dataset / run_id)
+    logdir = dist.writable(Path(config.logdir) / config.dataset_name / run_id)
     if resumed:
         print(f"Resuming interrupted run {run_id} from its last saved epoch ({state_dir / 'backup'}).")
 
@@ -240,7 +259,8 @@ def run(config: PipelineConfig) -> PipelineResult:
 
     metadata = {
         "dataset": {"name": spec.name, "version": spec.version, "splits": spec.splits,
-                    "num_examples": spec.num_examples, "class_names": list(spec.class_names)},
+                    "num_examples": spec.num_examples, "class_names": list(spec.class_names),
+                    "input_shape": list(spec.input_shape), **spec.source},
         "model": {"family": config.model, "hyperparameters": dataclasses.asdict(hp),
                   "parameters": model.count_params()},
         "training": {"epochs_requested": hp.epochs, "epochs_run": epochs_run,

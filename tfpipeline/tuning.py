@@ -328,15 +328,18 @@ class _TrialData:
     """Batched trial pipelines, one pair per batch size (families differ), built once: the
     decoded examples stay cached across trials instead of being re-read for each."""
 
-    def __init__(self, train: tf.data.Dataset, validation: tf.data.Dataset, seed: int):
-        self.train, self.validation, self.seed = train, validation, seed
+    def __init__(self, train: tf.data.Dataset, validation: tf.data.Dataset, seed: int,
+                 cache: tuple[bool | str, bool | str] = (True, True)):
+        self.train, self.validation, self.seed, self.cache = train, validation, seed, cache
         self._pipelines: dict[int, tuple[tf.data.Dataset, tf.data.Dataset]] = {}
 
     def pipelines(self, batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         if batch_size not in self._pipelines:
             self._pipelines[batch_size] = (
-                data_lib.make_pipeline(self.train, batch_size=batch_size, training=True, seed=self.seed),
-                data_lib.make_pipeline(self.validation, batch_size=batch_size, training=False, seed=self.seed),
+                data_lib.make_pipeline(self.train, batch_size=batch_size, training=True, seed=self.seed,
+                                       cache=self.cache[0]),
+                data_lib.make_pipeline(self.validation, batch_size=batch_size, training=False, seed=self.seed,
+                                       cache=self.cache[1]),
             )
         return self._pipelines[batch_size]
 
@@ -574,6 +577,9 @@ def _wait_for_chief(timeout: float = 3600) -> None:
 def _state_key(config, budget: dict, families, fixed: dict) -> str:
     identity = {"dataset": config.dataset, "families": list(families), "budget": budget, "fixed": fixed,
                 "seed": config.seed, "quick": config.quick, "validation_fraction": config.validation_fraction}
+    for key in ("image_size", "channels"):  # only when given: older searches keep their keys
+        if getattr(config, key) is not None:
+            identity[key] = getattr(config, key)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return f"tune-{config.model}-{digest[:10]}"
 
@@ -614,7 +620,7 @@ def _resolve_run(state_dir: Path, config, overwrite: bool, role: str) -> tuple[s
     finally:
         tmp.unlink(missing_ok=True)
     if overwrite and config.run_name:  # same id as the dropped run: its trial logs go too
-        shutil.rmtree(Path(config.logdir) / config.dataset / run_id / "trials", ignore_errors=True)
+        shutil.rmtree(Path(config.logdir) / config.dataset_name / run_id / "trials", ignore_errors=True)
     return run_id, created
 
 
@@ -662,19 +668,22 @@ def run(config):
     role = _role()
     budget = settings.budget(config.quick)
     fixed = _fixed(config)
-    export_base = None if role == "worker" else export.ensure_writable(Path(config.export_dir) / config.dataset)
+    export_base = None if role == "worker" else export.ensure_writable(Path(config.export_dir) / config.dataset_name)
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     datasets = data_lib.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
-                             validation_fraction=config.validation_fraction, quick=config.quick)
+                             validation_fraction=config.validation_fraction, quick=config.quick,
+                             image_size=config.image_size, channels=config.channels,
+                             cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed)
     spec = datasets.spec
     num_train = spec.num_examples["train"]
     num_search = max(1, round(num_train * budget["search_fraction"]))
-    trial_data = _TrialData(datasets.train.take(num_search), datasets.validation, config.seed)
+    trial_data = _TrialData(datasets.train.take(num_search), datasets.validation, config.seed,
+                            (datasets.cache(f"search-train-{num_search}"), datasets.cache("validation")))
 
-    state_dir = Path(config.work_dir) / config.dataset / _state_key(config, budget, families, fixed)
+    state_dir = Path(config.work_dir) / config.dataset_name / _state_key(config, budget, families, fixed)
     if role == "worker":
         _wait_for_chief()
     run_id, created = _resolve_run(state_dir, config, settings.overwrite, role)
@@ -683,7 +692,7 @@ def run(config):
         print(f"Worker: no run of the chief's in {state_dir} (storage not shared): this worker's checkpoints "
               f"and logs go to run {run_id} here.", flush=True)
     run_dir = state_dir / run_id
-    logdir = Path(config.logdir) / config.dataset / run_id
+    logdir = Path(config.logdir) / config.dataset_name / run_id
     resumed = (run_dir / "search" / "oracle.json").exists()
     verbose = training.default_verbosity() if config.verbose is None else config.verbose
     hypermodel = PipelineHyperModel(config, families, fixed, spec, trial_data, num_search, budget["max_epochs"],
@@ -734,9 +743,10 @@ def run(config):
           f"train+validation for {epochs} epochs{' (--epochs)' if config.epochs else ''}.", flush=True)
     num_full = num_train + spec.num_examples["validation"]
     full_train = data_lib.make_pipeline(datasets.train.concatenate(datasets.validation), batch_size=hp.batch_size,
-                                        training=True, seed=config.seed)
+                                        training=True, seed=config.seed, cache=datasets.cache("train+validation"))
     test_images, test_labels = evaluation.collect(
-        data_lib.make_pipeline(datasets.test, batch_size=hp.batch_size, training=False, seed=config.seed))
+        data_lib.make_pipeline(datasets.test, batch_size=hp.batch_size, training=False, seed=config.seed,
+                               cache=datasets.cache("test")))
     # No validation split is left to stop on: train the epochs the search found.
     settings_ = training.settings_for(hp, num_full, verbose=config.verbose, histogram_freq=config.histogram_freq,
                                       profile_batches=config.profile_batches, early_stopping_patience=0)
@@ -758,7 +768,8 @@ def run(config):
     (logdir / "metrics.json").write_text(json.dumps({"validation": validation, "test": test_eval.to_json()}, indent=2))
     metadata = {
         "dataset": {"name": spec.name, "version": spec.version, "splits": spec.splits,
-                    "num_examples": spec.num_examples, "class_names": list(spec.class_names)},
+                    "num_examples": spec.num_examples, "class_names": list(spec.class_names),
+                    "input_shape": list(spec.input_shape), **spec.source},
         "model": {"family": family, "hyperparameters": dataclasses.asdict(hp), "parameters": model.count_params()},
         "training": {"epochs_requested": epochs, "epochs_run": epochs_run, "steps_per_epoch": settings_.steps_per_epoch,
                      "steps_run": int(model.optimizer.iterations.numpy()),
