@@ -3,6 +3,11 @@
     exported/<dataset>/<N>/            the SavedModel (saved_model.pb, variables/)
     exported/<dataset>/<N>/metadata.json
 
+Two signatures: `serving_default` takes `images`, uint8 `[-1, H, W, C]` pixels; `serving_bytes`
+takes `image_bytes`, a `tf.string [-1]` batch of encoded JPEG/PNG/GIF/BMP files of any size,
+decoded, converted and resized in the graph by `imaging.prepare` (what the folder datasets'
+`tf.data` map runs). Both return the same outputs.
+
 A version is written into a hidden temporary folder beside its final place, reloaded with
 plain `tf.saved_model.load` and checked against the in-memory model on the test set, and
 only then renamed to the next free integer. A crash at any point leaves at most a hidden
@@ -24,10 +29,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpipeline import imaging
 from tfpipeline.errors import UserError
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
+BYTES_SIGNATURE = "serving_bytes"
+BYTES_INPUT_NAME = "image_bytes"
+# Test images sent through serving_bytes as PNG files by export verification.
+BYTES_CHECK_EXAMPLES = 16
 TMP_PREFIX = ".tmp-"
 
 
@@ -80,12 +90,57 @@ def serving_function(model: keras.Model, input_shape) -> tf.types.experimental.P
     return serve
 
 
+def bytes_serving_function(model: keras.Model, input_shape) -> tf.types.experimental.PolymorphicFunction:
+    """The `serving_bytes` signature: encoded image files in, the same outputs as `serving_default`.
+
+    A string that is not a JPEG/PNG/GIF/BMP file (or is cut short) fails the call with
+    InvalidArgumentError naming what was expected; a server answers that request with an
+    error and goes on serving.
+    """
+    height, width, channels = (int(d) for d in input_shape)
+    pixels = serving_function(model, input_shape)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)])
+    def serve_bytes(image_bytes):
+        images = tf.map_fn(
+            lambda encoded: imaging.prepare(encoded, (height, width), channels),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8),
+        )
+        return pixels(images)
+
+    return serve_bytes
+
+
 def write_savedmodel(model: keras.Model, input_shape, path: Path) -> None:
-    """Write `model` as a SavedModel with our serving signature, using Keras's own exporter."""
+    """Write `model` as a SavedModel with our two serving signatures, using Keras's own exporter."""
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SIGNATURE, serving_function(model, tuple(input_shape)))
+    archive.add_endpoint(BYTES_SIGNATURE, bytes_serving_function(model, tuple(input_shape)))
     archive.write_out(str(path), verbose=False)
+
+
+def encode_png(images: np.ndarray) -> np.ndarray:
+    """uint8 `[n, H, W, C]` → a `[n]` array of PNG files' bytes (lossless: same pixels back)."""
+    return np.array([tf.io.encode_png(image).numpy() for image in images], dtype=object)
+
+
+def check_bytes_signature(path: Path, images: np.ndarray) -> None:
+    """`serving_bytes` on `images` sent as PNG files must give `serving_default`'s classes and
+    probabilities; raises ExportVerificationError otherwise."""
+    loaded = tf.saved_model.load(str(path))
+    if BYTES_SIGNATURE not in loaded.signatures:
+        raise ExportVerificationError(f"the SavedModel has no {BYTES_SIGNATURE} signature")
+    pixels = loaded.signatures[SIGNATURE](**{INPUT_NAME: tf.constant(images)})
+    encoded = loaded.signatures[BYTES_SIGNATURE](**{BYTES_INPUT_NAME: tf.constant(encode_png(images))})
+    if not np.array_equal(pixels["classes"].numpy(), encoded["classes"].numpy()) or not np.allclose(
+        pixels["probabilities"].numpy(), encoded["probabilities"].numpy(), atol=1e-5
+    ):
+        raise ExportVerificationError(
+            f"{BYTES_SIGNATURE} on {len(images)} test images sent as PNG files does not give the "
+            f"outputs of {SIGNATURE} on their pixels"
+        )
 
 
 def savedmodel_predict(path: Path, images: np.ndarray, batch_size: int = 1000) -> dict[str, np.ndarray]:
@@ -153,7 +208,16 @@ def export_verified(
                 f"the reloaded SavedModel scores {accuracy:.4%} on the test set but the trained "
                 f"model scored {expected_accuracy:.4%}"
             )
-        metadata = {**metadata, "export": {"signature": SIGNATURE, "verified_test_accuracy": accuracy}}
+        check_bytes_signature(tmp, test_images[:BYTES_CHECK_EXAMPLES])
+        metadata = {**metadata, "export": {
+            "signature": SIGNATURE, "verified_test_accuracy": accuracy,
+            "signatures": {SIGNATURE: {"input": INPUT_NAME, "dtype": "uint8", "shape": [-1, *map(int, input_shape)]},
+                           BYTES_SIGNATURE: {"input": BYTES_INPUT_NAME, "dtype": "string", "shape": [-1],
+                                             "resize": f"bilinear, antialiased, to {input_shape[0]}x{input_shape[1]}",
+                                             "channels": int(input_shape[2]),
+                                             "verified_on": f"{min(len(test_images), BYTES_CHECK_EXAMPLES)} "
+                                                            "test images as PNG"}},
+        }}
         with open(tmp / "metadata.json", "w") as f:
             json.dump(metadata, f, indent=2, default=_json_default)
             f.flush()

@@ -244,14 +244,14 @@ class PipelineHyperModel(kt.HyperModel):
             # the oracle does not spend trials varying what the user pinned.
             for name, value in self.fixed[family].items():
                 hp.Fixed(name, _encode(value))
-            chosen = models.family(family).search_space(hp)
+            chosen = models.family(family).search_space(hp, self.spec.input_shape)
         else:
             family = hp.Choice(FAMILY, list(self.families), default=self.families[0])
             chosen = None
             for name in self.families:
                 # Name scopes keep each family's names apart ("cnn/dropout", "mlp/dropout").
                 with hp.conditional_scope(FAMILY, [name]), hp.name_scope(name):
-                    declared = models.family(name).search_space(hp)
+                    declared = models.family(name).search_space(hp, self.spec.input_shape)
                 if name == family:
                     chosen = declared
         return family, dataclasses.replace(chosen, **self.fixed[family])
