@@ -239,7 +239,10 @@ def index(root: str | os.PathLike, *, validation_fraction: float, seed: int) -> 
     skipped = [(p, "does not decode as an image (corrupt, truncated, empty or another format)")
                for p in all_paths if p not in good_set]
     scanned_dirs = [root] if layout == "flat" else list(folders.values())
-    skipped += [(p, "not an image file (by its name)") for p in _strays(scanned_dirs, set(all_paths))]
+    strays = _strays(scanned_dirs, set(all_paths))
+    if layout == "split":  # files beside the split folders
+        strays = sorted(str(p) for p in root.iterdir() if p.is_file()) + strays
+    skipped += [(p, "not an image file (by its name)") for p in strays]
 
     def keep(paths, labels):
         pairs = [(p, lab) for p, lab in zip(paths, labels) if p in good_set]
