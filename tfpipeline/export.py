@@ -90,15 +90,20 @@ def serving_function(model: keras.Model, input_shape) -> tf.types.experimental.P
     return serve
 
 
-def bytes_serving_function(model: keras.Model, input_shape) -> tf.types.experimental.PolymorphicFunction:
+def bytes_serving_function(pixels: tf.types.experimental.PolymorphicFunction, input_shape
+                           ) -> tf.types.experimental.PolymorphicFunction:
     """The `serving_bytes` signature: encoded image files in, the same outputs as `serving_default`.
 
     A string that is not a JPEG/PNG/GIF/BMP file (or is cut short) fails the call with
     InvalidArgumentError naming what was expected; a server answers that request with an
     error and goes on serving.
+
+    Args:
+        pixels: the `serving_default` function (`serving_function`); called on the decoded
+            images, so the model is traced once for both signatures.
+        input_shape: (height, width, channels) of the model's input.
     """
     height, width, channels = (int(d) for d in input_shape)
-    pixels = serving_function(model, input_shape)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)])
     def serve_bytes(image_bytes):
@@ -116,8 +121,9 @@ def write_savedmodel(model: keras.Model, input_shape, path: Path) -> None:
     """Write `model` as a SavedModel with our two serving signatures, using Keras's own exporter."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, serving_function(model, tuple(input_shape)))
-    archive.add_endpoint(BYTES_SIGNATURE, bytes_serving_function(model, tuple(input_shape)))
+    pixels = serving_function(model, tuple(input_shape))
+    archive.add_endpoint(SIGNATURE, pixels)
+    archive.add_endpoint(BYTES_SIGNATURE, bytes_serving_function(pixels, tuple(input_shape)))
     archive.write_out(str(path), verbose=False)
 
 
@@ -126,10 +132,11 @@ def encode_png(images: np.ndarray) -> np.ndarray:
     return np.array([tf.io.encode_png(image).numpy() for image in images], dtype=object)
 
 
-def check_bytes_signature(path: Path, images: np.ndarray) -> None:
+def check_bytes_signature(path: Path, images: np.ndarray, loaded=None) -> None:
     """`serving_bytes` on `images` sent as PNG files must give `serving_default`'s classes and
-    probabilities; raises ExportVerificationError otherwise."""
-    loaded = tf.saved_model.load(str(path))
+    probabilities; raises ExportVerificationError otherwise. `loaded`: the SavedModel at
+    `path`, if already loaded."""
+    loaded = loaded or tf.saved_model.load(str(path))
     if BYTES_SIGNATURE not in loaded.signatures:
         raise ExportVerificationError(f"the SavedModel has no {BYTES_SIGNATURE} signature")
     pixels = loaded.signatures[SIGNATURE](**{INPUT_NAME: tf.constant(images)})
@@ -143,9 +150,10 @@ def check_bytes_signature(path: Path, images: np.ndarray) -> None:
         )
 
 
-def savedmodel_predict(path: Path, images: np.ndarray, batch_size: int = 1000) -> dict[str, np.ndarray]:
-    """Run the SavedModel at `path` on `images` through `serving_default`, with TF alone."""
-    loaded = tf.saved_model.load(str(path))
+def savedmodel_predict(path: Path, images: np.ndarray, batch_size: int = 1000, loaded=None) -> dict[str, np.ndarray]:
+    """Run the SavedModel at `path` on `images` through `serving_default`, with TF alone.
+    `loaded`: the SavedModel at `path`, if already loaded."""
+    loaded = loaded or tf.saved_model.load(str(path))
     serve = loaded.signatures[SIGNATURE]
     outputs: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), batch_size):
@@ -201,14 +209,15 @@ def export_verified(
     tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         write_savedmodel(model, input_shape, tmp)
-        outputs = savedmodel_predict(tmp, test_images)
+        loaded = tf.saved_model.load(str(tmp))  # plain TF, as a server loads it
+        outputs = savedmodel_predict(tmp, test_images, loaded=loaded)
         accuracy = float((outputs["classes"] == test_labels).mean())
         if accuracy != expected_accuracy:
             raise ExportVerificationError(
                 f"the reloaded SavedModel scores {accuracy:.4%} on the test set but the trained "
                 f"model scored {expected_accuracy:.4%}"
             )
-        check_bytes_signature(tmp, test_images[:BYTES_CHECK_EXAMPLES])
+        check_bytes_signature(tmp, test_images[:BYTES_CHECK_EXAMPLES], loaded=loaded)
         metadata = {**metadata, "export": {
             "signature": SIGNATURE, "verified_test_accuracy": accuracy,
             "signatures": {SIGNATURE: {"input": INPUT_NAME, "dtype": "uint8", "shape": [-1, *map(int, input_shape)]},
