@@ -160,15 +160,18 @@ def test_over_budget_dataset_is_cached_on_disk_and_reads_the_same(tmp_path):
     assert list(Path(target).parent.glob("train*.index"))  # written by the first pass
     second = np.concatenate([x.numpy() for x, _ in pipe])
     assert np.array_equal(first, second) and len(first) == ds.spec.num_examples["train"]
+    assert ds.pipeline_options("train") == {"cache": target, "shuffle_buffer_bytes": 250}  # a quarter of the budget
     fits = data.load(str(root), image_size=(16, 16), cache_budget=10**9, work_dir=str(work), validation_fraction=0.2)
     assert fits.cache_plan.kind == "memory" and fits.cache("train") is True
+    assert fits.pipeline_options("test")["shuffle_buffer_bytes"] == data.SHUFFLE_BUFFER_BYTES
 
 
 def test_shuffle_buffer_is_sized_from_the_data():
     small = tf.data.Dataset.from_tensor_slices(np.zeros((500, 8, 8, 3), np.uint8))
     assert data.shuffle_buffer_for(small) == 500
     big = tf.data.Dataset.from_tensor_slices(np.zeros((10, 1024, 1024, 3), np.uint8)).repeat(10_000)
-    assert data.shuffle_buffer_for(big) == max(1024, data.SHUFFLE_BUFFER_BYTES // (1024 * 1024 * 3))
+    assert data.shuffle_buffer_for(big) == max(256, data.SHUFFLE_BUFFER_BYTES // (1024 * 1024 * 3))
+    assert data.shuffle_buffer_for(small, max_bytes=192 * 300) == 300
 
 
 # --- models on other sizes ----------------------------------------------------------------

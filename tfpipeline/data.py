@@ -41,7 +41,8 @@ ENV_DATA_DIR = "TFDS_DATA_DIR"
 QUICK_EXAMPLES = {"train": 3000, "validation": 1000}
 
 # The training shuffle buffer holds at most this many bytes of decoded examples (all of a
-# small dataset, such as MNIST's 54,000 training images; 5,000 64x64 RGB ones).
+# small dataset, such as MNIST's 54,000 training images; 5,000 64x64 RGB ones), and at most a
+# quarter of the cache budget (`Datasets.pipeline_options`).
 SHUFFLE_BUFFER_BYTES = 64 * 2**20
 
 
@@ -73,6 +74,11 @@ class Datasets:
     validation: tf.data.Dataset
     test: tf.data.Dataset
     cache_plan: folders.CachePlan | None = None  # None: cache in memory (make_pipeline's default)
+
+    def pipeline_options(self, role: str) -> dict:
+        """`make_pipeline`'s `cache` and `shuffle_buffer_bytes` for a pipeline over `role`."""
+        budget = self.cache_plan.budget_bytes if self.cache_plan else SHUFFLE_BUFFER_BYTES * 4
+        return {"cache": self.cache(role), "shuffle_buffer_bytes": min(SHUFFLE_BUFFER_BYTES, budget // 4)}
 
     def cache(self, role: str) -> bool | str:
         """`make_pipeline`'s `cache` for a pipeline over `role` (any name: "train",
@@ -363,11 +369,11 @@ def _load_folder(path, validation_fraction, quick, image_size, channels, seed) -
     return Datasets(spec, made["train"], made["validation"], made["test"])
 
 
-def shuffle_buffer_for(dataset: tf.data.Dataset) -> int:
-    """All of the dataset when SHUFFLE_BUFFER_BYTES holds it, else as many examples as fit."""
+def shuffle_buffer_for(dataset: tf.data.Dataset, max_bytes: int = SHUFFLE_BUFFER_BYTES) -> int:
+    """All of the dataset when `max_bytes` holds it, else as many examples as fit (at least 256)."""
     example = sum(int(np.prod(s.shape)) * s.dtype.size for s in tf.nest.flatten(dataset.element_spec)
                   if s.shape.is_fully_defined())
-    fit = max(1024, SHUFFLE_BUFFER_BYTES // max(1, example))
+    fit = max(256, max_bytes // max(1, example))
     count = int(dataset.cardinality())
     return min(fit, count) if count > 0 else fit
 
@@ -381,6 +387,7 @@ def make_pipeline(
     deterministic: bool = True,
     cache: bool | str = True,
     shuffle_buffer: int | None = None,
+    shuffle_buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Batch an unbatched `(image, label)` dataset for training or evaluation.
@@ -388,8 +395,8 @@ def make_pipeline(
     Cache after decoding (decoded MNIST is 47 MB; each epoch after the first then reads
     memory, or a file when `cache` is a path: `Datasets.cache(role)` says which), shuffle with
     a fixed seed but a new order every epoch, batch, and prefetch so the next batch is ready
-    when the model asks for it. The shuffle buffer is sized from the data (`shuffle_buffer_for`)
-    unless given.
+    when the model asks for it. The shuffle buffer is sized from the data (`shuffle_buffer_for`,
+    at most `shuffle_buffer_bytes`) unless given.
     """
     if cache is True:
         dataset = dataset.cache()
@@ -397,7 +404,7 @@ def make_pipeline(
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         dataset = dataset.cache(str(cache))
     if training:
-        buffer = shuffle_buffer or shuffle_buffer_for(dataset)
+        buffer = shuffle_buffer or shuffle_buffer_for(dataset, shuffle_buffer_bytes)
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(
         batch_size,

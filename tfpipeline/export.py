@@ -222,7 +222,7 @@ def export_verified(
             "signature": SIGNATURE, "verified_test_accuracy": accuracy,
             "signatures": {SIGNATURE: {"input": INPUT_NAME, "dtype": "uint8", "shape": [-1, *map(int, input_shape)]},
                            BYTES_SIGNATURE: {"input": BYTES_INPUT_NAME, "dtype": "string", "shape": [-1],
-                                             "resize": f"bilinear, antialiased, to {input_shape[0]}x{input_shape[1]}",
+                                             "resize": f"imaging.resize to {input_shape[0]}x{input_shape[1]} (area when shrinking, else bilinear)",
                                              "channels": int(input_shape[2]),
                                              "verified_on": f"{min(len(test_images), BYTES_CHECK_EXAMPLES)} "
                                                             "test images as PNG"}},

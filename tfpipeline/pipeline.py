@@ -204,7 +204,7 @@ def run(config: PipelineConfig) -> PipelineResult:
         # Batches of the global batch size; a strategy splits each among its replicas.
         return data_lib.make_pipeline(
             ds, batch_size=dist.global_batch(hp.batch_size), training=training_split, seed=config.seed,
-            cache=datasets.cache(role),
+            **datasets.pipeline_options(role),
         )
 
     train_ds = pipeline(datasets.train, True, "train")

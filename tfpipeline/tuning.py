@@ -329,17 +329,18 @@ class _TrialData:
     decoded examples stay cached across trials instead of being re-read for each."""
 
     def __init__(self, train: tf.data.Dataset, validation: tf.data.Dataset, seed: int,
-                 cache: tuple[bool | str, bool | str] = (True, True)):
-        self.train, self.validation, self.seed, self.cache = train, validation, seed, cache
+                 options: tuple[dict, dict] = ({}, {})):
+        # options: data.Datasets.pipeline_options of each (the cache decision, shuffle buffer).
+        self.train, self.validation, self.seed, self.options = train, validation, seed, options
         self._pipelines: dict[int, tuple[tf.data.Dataset, tf.data.Dataset]] = {}
 
     def pipelines(self, batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         if batch_size not in self._pipelines:
             self._pipelines[batch_size] = (
                 data_lib.make_pipeline(self.train, batch_size=batch_size, training=True, seed=self.seed,
-                                       cache=self.cache[0]),
+                                       **self.options[0]),
                 data_lib.make_pipeline(self.validation, batch_size=batch_size, training=False, seed=self.seed,
-                                       cache=self.cache[1]),
+                                       **self.options[1]),
             )
         return self._pipelines[batch_size]
 
@@ -681,7 +682,8 @@ def run(config):
     num_train = spec.num_examples["train"]
     num_search = max(1, round(num_train * budget["search_fraction"]))
     trial_data = _TrialData(datasets.train.take(num_search), datasets.validation, config.seed,
-                            (datasets.cache(f"search-train-{num_search}"), datasets.cache("validation")))
+                            (datasets.pipeline_options(f"search-train-{num_search}"),
+                             datasets.pipeline_options("validation")))
 
     state_dir = Path(config.work_dir) / config.dataset_name / _state_key(config, budget, families, fixed)
     if role == "worker":
@@ -743,10 +745,11 @@ def run(config):
           f"train+validation for {epochs} epochs{' (--epochs)' if config.epochs else ''}.", flush=True)
     num_full = num_train + spec.num_examples["validation"]
     full_train = data_lib.make_pipeline(datasets.train.concatenate(datasets.validation), batch_size=hp.batch_size,
-                                        training=True, seed=config.seed, cache=datasets.cache("train+validation"))
+                                        training=True, seed=config.seed,
+                                        **datasets.pipeline_options("train+validation"))
     test_images, test_labels = evaluation.collect(
         data_lib.make_pipeline(datasets.test, batch_size=hp.batch_size, training=False, seed=config.seed,
-                               cache=datasets.cache("test")))
+                               **datasets.pipeline_options("test")))
     # No validation split is left to stop on: train the epochs the search found.
     settings_ = training.settings_for(hp, num_full, verbose=config.verbose, histogram_freq=config.histogram_freq,
                                       profile_batches=config.profile_batches, early_stopping_patience=0)
