@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args(argv)
     metadata = json.loads((args.version / "metadata.json").read_text())
-    dataset = metadata["dataset"]
+    dataset = metadata["dataset"]["source"]
     if dataset.get("kind") != "folder":
         raise SystemExit(f"{args.version} was not trained on a folder dataset")
     held = dataset["split"]["held_out"]

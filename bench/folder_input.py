@@ -79,7 +79,7 @@ def run_pipeline(dataset: Path, budget: int, image_size: str, epochs: int, cwd: 
     cwd.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "pipelines.images", "--dataset", str(dataset), "--no-tune",
-               "--epochs", str(epochs), "--image-size", image_size, "--cache-budget", str(budget),
+               "--epochs", str(epochs), "--image-size", "x".join(map(str, image_size)), "--cache-budget", str(budget),
                "--histogram-freq", "0"]
     with open(cwd / "log.txt", "w") as log:
         start = time.perf_counter()
@@ -90,7 +90,7 @@ def run_pipeline(dataset: Path, budget: int, image_size: str, epochs: int, cwd: 
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(command)} failed; see {cwd / 'log.txt'}")
     metadata = json.loads(next((cwd / "exported").glob("*/1/metadata.json")).read_text())
-    cache = metadata["dataset"]["cache"]
+    cache = metadata["dataset"]["source"]["cache"]
     return {"dataset": dataset.name, "train_images": metadata["dataset"]["num_examples"]["train"],
             "prepared_mib": round(cache["prepared_bytes"] / 2**20, 1), "budget_mib": round(budget / 2**20, 1),
             "cache": cache["kind"], "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # ru_maxrss is KiB here
@@ -99,9 +99,7 @@ def run_pipeline(dataset: Path, budget: int, image_size: str, epochs: int, cwd: 
 
 def rss(args) -> dict:
     from bench.image_folders import read_mnist, write_folder
-    from tfpipeline.folders import parse_size
-
-    height, width = parse_size(args.image_size)
+    height, width = args.image_size
     example = height * width * 3 + 4
     fits = int(args.budget * 0.9 // example)  # all splits together, decoded
     large = int(args.budget * 3 // example)
@@ -126,7 +124,7 @@ def rss(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tfpipeline.cli import byte_size, image_size
+    from tfpipeline.argtypes import byte_size, image_size
 
     parser = argparse.ArgumentParser(prog="python -m bench.folder_input", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("rss", help="peak RSS on a dataset 3x the cache budget vs one that fits")
     m.add_argument("workdir", type=Path, help="where the generated folders and runs go")
     m.add_argument("--budget", type=byte_size, default=byte_size("24M"))
-    m.add_argument("--image-size", default="32x32")
+    m.add_argument("--image-size", type=image_size, default=(32, 32))
     m.add_argument("--epochs", type=int, default=1)
     m.add_argument("--manual-dir", help="folder of the MNIST files (default: $TFPIPELINE_MANUAL_DIR)")
     args = parser.parse_args(argv)

@@ -5,6 +5,8 @@
 Reports, on this machine, in one invocation:
   * reference vs ours: training seconds to first reach 99.0% test accuracy (test accuracy
     evaluated at each epoch end with the clock stopped), final test accuracy, images/s;
+  * arithmetic efficiency: our CNN's training FLOP/s (FLOPs per step counted from the step's
+    graph, bench/flops.py, times steps/s) against a large fp32 matmul's FLOP/s, both measured here;
   * the tf.data input pipeline alone (images/s, no model) vs what our training consumes;
   * training images/s of each model family at its default settings.
 Machines here are shared and noisy, so the goal figures are ratios from the same run, and
@@ -29,6 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import reference  # noqa: E402
+from bench.flops import matmul_flops_per_second, train_step_flops  # noqa: E402
 from bench.timing import TimeToAccuracy, machine  # noqa: E402
 from tfpipeline import data, evaluation, models, training  # noqa: E402
 
@@ -47,8 +50,12 @@ def train_ours(datasets, test_images, test_labels, seed: int = 0) -> dict:
     # training.fit's callbacks, as in a real run: with weight averaging, the timer scores the
     # averaged weights that the run would export.
     training.fit(model, train, None, settings, extra_callbacks=[timer])
+    results = timer.results(images_per_epoch=datasets.spec.num_examples["train"])
+    flops_per_image = train_step_flops(model, hp.batch_size) / hp.batch_size
     return {
-        **timer.results(images_per_epoch=datasets.spec.num_examples["train"]),
+        **results,
+        "train_flops_per_image": round(flops_per_image),
+        "train_flops_per_second": round(flops_per_image * results["images_per_second"]),
         "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(hp).items()},
     }
 
@@ -102,6 +109,9 @@ def table(result: dict) -> str:
         f"{fmt(result['ratios']['images_per_second'], '.2f'):>10}",
         f"{'training seconds (all epochs)':32}{fmt(ref.get('train_seconds'), '.1f'):>14}{fmt(ours['train_seconds'], '.1f'):>14}",
         "",
+        f"arithmetic: ours trains at {ours['train_flops_per_second'] / 1e9:.1f} GFLOP/s "
+        f"({ours['train_flops_per_image'] / 1e6:.2f} MFLOP per image) = {result['ratios']['arithmetic_efficiency']:.2f} "
+        f"of a large fp32 matmul's {result['machine']['matmul_flops'] / 1e9:.1f} GFLOP/s",
         f"input pipeline alone: {result['input_pipeline_images_per_second']:,.0f} images/s = "
         f"{result['ratios']['input_pipeline_over_training']:.1f}x what our training consumes",
         "family training images/s (default settings): "
@@ -124,6 +134,7 @@ def main(argv=None) -> int:
         data.make_pipeline(datasets.test, batch_size=1000, training=False, seed=0)
     )
     result: dict = {"machine": machine(), "started": dt.datetime.now().isoformat(timespec="seconds")}
+    result["machine"]["matmul_flops"] = round(matmul_flops_per_second())
 
     if not args.skip_reference:
         print("plain-Keras reference (15 epochs):", flush=True)
@@ -144,6 +155,7 @@ def main(argv=None) -> int:
     result["ratios"] = {
         "seconds_to_99": ratio(result["ours"]["seconds_to_99"], ref.get("seconds_to_99")),
         "images_per_second": ratio(result["ours"]["images_per_second"], ref.get("images_per_second")),
+        "arithmetic_efficiency": ratio(result["ours"]["train_flops_per_second"], result["machine"]["matmul_flops"]),
         "input_pipeline_over_training": ratio(
             result["input_pipeline_images_per_second"], result["ours"]["images_per_second"]
         ),

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfpipeline import tuning  # noqa: E402
+from tfpipeline.config import TUNERS, SearchSettings  # noqa: E402
 from tfpipeline.data import DatasetSpec  # noqa: E402
 from tfpipeline.pipeline import PipelineConfig  # noqa: E402
 
@@ -65,7 +66,7 @@ def measure(trials: int, tuner_kind: str, workdir: Path) -> dict:
     pinned = {"units": 16, "layers": 1, "normalization": "none"}
     hypermodel = tuning.PipelineHyperModel(config, families, pinned, spec, data, num_search=1024,
                                            max_epochs=1, logdir=workdir / "runs" / "bench", run_id="bench", verbose=0)
-    settings = tuning.SearchSettings(tuner=tuner_kind, max_trials=trials, max_epochs=1)
+    settings = SearchSettings(tuner=tuner_kind, max_trials=trials, max_epochs=1)
     tuner = tuning.make_tuner(settings.budget(quick=True), families, False, hypermodel, workdir / "work", seed=0)
     tuner.oracle.verbose = 0
     rss: list[float] = []
@@ -110,7 +111,7 @@ def plain_loop(trials: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tuning_memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=12, help="number of trials (default 12; 10 or more)")
-    parser.add_argument("--tuner", default="random", choices=tuning.TUNERS[1:], help="random (default) or bayesian")
+    parser.add_argument("--tuner", default="random", choices=TUNERS[1:], help="random (default) or bayesian")
     parser.add_argument("--baseline", action="store_true", help="a plain Keras loop instead of a search")
     args = parser.parse_args(argv)
     if args.baseline:

@@ -205,6 +205,7 @@ except ValueError:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy, cpu_devices, allocator", [("mirrored", 2, "BFC"), ("default", 1, "malloc")])
 def test_distributed_strategies_keep_their_cpu_memory(strategy, cpu_devices, allocator):
     """The distributed paths use TensorFlow's BFC allocator (malloc's page-fault churn was
@@ -230,6 +231,7 @@ def mirrored_and_default(tmp_path_factory, env):
     return cwd, single, mirrored
 
 
+@pytest.mark.slow
 def test_mirrored_trains_two_replicas_and_exports(mirrored_and_default):
     cwd, single, mirrored = mirrored_and_default
     assert mirrored.returncode == 0, mirrored.stdout[-3000:] + mirrored.stderr[-3000:]
@@ -245,6 +247,7 @@ def test_mirrored_trains_two_replicas_and_exports(mirrored_and_default):
     assert (logdir / "train").is_dir() and (logdir / "validation").is_dir()
 
 
+@pytest.mark.slow
 def test_mirrored_reaches_the_single_device_accuracy(mirrored_and_default):
     cwd, single, mirrored = mirrored_and_default
     assert single.returncode == 0 and mirrored.returncode == 0
@@ -258,6 +261,7 @@ def test_mirrored_reaches_the_single_device_accuracy(mirrored_and_default):
 
 # --- two workers -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_workers_train_identically_and_only_the_chief_exports(tmp_path, env):
     # No --strategy: auto must pick multi_worker because TF_CONFIG names two workers.
     # Batch normalization: its moving statistics are per replica in Keras 3 until synced.
@@ -304,6 +308,7 @@ def check_resumed(output: str, epochs: int) -> int:
 
 @pytest.mark.parametrize("strategy", [["--strategy", "default"], ["--strategy", "mirrored", "--cpu-devices", "2"]],
                          ids=["default", "mirrored"])
+@pytest.mark.slow
 def test_one_machine_run_killed_and_rerun_resumes(tmp_path, env, strategy):
     args = TINY + ["--epochs", "5", "--batch-size", "16", *strategy]
     first = Process(args, tmp_path, env)
@@ -323,6 +328,7 @@ def test_one_machine_run_killed_and_rerun_resumes(tmp_path, env, strategy):
     assert not list((tmp_path / "work").glob("mnist/*/backup"))
 
 
+@pytest.mark.slow
 def test_two_workers_killed_and_rerun_resume(tmp_path, env):
     args = TINY + ["--epochs", "5", "--batch-size", "16"]
     workers = start_workers(tmp_path, args, env)

@@ -91,6 +91,7 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kill_during_export_leaves_no_partial_version(tmp_path):
     """SIGKILL an exporter at several moments: every numbered folder is a complete SavedModel."""
     base = tmp_path / "m"

@@ -3,6 +3,7 @@ and the serving_bytes signature fed the raw files. Every folder is drawn by the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 from folder_factory import CLASSES, add_broken, draw, flat_folder, split_folder, write_images
-from tfpipeline import data, export, folders, imaging, models
+from tfpipeline import argtypes, data, export, folders, imaging, models
 from tfpipeline.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,8 +102,13 @@ def test_default_size_and_channels_rules():
     assert folders.default_size(np.array([[200, 100, 3], [400, 300, 3], [300, 200, 3]])) == (64, 44)
     assert folders.default_channels(np.array([[9, 9, 1], [9, 9, 2]])) == 1
     assert folders.default_channels(np.array([[9, 9, 1], [9, 9, 3]])) == 3
-    assert folders.parse_size("64x48") == (64, 48) and folders.parse_size("32") == (32, 32)
-    assert folders.parse_bytes("1.5G") == int(1.5 * 2**30) and folders.parse_bytes("0") == 0
+    assert argtypes.image_size("64x48") == (64, 48) and argtypes.image_size("32") == (32, 32)
+    assert argtypes.byte_size("1.5G") == int(1.5 * 2**30) and argtypes.byte_size("0") == 0
+    for bad in ("3x3", "wide", "32x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="HxW"):
+            argtypes.image_size(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="512M"):
+        argtypes.byte_size("lots")
 
 
 def test_load_mixed_sizes_rgb_and_grayscale(tmp_path):
@@ -153,17 +159,19 @@ def test_over_budget_dataset_is_cached_on_disk_and_reads_the_same(tmp_path):
     work = tmp_path / "work"
     ds = data.load(str(root), image_size=(16, 16), cache_budget=1000, work_dir=str(work), validation_fraction=0.2)
     assert ds.cache_plan.kind == "disk" and ds.spec.source["cache"]["kind"] == "disk"
-    target = ds.cache("train")
-    assert Path(target).parent.is_relative_to(work / "f" / "cache")
-    pipe = data.make_pipeline(ds.train, batch_size=8, training=False, seed=0, cache=target)
+    directory = Path(ds.cache_plan.directory)
+    assert directory.is_relative_to(work / "f" / "cache")
+    pipe = ds.batched(8, 0)(ds.train, False)
     first = np.concatenate([x.numpy() for x, _ in pipe])
-    assert list(Path(target).parent.glob("train*.index"))  # written by the first pass
+    assert list(directory.glob("train*.index"))  # written by the first full pass
     second = np.concatenate([x.numpy() for x, _ in pipe])
     assert np.array_equal(first, second) and len(first) == ds.spec.num_examples["train"]
-    assert ds.pipeline_options("train") == {"cache": target, "shuffle_buffer_bytes": 250}  # a quarter of the budget
+    # A later run with the same files reads that cache.
+    again = data.load(str(root), image_size=(16, 16), cache_budget=1000, work_dir=str(work), validation_fraction=0.2)
+    assert again.cache_plan.directory == ds.cache_plan.directory
+    assert np.array_equal(np.concatenate([x.numpy() for x, _ in again.batched(8, 0)(again.train, False)]), first)
     fits = data.load(str(root), image_size=(16, 16), cache_budget=10**9, work_dir=str(work), validation_fraction=0.2)
-    assert fits.cache_plan.kind == "memory" and fits.cache("train") is True
-    assert fits.pipeline_options("test")["shuffle_buffer_bytes"] == data.SHUFFLE_BUFFER_BYTES
+    assert fits.cache_plan.kind == "memory"
 
 
 def test_shuffle_buffer_is_sized_from_the_data():
@@ -235,12 +243,12 @@ def test_images_pipeline_trains_exports_and_predicts_from_files(tmp_path):
     assert "Skipped 6 files" in out.stdout and "train/circle/truncated.jpg" in out.stdout
     version = tmp_path / "exported" / "shapes" / "1"
     metadata = json.loads((version / "metadata.json").read_text())
-    source = metadata["dataset"]
-    assert source["kind"] == "folder" and source["class_names"] == list(CLASSES)
+    source = metadata["dataset"]["source"]
+    assert source["kind"] == "folder" and metadata["dataset"]["class_names"] == list(CLASSES)
     assert source["skipped"] == {"count": 6, "not_images": 4, "undecodable": 2,
                                  "files": source["skipped"]["files"]}
     assert {"train/circle/empty.jpg", "train/circle/truncated.jpg"} <= set(source["skipped"]["files"])
-    assert source["input_shape"] == [32, 32, 3] and source["split"]["layout"] == "split"
+    assert metadata["dataset"]["input_shape"] == [32, 32, 3] and source["split"]["layout"] == "split"
     assert set(metadata["export"]["signatures"]) == {"serving_default", "serving_bytes"}
     assert metadata["metrics"]["test"]["accuracy"] > 0.6  # shapes are easy; 6 epochs of 7 steps
     # predict sends the raw files to serving_bytes: its classes are the in-process model's.
@@ -262,7 +270,7 @@ def test_images_pipeline_flat_layout_and_empty_folder(tmp_path):
                      "--histogram-freq", "0", "--seed", "5", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     metadata = json.loads((tmp_path / "exported" / "flat" / "1" / "metadata.json").read_text())
-    held = metadata["dataset"]["split"]["held_out"]
+    held = metadata["dataset"]["source"]["split"]["held_out"]
     assert held["test"]["seed"] == 5 and held["validation"]["fraction"] == 0.1
     assert metadata["dataset"]["num_examples"] == {"train": 63, "validation": 6, "test": 6}
     (tmp_path / "nothing").mkdir()

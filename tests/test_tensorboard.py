@@ -49,7 +49,7 @@ def runs(tmp_path_factory, manual_dir, data_dir) -> Runs:
                   cwd=cwd, env=env)
     assert cnn.returncode == 0, cnn.stderr[-3000:]
     mlp = run(PipelineConfig(
-        model="mlp", quick=True, run_name=MLP_RUN, histogram_freq=0, verbose=0,
+        model="mlp", quick=True, run_name=MLP_RUN, histogram_freq=0, verbose=0, force_publish=True,
         data_dir=data_dir, manual_dir=str(manual_dir),
         logdir=str(cwd / "runs"), export_dir=str(cwd / "exported"), work_dir=str(cwd / "work"),
     ))
@@ -148,6 +148,7 @@ SESSION_GROUPS_QUERY = {
 }
 
 
+@pytest.mark.slow
 def test_scalars_for_train_and_validation_and_final_metrics(runs, board):
     tags = board.json("/data/plugin/scalars/tags")
     for name, metadata in ((CNN_RUN, runs.cnn_metadata), (MLP_RUN, runs.mlp_metadata)):
@@ -162,6 +163,7 @@ def test_scalars_for_train_and_validation_and_final_metrics(runs, board):
     assert len(rate) == 1 and rate[0][2] >= 0
 
 
+@pytest.mark.slow
 def test_graph_of_each_model(board):
     info = board.json("/data/plugin/graphs/info")
     for name, layer in ((CNN_RUN, "Conv2D"), (MLP_RUN, "Dense")):
@@ -176,6 +178,7 @@ def test_graph_of_each_model(board):
         assert 'name: "logits' in ops and "MatMul" in ops, ops[:2000]
 
 
+@pytest.mark.slow
 def test_histograms_follow_histogram_freq(board):
     tags = board.json("/data/plugin/histograms/tags")
     kernels = [t for t in tags[f"mnist/{CNN_RUN}/train"] if t.endswith("kernel/histogram")]
@@ -197,6 +200,7 @@ def _has_red(image: Image.Image) -> bool:
     return bool(((pixels[..., 0] > 150) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)).any())
 
 
+@pytest.mark.slow
 def test_prediction_images_and_confusion_matrix(runs, board):
     tags = board.json("/data/plugin/images/tags")
     cnn_test = set(tags[f"mnist/{CNN_RUN}/test"])
@@ -214,6 +218,7 @@ def test_prediction_images_and_confusion_matrix(runs, board):
     assert matrix.width > 10 * 30 and matrix.height > 10 * 30
 
 
+@pytest.mark.slow
 def test_run_summary_text(runs, board):
     tags = board.json("/data/plugin/text/tags")
     assert "run_summary" in tags[f"mnist/{CNN_RUN}"] and "run_summary" in tags[f"mnist/{MLP_RUN}"]
@@ -227,6 +232,7 @@ def test_run_summary_text(runs, board):
     assert str(runs.mlp_export.resolve()) in mlp_html
 
 
+@pytest.mark.slow
 def test_hparams_compare_runs_of_different_families(runs, board):
     experiment = board.json("/data/plugin/hparams/experiment", body=EXPERIMENT_QUERY)
     infos = {info["name"]: info for info in experiment["hparamInfos"]}
@@ -256,6 +262,7 @@ def test_hparams_compare_runs_of_different_families(runs, board):
             metadata["metrics"]["validation"]["accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_profile_plugin_lists_the_trace(board):
     # Through the profile plugin's own HTTP routes (the ones its page calls).
     profiles = board.wait_until(lambda: board.json("/data/plugin/profile/runs"), "profile runs")

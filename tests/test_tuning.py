@@ -21,7 +21,8 @@ import pytest
 from tests.conftest import ROOT, free_ports, run_cli
 from tfpipeline import models
 from tests.test_tensorboard import SESSION_GROUPS_QUERY, Board
-from tfpipeline import cli, tuning
+from tfpipeline import cli, config
+from tfpipeline.config import PipelineConfig, SearchSettings
 from tfpipeline.errors import UserError
 
 AUTO_RUN = "auto-search"
@@ -56,11 +57,12 @@ def auto_run(tmp_path_factory, env):
     cwd = tmp_path_factory.mktemp("auto")
     proc = run_cli("--quick", "--model", "auto", "--families", "mlp,cnn", "--max-epochs", "2", "--factor", "2",
                    "--max-trials", "3", "--search-fraction", "0.3", "--histogram-freq", "0", "--run-name", AUTO_RUN,
-                   cwd=cwd, env=env)
+                   "--profile-batches", "2,4", cwd=cwd, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return cwd, proc, _metadata(cwd)
 
 
+@pytest.mark.slow
 def test_auto_search_tries_two_families_and_exports_the_best(auto_run):
     cwd, proc, metadata = auto_run
     search = metadata["search"]
@@ -91,6 +93,17 @@ def test_auto_search_tries_two_families_and_exports_the_best(auto_run):
     assert not list(cwd.glob("work/mnist/tune-*/run.json"))
 
 
+@pytest.mark.slow
+def test_tuned_run_honours_profile_batches(auto_run):
+    # The final training of a tuned run is the same training as a plain run's: its TensorBoard
+    # extras (here the profiler) land in the run's own logdir, the one metadata.json names.
+    cwd, _, metadata = auto_run
+    traces = list((cwd / metadata["run"]["logdir"] / "train/plugins/profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert not list((cwd / metadata["run"]["logdir"] / "trials").glob("**/*.xplane.pb"))  # not the trials'
+
+
+@pytest.mark.slow
 def test_tuned_export_is_a_working_savedmodel(auto_run, manual_dir):
     import gzip
 
@@ -109,6 +122,7 @@ def test_tuned_export_is_a_working_savedmodel(auto_run, manual_dir):
     assert accuracy > 0.5
 
 
+@pytest.mark.slow
 def test_tensorboard_hparams_lists_every_trial(auto_run, tmp_path):
     cwd, _, metadata = auto_run
     logdir = cwd / "runs/mnist" / AUTO_RUN  # the run's own log dir
@@ -143,6 +157,7 @@ def test_tensorboard_hparams_lists_every_trial(auto_run, tmp_path):
 
 # --- resume after kill -9 ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_after_kill_keeps_finished_trials(tmp_path, env):
     args = [*TINY, "--max-trials", "5", "--max-epochs", "2"]
     process = subprocess.Popen([sys.executable, "-m", "pipelines.mnist", *args], cwd=tmp_path,
@@ -187,6 +202,7 @@ def test_resume_after_kill_keeps_finished_trials(tmp_path, env):
 
 # --- distributed: a chief and two workers -------------------------------------------------------
 
+@pytest.mark.slow
 def test_chief_and_two_workers_share_one_search(tmp_path, env):
     trials = 4
     args = [*TINY, "--max-trials", str(trials)]
@@ -228,6 +244,11 @@ def test_chief_and_two_workers_share_one_search(tmp_path, env):
     assert not (tmp_path / "exported/mnist/2").exists()
 
 
+def plan(args: list[str]) -> SearchSettings | None:
+    """The search the command line `args` asks for (None: train the family's defaults)."""
+    return cli.config_from_args(cli.build_parser().parse_args(args)).search_plan()
+
+
 # --- bad flags ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, phrase", [
@@ -255,50 +276,60 @@ def test_bad_search_flags_are_refused_by_the_parser(args, phrase, capsys):
 ])
 def test_contradicting_search_flags_are_explained(args, phrase):
     with pytest.raises(UserError, match=phrase.replace("(", r"\(").replace(")", r"\)")):
-        tuning.settings_from_args(cli.build_parser().parse_args(args))
+        plan(args)
 
 
 def test_search_is_the_default_except_for_a_smoke_test(capsys):
-    parse = cli.build_parser().parse_args
-    assert tuning.settings_from_args(parse([])) == tuning.SearchSettings()
-    assert tuning.settings_from_args(parse(["--quick"])) is None
+    assert plan([]) == SearchSettings()
+    assert plan(["--quick"]) is None
     assert "No hyperparameter search (--quick)" in capsys.readouterr().out
-    assert tuning.settings_from_args(parse(["--quick", "--tune"])) == tuning.SearchSettings()
-    assert tuning.settings_from_args(parse(["--strategy", "mirrored"])) is None
-    budget = tuning.SearchSettings().budget(quick=False)
-    assert budget == {"tuner": "hyperband", "max_trials": None, "max_epochs": tuning.DEFAULT_MAX_EPOCHS,
-                      "factor": tuning.DEFAULT_FACTOR, "search_fraction": tuning.DEFAULT_FRACTION}
+    assert plan(["--quick", "--tune"]) == SearchSettings()
+    assert plan(["--strategy", "mirrored"]) is None
+    budget = SearchSettings().budget(quick=False)
+    assert budget == {"tuner": "hyperband", "max_trials": None, "max_epochs": config.DEFAULT_MAX_EPOCHS,
+                      "factor": config.DEFAULT_FACTOR, "search_fraction": config.DEFAULT_FRACTION}
 
 
 def test_tf_config_with_several_workers_trains_together_instead_of_searching(monkeypatch, capsys):
     # The plain command on every machine of a Kubeflow/Vertex AI job: one multi-worker
     # training, not a search and an export per machine.
-    parse = cli.build_parser().parse_args
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:2001", "127.0.0.1:2002"]},
                                                 "task": {"type": "worker", "index": 1}}))
-    assert tuning.settings_from_args(parse([])) is None
+    assert plan([]) is None
     assert "No hyperparameter search (TF_CONFIG with 2 workers)" in capsys.readouterr().out
     with pytest.raises(UserError, match=r"TF_CONFIG with 2 workers distributes a single training"):
-        tuning.settings_from_args(parse(["--tune"]))
+        plan(["--tune"])
     # Asked for one device: TF_CONFIG does not apply, so the search is the default again.
-    assert tuning.settings_from_args(parse(["--strategy", "default"])) == tuning.SearchSettings()
+    assert plan(["--strategy", "default"]) == SearchSettings()
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:2001"]},
                                                 "task": {"type": "worker", "index": 0}}))
-    assert tuning.settings_from_args(parse([])) == tuning.SearchSettings()
+    assert plan([]) == SearchSettings()
+
+
+def test_library_and_command_line_share_the_default(capsys):
+    assert PipelineConfig().search_plan() == SearchSettings() == plan([])
+    assert PipelineConfig(quick=True).search_plan() is None and plan(["--quick"]) is None
+    assert PipelineConfig(tune=False).search_plan() is None
+    assert PipelineConfig(search=SearchSettings(tuner="random")).search_plan() == SearchSettings(tuner="random")
+    with pytest.raises(UserError, match="--strategy distributes a single training"):
+        PipelineConfig(strategy="mirrored", tune=True).search_plan()
+    with pytest.raises(UserError, match="--max-trials configures the hyperparameter search"):
+        PipelineConfig(strategy="mirrored", search=SearchSettings(max_trials=3), tune=False).search_plan()
 
 
 def test_bad_search_settings_fail_before_any_work(tmp_path, monkeypatch, data_dir):
-    from tfpipeline.pipeline import PipelineConfig, run
+    from tfpipeline.pipeline import run
 
     def config(**kwargs):
-        search = kwargs.pop("search", tuning.SearchSettings())
-        return PipelineConfig(quick=True, data_dir=data_dir, work_dir=str(tmp_path / "work"),
-                              export_dir=str(tmp_path / "exported"), logdir=str(tmp_path / "runs"), search=search, **kwargs)
+        search = kwargs.pop("search", SearchSettings())
+        return PipelineConfig(quick=True, tune=True, data_dir=data_dir, work_dir=str(tmp_path / "work"),
+                              export_dir=str(tmp_path / "exported"), logdir=str(tmp_path / "runs"), search=search,
+                              **kwargs)
 
     with pytest.raises(UserError, match="with --model auto every family is searched"):
         run(config(model="auto", hparams={"dropout": 0.1}))
     with pytest.raises(UserError, match="--search-fraction must be in"):
-        run(config(search=tuning.SearchSettings(search_fraction=0.0)))
+        run(config(search=SearchSettings(search_fraction=0.0)))
     with pytest.raises(UserError, match="no hyperparameter 'depth'"):
         run(config(model="mlp", hparams={"depth": 3}))
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
@@ -307,6 +338,7 @@ def test_bad_search_settings_fail_before_any_work(tmp_path, monkeypatch, data_di
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow
 def test_bad_search_flag_from_the_command_line(tmp_path):
     proc = run_cli("--no-tune", "--tuner", "random", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -315,6 +347,7 @@ def test_bad_search_flag_from_the_command_line(tmp_path):
 
 # --- memory across trials ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_memory_stays_flat_across_trials():
     proc = subprocess.run([sys.executable, "-m", "bench.tuning_memory", "--trials", "10"], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)

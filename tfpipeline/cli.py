@@ -7,10 +7,11 @@ User mistakes end with one clear paragraph and a non-zero exit status, not a tra
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import textwrap
+
+from tfpipeline import argtypes
 
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,116 +19,99 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_EXPORT_FAILED = 4
+EXIT_HELD_BACK = 5  # the promotion gate kept the new version back (nothing published)
 EXIT_INTERRUPTED = 130
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value
+def families(text: str) -> tuple[str, ...]:
+    """`A,B`: model families for --model auto."""
+    from tfpipeline.models import FAMILIES
 
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive whole number, got {value}")
-    return value
-
-
-def batch_range(text: str) -> tuple[int, int]:
-    """`START,END`: training batches to profile, counted from 1, END included."""
-    from tfpipeline.tensorboard_logs import parse_batch_range
-
-    try:
-        return parse_batch_range(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def image_size(text: str) -> tuple[int, int]:
-    """`HxW`: the model's input height and width."""
-    from tfpipeline.folders import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def byte_size(text: str) -> int:
-    """`512M`, `2G`: bytes."""
-    from tfpipeline.folders import parse_bytes
-
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def hparam(text: str) -> tuple[str, object]:
-    """`KEY=VALUE`, VALUE read as JSON when it parses (numbers, true/false, lists), else a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown model famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"use a comma-separated list of {', '.join(FAMILIES)}")
+    return names
 
 
 def build_parser(dataset: str | None = "mnist") -> argparse.ArgumentParser:
-    """The flags; `dataset` None (`pipelines.images`): --dataset is required."""
-    from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR
-    from tfpipeline.models import FAMILIES
+    """The flags; `dataset` None (`python -m pipelines.images`): --dataset is required."""
+    from tfpipeline.data import ENV_MANUAL_DIR
 
-    prog = f"python -m pipelines.{dataset or 'images'}"
-    example = dataset or "photos/"
+    if dataset is None:
+        return _images_parser()
     parser = argparse.ArgumentParser(
-        prog=prog,
+        prog=f"python -m pipelines.{dataset}",
         description=textwrap.dedent(
             f"""\
-            Train, evaluate and export an image classifier on {f"the TFDS dataset {dataset!r}" if dataset else
-            "a folder of images (one sub-folder per class) or a TFDS dataset"}:
-            data → tf.data → Keras model → test evaluation → verified SavedModel in
-            <export-dir>/<dataset>/<version>/, ready for TF Serving or `python -m tfpipeline.serve`."""
+            Search, train, evaluate, gate and export an image classifier on the TFDS dataset
+            {dataset!r}: TFDS → tf.data → [KerasTuner search] → Keras model → test evaluation →
+            promotion gate → verified SavedModel in <export-dir>/<dataset>/<version>/, ready for
+            TF Serving or `python -m tfpipeline.serve`."""
         ),
         epilog=textwrap.dedent(
             f"""\
             examples:
-              {prog}{"" if dataset else " --dataset " + example}         # defaults: the CNN
-              {prog} --model transformer --epochs 5{"" if dataset else " --dataset " + example}
-              {prog} --quick{"" if dataset else " --dataset " + example}    # smoke test: small subset, 1 epoch
-              {prog} --hparam filters=[32,64,128] --hparam dropout=0.4{"" if dataset else " --dataset " + example}
+              python -m pipelines.{dataset}                      # search the CNN's hyperparameters, train the best
+              python -m pipelines.{dataset} --no-tune            # train the CNN's defaults (a few minutes)
+              python -m pipelines.{dataset} --model transformer --no-tune --epochs 5
+              python -m pipelines.{dataset} --quick              # smoke test: small subset, 1 epoch, no search
+              python -m pipelines.{dataset} --no-tune --hparam filters=[32,64] --hparam dropout=0.4
 
             offline: put the dataset's published files in a folder and pass --manual-dir DIR
             (or set {ENV_MANUAL_DIR}); TFDS checks their checksums and prepares them once.
-            Re-running a command that was interrupted resumes from its last finished epoch."""
+            Re-running a command that was interrupted resumes it (search and training).
+            exit status: 0 published, {EXIT_USER_ERROR} a usage or input mistake, {EXIT_DIVERGED} training diverged,
+            {EXIT_EXPORT_FAILED} export verification failed, {EXIT_HELD_BACK} held back by the promotion gate,
+            {EXIT_INTERRUPTED} interrupted."""
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    for add in (_what, _how, _distribution, _search, _gate, _where, _tensorboard):
+        add(parser, dataset)
+    return parser
+
+
+def _images_parser() -> argparse.ArgumentParser:
+    """`python -m pipelines.images`: the same flags, --dataset a folder (or a TFDS name) and required."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.images",
+        description=textwrap.dedent(
+            """\
+            Search, train, evaluate, gate and export an image classifier on a folder of your own
+            images, DIR/<class>/* or DIR/train/<class>/* (see docs/images.md), or on a TFDS dataset:
+            files → tf.data (decode, resize) → [KerasTuner search] → Keras model → test evaluation →
+            promotion gate → verified SavedModel in <export-dir>/<folder name>/<version>/ whose
+            serving_bytes signature takes JPEG/PNG files."""
+        ),
+        epilog=textwrap.dedent(
+            f"""\
+            examples:
+              python -m pipelines.images --dataset photos/                       # search, train the best
+              python -m pipelines.images --dataset photos/ --no-tune --image-size 64x64
+              python -m pipelines.images --dataset photos/ --quick               # smoke test
+              python -m tfpipeline.predict cat.jpg --model-dir exported/photos   # classify a file
+            exit status: 0 published, {EXIT_USER_ERROR} a usage or input mistake, {EXIT_DIVERGED} training diverged,
+            {EXIT_EXPORT_FAILED} export verification failed, {EXIT_HELD_BACK} held back by the promotion gate,
+            {EXIT_INTERRUPTED} interrupted."""
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for add in (_what, _how, _distribution, _search, _gate, _where, _tensorboard):
+        add(parser, None)
+    return parser
+
+
+def _what(parser: argparse.ArgumentParser, dataset: str) -> None:
+    from tfpipeline.models import FAMILIES
+
     what = parser.add_argument_group("what to train")
     what.add_argument("--dataset", default=dataset, required=dataset is None,
                       help="TFDS dataset name, or a folder of images: DIR/<class>/* or DIR/train/<class>/* "
-                           f"(see docs/images.md){f'; default: {dataset}' if dataset else ''}")
-    what.add_argument("--image-size", type=image_size, metavar="HxW",
+                           f"(docs/images.md){f'; default: {dataset}' if dataset else ''}")
+    what.add_argument("--image-size", type=argtypes.image_size, metavar="HxW",
                       help="the model's input size; images are resized to it (default: the dataset's own; a "
                            "folder: the median size, longer side at most 64, sides multiples of 4)")
     what.add_argument("--channels", type=int, choices=[1, 3],
@@ -135,38 +119,98 @@ def build_parser(dataset: str | None = "mnist") -> argparse.ArgumentParser:
                            "if any training image is in colour)")
     what.add_argument("--model", default="cnn", choices=[*FAMILIES, "auto"],
                       help="model family, or auto: the search chooses the family too (default: cnn)")
-    what.add_argument(
-        "--hparam", type=hparam, action="append", default=[], metavar="KEY=VALUE",
-        help="override one of the family's hyperparameters (repeatable); see tfpipeline/models/",
-    )
-    how = parser.add_argument_group("how to train (default: the family's own settings)")
-    how.add_argument("--epochs", type=positive_int, help="number of epochs")
-    how.add_argument("--batch-size", type=positive_int,
+    what.add_argument("--hparam", type=argtypes.key_value, action="append", default=[], metavar="KEY=VALUE",
+                      help="set one of the family's hyperparameters (repeatable; pinned during a search); "
+                           "see tfpipeline/models/")
+
+
+def _how(parser: argparse.ArgumentParser, dataset: str) -> None:
+    how = parser.add_argument_group("how to train (default: the family's own settings, or the search's best)")
+    how.add_argument("--epochs", type=argtypes.positive_int, help="number of epochs")
+    how.add_argument("--batch-size", type=argtypes.positive_int,
                      help="batch size per replica; each step trains on this x replicas (the global batch)")
-    how.add_argument("--learning-rate", type=positive_float, help="peak learning rate (warmup, then cosine decay), for one replica: see --lr-scaling")
+    how.add_argument("--learning-rate", type=argtypes.positive_float,
+                     help="peak learning rate (warmup, then cosine decay), for one replica: see --lr-scaling")
     how.add_argument("--seed", type=int, default=42, help="seed for weights and data order (default: 42)")
     how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
-    how.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
-                     help="share of the training data held out for validation (a folder without test/ also holds out as much for test; default: 0.1)")
-    how.add_argument("--cache-budget", type=byte_size, metavar="SIZE",
+    how.add_argument("--validation-fraction", type=argtypes.open_fraction, default=0.1, metavar="F",
+                     help="share of the training data held out for validation (a folder without test/ also "
+                          "holds out as much for test; default: 0.1)")
+    how.add_argument("--cache-budget", type=argtypes.byte_size, metavar="SIZE",
                      help="decoded examples up to SIZE (e.g. 2G) are cached in memory; a larger dataset is "
                           "cached on disk under --work-dir, or not at all (default: a quarter of the RAM)")
-    how.add_argument("--quick", action="store_true", help="small subset and one epoch (unless --epochs): a smoke test in seconds")
+    how.add_argument("--quick", action="store_true",
+                     help="small subset and one epoch (unless --epochs), no search (unless --tune): a smoke test")
+
+
+def _distribution(parser: argparse.ArgumentParser, dataset: str) -> None:
     dist = parser.add_argument_group(
         "distribution (tf.distribute)",
         "Several machines: start the same command on each, with TF_CONFIG naming them all\n"
-        "(Kubeflow TFJob and Vertex AI set it); see the README on distributed training.",
+        "(Kubeflow TFJob and Vertex AI set it); see docs/distributed.md.",
     )
     dist.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multi_worker"],
                       help="auto (default): multi_worker when TF_CONFIG names several workers, else mirrored "
                            "when several GPUs (or --cpu-devices N > 1) are there, else default (one device)")
-    dist.add_argument("--cpu-devices", type=positive_int, metavar="N",
+    dist.add_argument("--cpu-devices", type=argtypes.positive_int, metavar="N",
                       help="split the CPU into N logical devices, so mirrored trains N replicas without GPUs")
     dist.add_argument("--lr-scaling", default="linear", choices=["linear", "sqrt", "none"],
                       help="peak learning rate x replicas (linear, default), x sqrt(replicas), or unchanged")
-    from tfpipeline import tuning
 
-    tuning.add_arguments(parser)
+
+def _search(parser: argparse.ArgumentParser, dataset: str) -> None:
+    from tfpipeline import config
+
+    group = parser.add_argument_group(
+        "hyperparameter search (KerasTuner)",
+        textwrap.fill(  # the parser keeps descriptions as written (RawDescriptionHelpFormatter)
+            "By default a run searches the family's hyperparameters first, then trains the best on "
+            "train+validation for the epochs it needed, and exports that. --quick, --strategy, "
+            "--cpu-devices and a TF_CONFIG naming several workers train the family's defaults instead "
+            "unless --tune or a search flag is given. An interrupted search resumes when the same command "
+            "runs again. Distributed search: run the same command as chief and workers with "
+            "KERASTUNER_TUNER_ID=chief|tuner0|tuner1..., KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT "
+            "(see docs/tuning.md).", width=100),
+    )
+    group.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                       help="search first (the default for a full run), or --no-tune: train the family's defaults")
+    group.add_argument("--tuner", choices=config.TUNERS, help="search algorithm (default: hyperband)")
+    group.add_argument("--max-trials", type=argtypes.positive_int, metavar="N",
+                       help=f"number of trials (random, bayesian; default {config.DEFAULT_TRIALS}) or a cap on "
+                            "Hyperband's")
+    group.add_argument("--max-epochs", type=argtypes.positive_int, metavar="N",
+                       help=f"epochs of the longest trial (default {config.DEFAULT_MAX_EPOCHS}; --quick: "
+                            f"{config.QUICK_MAX_EPOCHS})")
+    group.add_argument("--factor", type=argtypes.at_least(2, "each round keeps 1/factor of the trials"),
+                       metavar="N", help="Hyperband: keep 1/N of the trials per round, each N times longer "
+                                         f"(default {config.DEFAULT_FACTOR})")
+    group.add_argument("--search-fraction", type=argtypes.fraction, metavar="F",
+                       help=f"share of the training split the trials train on (default {config.DEFAULT_FRACTION}; "
+                            f"--quick: {config.QUICK_FRACTION}); the final training uses all of it")
+    group.add_argument("--families", type=families, metavar="A,B",
+                       help="with --model auto: the families to choose from (default: all)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="drop an unfinished search of this command and start a new one")
+
+
+def _gate(parser: argparse.ArgumentParser, dataset: str) -> None:
+    from tfpipeline.config import DEFAULT_MAX_REGRESSION
+
+    group = parser.add_argument_group(
+        "promotion gate",
+        "Before publishing, the new version is scored against the latest published version under the\n"
+        "same export base, on the same test split. It is held back (kept under <base>/candidates/,\n"
+        f"exit status {EXIT_HELD_BACK}) if its test accuracy is lower by more than --max-regression.",
+    )
+    group.add_argument("--max-regression", type=argtypes.non_negative_float, default=DEFAULT_MAX_REGRESSION,
+                       metavar="POINTS", help="percentage points of test accuracy a new version may lose "
+                                              f"(default {DEFAULT_MAX_REGRESSION}: about the noise of 10,000 images)")
+    group.add_argument("--force-publish", action="store_true", help="publish even if the gate would hold it back")
+
+
+def _where(parser: argparse.ArgumentParser, dataset: str) -> None:
+    from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR
+
     where = parser.add_argument_group("where things go")
     where.add_argument("--data-dir", help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
     where.add_argument("--manual-dir", help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")
@@ -174,49 +218,38 @@ def build_parser(dataset: str | None = "mnist") -> argparse.ArgumentParser:
     where.add_argument("--logdir", default="runs", help="TensorBoard root; runs go to <dir>/<dataset>/<run-id> (default: runs)")
     where.add_argument("--work-dir", default="work", help="checkpoints that let an interrupted run resume (default: work)")
     where.add_argument("--run-name", help="run id for the logs (default: time and model family)")
+
+
+def _tensorboard(parser: argparse.ArgumentParser, dataset: str) -> None:
     board = parser.add_argument_group("TensorBoard (tensorboard --logdir <logdir>)")
-    board.add_argument("--histogram-freq", type=non_negative_int, default=1, metavar="N",
+    board.add_argument("--histogram-freq", type=argtypes.non_negative_int, default=1, metavar="N",
                        help="weight histograms every N epochs; 0 turns them off (default: 1)")
-    board.add_argument("--image-freq", type=non_negative_int, default=0, metavar="N",
+    board.add_argument("--image-freq", type=argtypes.non_negative_int, default=0, metavar="N",
                        help="also log validation prediction images and confusion matrix every N epochs "
-                            "(default: 0, only the test ones at the end)")
-    board.add_argument("--profile-batches", type=batch_range, metavar="START,END",
+                            "(default: 0, only the test ones at the end; not with a search, whose final "
+                            "training has no validation split)")
+    board.add_argument("--profile-batches", type=argtypes.batch_range, metavar="START,END",
                        help="profile training batches START to END (from 1) for TensorBoard's profile tab, "
                             "e.g. 2,4; the first batch includes tracing and compilation")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace):
-    from tfpipeline import tuning
-    from tfpipeline.pipeline import PipelineConfig
+    from tfpipeline.config import PipelineConfig, SearchSettings
 
     return PipelineConfig(
-        dataset=args.dataset,
-        model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        hparams=dict(args.hparam),
-        seed=args.seed,
-        deterministic=args.deterministic,
-        validation_fraction=args.validation_fraction,
-        image_size=args.image_size,
-        channels=args.channels,
-        cache_budget=args.cache_budget,
-        data_dir=args.data_dir,
-        manual_dir=args.manual_dir,
-        export_dir=args.export_dir,
-        logdir=args.logdir,
-        work_dir=args.work_dir,
-        run_name=args.run_name,
-        quick=args.quick,
-        histogram_freq=args.histogram_freq,
-        image_freq=args.image_freq,
-        profile_batches=args.profile_batches,
-        strategy=args.strategy,
-        cpu_devices=args.cpu_devices,
-        lr_scaling=args.lr_scaling,
-        search=tuning.settings_from_args(args),
+        dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, hparams=dict(args.hparam), seed=args.seed,
+        deterministic=args.deterministic, validation_fraction=args.validation_fraction,
+        image_size=args.image_size, channels=args.channels, cache_budget=args.cache_budget,
+        data_dir=args.data_dir, manual_dir=args.manual_dir, export_dir=args.export_dir,
+        logdir=args.logdir, work_dir=args.work_dir, run_name=args.run_name, quick=args.quick,
+        histogram_freq=args.histogram_freq, image_freq=args.image_freq, profile_batches=args.profile_batches,
+        strategy=args.strategy, cpu_devices=args.cpu_devices, lr_scaling=args.lr_scaling,
+        tune=args.tune,
+        search=SearchSettings(tuner=args.tuner, max_trials=args.max_trials, max_epochs=args.max_epochs,
+                              factor=args.factor, search_fraction=args.search_fraction,
+                              families=args.families, overwrite=args.overwrite),
+        max_regression=args.max_regression, force_publish=args.force_publish,
     )
 
 
@@ -249,11 +282,24 @@ def search_summary(metadata: dict) -> str:
 
 def worker_summary(result) -> str:
     """A multi-worker run's other workers train but leave evaluation and export to the chief."""
-    if "search" in result.metadata:  # a distributed search's worker: tuning.run said which trials it ran
+    if "search" in result.metadata:  # a distributed search's worker: tuning.search said which trials it ran
         return ""
     dist = result.metadata["distribution"]
     return (f"\nDone: {dist['worker']} of {dist['workers']} finished training; the chief evaluates "
             "and exports the model.")
+
+
+def held_back(exc) -> int:
+    """The gate's refusal: per-class changes, then one paragraph naming both accuracies."""
+    decision = exc.decision
+    print("\nTest accuracy by class, new version against the latest published one:", file=sys.stderr)
+    print("\n".join(decision.per_class_lines()), file=sys.stderr)
+    return fail(
+        f"Not published. The new version's test accuracy is {decision.candidate_accuracy:.2%}; the latest "
+        f"published version {decision.baseline_version} scores {decision.baseline_accuracy:.2%} on the same "
+        f"test split ({decision.delta:+.2f} points; --max-regression allows -{decision.max_regression:g}). "
+        f"The verified candidate is kept at {exc.candidate}. Run again with --force-publish to publish anyway.",
+        EXIT_HELD_BACK)
 
 
 def fail(message: str, code: int) -> int:
@@ -268,6 +314,7 @@ def main(argv: list[str] | None = None, dataset: str | None = "mnist") -> int:
 
     from tfpipeline.errors import UserError
     from tfpipeline.export import ExportVerificationError
+    from tfpipeline.gate import HeldBack
     from tfpipeline.pipeline import run
     from tfpipeline.training import TrainingDiverged
 
@@ -275,6 +322,8 @@ def main(argv: list[str] | None = None, dataset: str | None = "mnist") -> int:
         result = run(config_from_args(args))
     except UserError as exc:
         return fail(str(exc), EXIT_USER_ERROR)
+    except HeldBack as exc:
+        return held_back(exc)
     except TrainingDiverged as exc:
         return fail(
             f"Training diverged: {exc}. Nothing was exported. Try a lower --learning-rate "

@@ -42,7 +42,7 @@ QUICK_EXAMPLES = {"train": 3000, "validation": 1000}
 
 # The training shuffle buffer holds at most this many bytes of decoded examples (all of a
 # small dataset, such as MNIST's 54,000 training images; 5,000 64x64 RGB ones), and at most a
-# quarter of the cache budget (`Datasets.pipeline_options`).
+# quarter of the cache budget (`Datasets.batched`).
 SHUFFLE_BUFFER_BYTES = 64 * 2**20
 
 
@@ -73,22 +73,17 @@ class Datasets:
     train: tf.data.Dataset
     validation: tf.data.Dataset
     test: tf.data.Dataset
-    cache_plan: folders.CachePlan | None = None  # None: cache in memory (make_pipeline's default)
+    # Where decoded examples are kept between epochs (None: in memory, make_pipeline's default).
+    # "disk": `load` already cached each split in a file; "none": not cached.
+    cache_plan: folders.CachePlan | None = None
 
-    def pipeline_options(self, role: str) -> dict:
-        """`make_pipeline`'s `cache` and `shuffle_buffer_bytes` for a pipeline over `role`."""
-        budget = self.cache_plan.budget_bytes if self.cache_plan else SHUFFLE_BUFFER_BYTES * 4
-        return {"cache": self.cache(role), "shuffle_buffer_bytes": min(SHUFFLE_BUFFER_BYTES, budget // 4)}
-
-    def cache(self, role: str) -> bool | str:
-        """`make_pipeline`'s `cache` for a pipeline over `role` (any name: "train",
-        "search-train", "train+validation"...): True (memory), a file (disk) or False."""
+    def batched(self, batch_size: int, seed: int):
+        """`batched` for these datasets: in-memory cache only when the cache plan says so, and a
+        shuffle buffer of at most a quarter of the cache budget."""
         plan = self.cache_plan
-        if plan is None or plan.kind == "memory":
-            return True
-        if plan.kind == "disk":
-            return str(Path(plan.directory) / role.replace("/", "_"))
-        return False
+        memory = plan is None or plan.kind == "memory"
+        budget = plan.budget_bytes if plan else 4 * SHUFFLE_BUFFER_BYTES
+        return batched(batch_size, seed, cache=memory, shuffle_buffer_bytes=min(SHUFFLE_BUFFER_BYTES, budget // 4))
 
 
 def resolve_manual_dir(manual_dir: str | os.PathLike | None) -> Path | None:
@@ -263,12 +258,15 @@ def load(
     plan = folders.cache_plan(sum(spec.num_examples.values()), _example_bytes(spec.input_shape), budget,
                               Path(work_dir) / dataset_name(name) / "cache" / key)
     if plan.kind != "memory":
-        print(f"The decoded dataset ({plan.prepared_bytes / 2**20:,.0f} MiB) exceeds --cache-budget "
-              f"({plan.budget_bytes / 2**20:,.0f} MiB): " + (f"caching it on disk in {plan.directory}."
+        print(f"The decoded dataset ({plan.prepared_bytes / 2**20:,.1f} MiB) exceeds --cache-budget "
+              f"({plan.budget_bytes / 2**20:,.1f} MiB): " + (f"caching it on disk in {plan.directory}."
               if plan.kind == "disk" else "not caching it (not enough free disk either); each epoch decodes again."),
               flush=True)
     spec = dataclasses.replace(spec, source={**spec.source, "cache": plan.to_json()})
-    return dataclasses.replace(datasets, spec=spec, cache_plan=plan)
+    roles = {"train": datasets.train, "validation": datasets.validation, "test": datasets.test}
+    if plan.kind == "disk":  # each split's decoded examples in a file (TF writes it on the first full pass)
+        roles = {role: ds.cache(str(Path(plan.directory) / role)) for role, ds in roles.items()}
+    return Datasets(spec, roles["train"], roles["validation"], roles["test"], plan)
 
 
 def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_size, channels) -> Datasets:
@@ -384,36 +382,33 @@ def make_pipeline(
     batch_size: int,
     training: bool,
     seed: int,
-    deterministic: bool = True,
-    cache: bool | str = True,
-    shuffle_buffer: int | None = None,
+    cache: bool = True,
     shuffle_buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
-    drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Batch an unbatched `(image, label)` dataset for training or evaluation.
 
-    Cache after decoding (decoded MNIST is 47 MB; each epoch after the first then reads
-    memory, or a file when `cache` is a path: `Datasets.cache(role)` says which), shuffle with
-    a fixed seed but a new order every epoch, batch, and prefetch so the next batch is ready
-    when the model asks for it. The shuffle buffer is sized from the data (`shuffle_buffer_for`,
-    at most `shuffle_buffer_bytes`) unless given.
+    Cache after decoding in memory (decoded MNIST is 47 MB; each epoch after the first then
+    reads memory) unless `cache` is False (`Datasets.batched` says: a dataset over the cache
+    budget is cached on disk by `load` already, or not at all), shuffle with a fixed seed but
+    a new order every epoch, from a buffer sized from the data (`shuffle_buffer_for`, at most
+    `shuffle_buffer_bytes`), batch, and prefetch so the next batch is ready when the model asks
+    for it. The order is always deterministic (cheap here); `--deterministic` adds op
+    determinism on top.
     """
-    if cache is True:
+    if cache:
         dataset = dataset.cache()
-    elif cache:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        dataset = dataset.cache(str(cache))
     if training:
-        buffer = shuffle_buffer or shuffle_buffer_for(dataset, shuffle_buffer_bytes)
+        buffer = shuffle_buffer_for(dataset, shuffle_buffer_bytes)
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(
-        batch_size,
-        drop_remainder=drop_remainder,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
-    )
+    dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
-    options.deterministic = deterministic
+    options.deterministic = True
     # The cached source is not file-based, so a multi-worker strategy must shard by data.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def batched(batch_size: int, seed: int, **options):
+    """`make_pipeline` with the batch size, seed and `options` fixed: `f(dataset, training)`."""
+    return lambda dataset, training: make_pipeline(dataset, batch_size=batch_size, training=training, seed=seed,
+                                                   **options)

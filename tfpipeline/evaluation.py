@@ -12,13 +12,14 @@ import tensorflow as tf
 @dataclasses.dataclass
 class Evaluation:
     accuracy: float
-    loss: float
+    loss: float | None  # None when only the predicted classes are known (a SavedModel's `classes`)
     num_examples: int
     per_class_accuracy: dict[str, float]
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+    predictions: np.ndarray = dataclasses.field(repr=False, default=None)  # predicted class per example
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "predictions"}
 
 
 def collect(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -36,20 +37,24 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return matrix
 
 
-def summarize(logits: np.ndarray, labels: np.ndarray, class_names) -> Evaluation:
-    """Metrics from a model's logits on labelled examples."""
-    num_classes = len(class_names)
-    predictions = logits.argmax(axis=-1)
-    matrix = confusion_matrix(labels, predictions, num_classes)
+def from_classes(labels: np.ndarray, predictions: np.ndarray, class_names, loss: float | None = None) -> Evaluation:
+    """Metrics from predicted classes on labelled examples."""
+    matrix = confusion_matrix(labels, predictions, len(class_names))
     per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
     return Evaluation(
         accuracy=float((predictions == labels).mean()),
-        loss=float(loss),
+        loss=loss,
         num_examples=int(labels.shape[0]),
         per_class_accuracy={str(name): float(acc) for name, acc in zip(class_names, per_class)},
         confusion_matrix=matrix.tolist(),
+        predictions=predictions,
     )
+
+
+def summarize(logits: np.ndarray, labels: np.ndarray, class_names) -> Evaluation:
+    """Metrics from a model's logits on labelled examples."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    return from_classes(labels, logits.argmax(axis=-1), class_names, float(loss))
 
 
 def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, class_names, batch_size: int = 1000) -> Evaluation:

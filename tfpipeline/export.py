@@ -8,15 +8,17 @@ takes `image_bytes`, a `tf.string [-1]` batch of encoded JPEG/PNG/GIF/BMP files 
 decoded, converted and resized in the graph by `imaging.prepare` (what the folder datasets'
 `tf.data` map runs). Both return the same outputs.
 
-A version is written into a hidden temporary folder beside its final place, reloaded with
-plain `tf.saved_model.load` and checked against the in-memory model on the test set, and
-only then renamed to the next free integer. A crash at any point leaves at most a hidden
-`.tmp-*` folder, which TF Serving ignores (it only looks at integer names) and the next
-export removes; never a half-written numbered version.
+A version is written into a hidden temporary folder beside its final place (`staged`),
+reloaded with plain `tf.saved_model.load` and checked against the in-memory model on the test
+set, and only then, if the promotion gate (tfpipeline/gate.py) lets it, renamed to the next
+free integer (`publish`); a held-back candidate goes to `<base>/candidates/<run-id>/` (`hold`).
+A crash at any point leaves at most a hidden `.tmp-*` folder, which TF Serving ignores (it
+only looks at integer names) and the next export removes; never a half-written version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,6 +26,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import keras
 import numpy as np
@@ -39,6 +42,7 @@ BYTES_INPUT_NAME = "image_bytes"
 # Test images sent through serving_bytes as PNG files by export verification.
 BYTES_CHECK_EXAMPLES = 16
 TMP_PREFIX = ".tmp-"
+HELD_DIR = "candidates"  # versions the promotion gate held back, by run id
 
 
 class ExportVerificationError(Exception):
@@ -194,19 +198,40 @@ def _publish(tmp: Path, base: Path) -> int:
     raise RuntimeError(f"could not find a free version number in {base}")
 
 
-def export_verified(
-    model: keras.Model,
-    input_shape,
-    export_base: Path,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    expected_accuracy: float,
-    metadata: dict,
-) -> ExportResult:
-    """Export, reload, verify on the test set, write metadata, then publish atomically."""
+def signature_metadata(input_shape, bytes_checked: int) -> dict:
+    """metadata.json's description of the two signatures."""
+    height, width, channels = (int(d) for d in input_shape)
+    return {
+        SIGNATURE: {"input": INPUT_NAME, "dtype": "uint8", "shape": [-1, height, width, channels]},
+        BYTES_SIGNATURE: {"input": BYTES_INPUT_NAME, "dtype": "string", "shape": [-1], "channels": channels,
+                          "resize": f"imaging.resize to {height}x{width} (area when shrinking, else bilinear)",
+                          "verified_on": f"{bytes_checked} test images as PNG"},
+    }
+
+
+@dataclasses.dataclass
+class Candidate:
+    """A written and verified SavedModel in a hidden folder beside the versions, not yet published."""
+
+    path: Path
+    base: Path
+    verified_accuracy: float
+    signatures: dict = dataclasses.field(default_factory=dict)  # for metadata.json
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(model: keras.Model, input_shape, export_base: Path, test_images: np.ndarray,
+           test_labels: np.ndarray, expected_accuracy: float) -> Iterator[Candidate]:
+    """Write the SavedModel into a hidden folder, reload it with TF alone and check it scores
+    `expected_accuracy` on the test set; yield it for `publish` or `hold`. Any failure, inside
+    or after, removes the folder: nothing half-written is ever left to publish."""
     base = ensure_writable(Path(export_base))
     _remove_stale_temporaries(base)
     tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    candidate = Candidate(tmp, base, float("nan"))
     try:
         write_savedmodel(model, input_shape, tmp)
         loaded = tf.saved_model.load(str(tmp))  # plain TF, as a server loads it
@@ -218,25 +243,48 @@ def export_verified(
                 f"model scored {expected_accuracy:.4%}"
             )
         check_bytes_signature(tmp, test_images[:BYTES_CHECK_EXAMPLES], loaded=loaded)
-        metadata = {**metadata, "export": {
-            "signature": SIGNATURE, "verified_test_accuracy": accuracy,
-            "signatures": {SIGNATURE: {"input": INPUT_NAME, "dtype": "uint8", "shape": [-1, *map(int, input_shape)]},
-                           BYTES_SIGNATURE: {"input": BYTES_INPUT_NAME, "dtype": "string", "shape": [-1],
-                                             "resize": f"imaging.resize to {input_shape[0]}x{input_shape[1]} (area when shrinking, else bilinear)",
-                                             "channels": int(input_shape[2]),
-                                             "verified_on": f"{min(len(test_images), BYTES_CHECK_EXAMPLES)} "
-                                                            "test images as PNG"}},
-        }}
-        with open(tmp / "metadata.json", "w") as f:
-            json.dump(metadata, f, indent=2, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        version = _publish(tmp, base)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    path = base / str(version)
-    return ExportResult(path, version, path / "metadata.json", accuracy)
+        del loaded
+        candidate.verified_accuracy = accuracy
+        candidate.signatures = signature_metadata(input_shape, min(len(test_images), BYTES_CHECK_EXAMPLES))
+        yield candidate
+    finally:
+        candidate.discard()  # a no-op once published or held (the folder was moved)
+
+
+def _write_metadata(candidate: Candidate, metadata: dict) -> None:
+    metadata = {**metadata, "export": {**metadata.get("export", {}), "signature": SIGNATURE,
+                                       "verified_test_accuracy": candidate.verified_accuracy,
+                                       "signatures": candidate.signatures}}
+    with open(candidate.path / "metadata.json", "w") as f:
+        json.dump(metadata, f, indent=2, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def publish(candidate: Candidate, metadata: dict) -> ExportResult:
+    """Write metadata.json into the candidate and rename it to the next free version."""
+    _write_metadata(candidate, metadata)
+    version = _publish(candidate.path, candidate.base)
+    path = candidate.base / str(version)
+    return ExportResult(path, version, path / "metadata.json", candidate.verified_accuracy)
+
+
+def hold(candidate: Candidate, metadata: dict, name: str) -> Path:
+    """Keep a candidate that is not to be published at `<base>/candidates/<name>/` (TF Serving
+    and our server only load integer-named folders), with its metadata.json."""
+    _write_metadata(candidate, metadata)
+    target = candidate.base / HELD_DIR / name
+    target.parent.mkdir(exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)  # the same run held back again
+    os.rename(candidate.path, target)
+    return target
+
+
+def export_verified(model: keras.Model, input_shape, export_base: Path, test_images: np.ndarray,
+                    test_labels: np.ndarray, expected_accuracy: float, metadata: dict) -> ExportResult:
+    """Stage, verify and publish in one go, with no promotion gate (the pipeline gates)."""
+    with staged(model, input_shape, export_base, test_images, test_labels, expected_accuracy) as candidate:
+        return publish(candidate, metadata)
 
 
 def _json_default(value):

@@ -315,37 +315,6 @@ def default_channels(shapes: np.ndarray) -> int:
     return 3 if (shapes[:, 2] >= 3).any() else 1
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """`HxW` (or one number for a square) → (height, width)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 4:
-        raise ValueError(f"expected HxW with both at least 4, such as 32x32 or 64x48, got {text!r}")
-    return values[0], values[1]
-
-
-def parse_bytes(text: str) -> int:
-    """`512M`, `2G`, `1.5GiB`, `0` → bytes (K/M/G/T are powers of 1024)."""
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    factor = 1
-    for i, unit in enumerate("KMGT", start=1):
-        if value.endswith(unit):
-            value, factor = value[:-1], 1024**i
-            break
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"expected a size such as 512M or 2G, got {text!r}") from None
-    if number < 0:
-        raise ValueError(f"expected a size of 0 or more, got {text!r}")
-    return int(number * factor)
-
-
 def default_cache_budget() -> int:
     """A quarter of the machine's memory (or of the container's limit, when lower)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -40,6 +40,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 from tensorboard.plugins.hparams import api as hp_api
 
+from tfpipeline import evaluation
 from tfpipeline.errors import UserError
 
 SAMPLE_IMAGES = 40  # the fixed test sample shown with its predictions: 8 columns x 5 rows
@@ -194,9 +195,7 @@ def write_prediction_images(split, images, labels, predictions, class_names, ste
         _write_image("mistakes",
                      prediction_grid(images[wrong], labels[wrong], predictions[wrong], class_names),
                      step, f"The first {len(wrong)} misclassified {split} images.")
-    num_classes = len(class_names)
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (labels, predictions), 1)
+    matrix = evaluation.confusion_matrix(labels, predictions, len(class_names))
     _write_image("confusion_matrix", confusion_matrix_image(matrix, class_names), step,
                  f"Confusion matrix on the {len(labels):,} {split} images: rows true, columns predicted.")
 
@@ -216,9 +215,7 @@ class PredictionImages(keras.callbacks.Callback):
         if (epoch + 1) % self._freq:
             return
         if self._data is None:  # read once, on first use
-            from tfpipeline.evaluation import collect
-
-            self._data = collect(self._validation)
+            self._data = evaluation.collect(self._validation)
             # Beside Keras's own validation event file: TensorBoard reads every file in a run folder.
             self._writer = tf.summary.create_file_writer(str(self._logdir / "validation"))
         images, labels = self._data
@@ -321,25 +318,6 @@ def _tensorboard_version() -> str:
 
 # --- the hook pipeline.run calls -------------------------------------------------------
 
-def parse_batch_range(text: str) -> tuple[int, int]:
-    """`START,END` (1-based training batches, END included) → (START, END), or ValueError."""
-    parts = text.split(",")
-    if len(parts) != 2:
-        raise ValueError(f"expected START,END (two batch numbers), got {text!r}")
-    try:
-        start, end = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"expected two whole numbers START,END, got {text!r}") from None
-    check_batch_range((start, end))
-    return start, end
-
-
-def check_batch_range(batches) -> None:
-    start, end = batches
-    if start < 1 or end < start:
-        raise ValueError(f"needs 1 <= START <= END (batches count from 1), got {start},{end}")
-
-
 class RunLog:
     """The run folder's own summaries: create it when the model exists, before `fit`.
 
@@ -374,7 +352,16 @@ class RunLog:
             callbacks.append(PredictionImages(self.logdir, validation, self.class_names, self.config.image_freq))
         return callbacks
 
-    def finish(self, model: keras.Model, test_images, test_labels, metadata: dict, export_path) -> None:
+    def finish(self, test_images, test_labels, test_predictions, metadata: dict, export_path) -> None:
+        """The exported model's test scalars and images, and the run summary.
+
+        Args:
+            test_images, test_labels: the test split.
+            test_predictions: the exported model's predicted classes on it (from the evaluation,
+                so the test set is not run through the model a second time).
+            metadata: the run's metadata.json contents.
+            export_path: where the version went (published, or held back by the gate).
+        """
         step = max(0, metadata["training"]["epochs_run"] - 1)  # the last epoch, as Keras counts
         test = metadata["metrics"]["test"]
         test_writer = tf.summary.create_file_writer(str(self.logdir / "test"))
@@ -382,8 +369,7 @@ class RunLog:
             # The exported model on the test split, as one more point at the last epoch.
             tf.summary.scalar("epoch_accuracy", test["accuracy"], step=step)
             tf.summary.scalar("epoch_loss", test["loss"], step=step)
-            write_prediction_images("test", test_images, test_labels, _predict(model, test_images),
-                                    self.class_names, step=step)
+            write_prediction_images("test", test_images, test_labels, test_predictions, self.class_names, step=step)
         test_writer.close()
         with self.writer.as_default():
             tf.summary.text("run_summary", run_summary(self.config, metadata, export_path), step=step)

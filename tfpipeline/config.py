@@ -1,0 +1,232 @@
+"""What a run is asked to do: `PipelineConfig` (and its `SearchSettings`), with the checks and
+the one rule that decides whether a run searches first.
+
+The command line (tfpipeline/cli.py) only turns flags into these dataclasses; tests and other
+programs build them directly and get the same defaults and the same refusals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from tfpipeline import distribute, models
+from tfpipeline.errors import UserError
+
+TUNERS = ("hyperband", "random", "bayesian")
+
+# The default search budget, sized for a laptop CPU (docs/tuning.md): Hyperband trains trials
+# of 3 and 12 epochs on a fifth of the training split (~6x cheaper per epoch than the full
+# data), then the best is retrained for the epochs it needed on all of it.
+DEFAULT_MAX_EPOCHS, DEFAULT_FACTOR, DEFAULT_FRACTION = 12, 4, 0.2
+DEFAULT_TRIALS = 10  # random and bayesian (Hyperband's own schedule sets its number)
+# --quick: a smoke test of the search in seconds (its data is already a small subset).
+QUICK_MAX_EPOCHS, QUICK_FRACTION, QUICK_TRIALS = 2, 1.0, 3
+
+# The promotion gate's default tolerance, in percentage points of test accuracy: about the
+# binomial noise (one standard error) of a 10,000-image test split near 99%.
+DEFAULT_MAX_REGRESSION = 0.1
+
+
+@dataclasses.dataclass
+class SearchSettings:
+    """How the search stage searches. None fields take the budget defaults above.
+
+    Args:
+        tuner: "hyperband" (default), "random" or "bayesian".
+        max_trials: Hyperband: a cap on its own schedule; the others: the number of trials.
+        max_epochs: epochs of the longest trial.
+        factor: Hyperband: each round keeps 1/factor of the trials, factor times longer.
+        search_fraction: share of the training split the trials train on.
+        families: with `model="auto"`, the families to choose from (default: all).
+        overwrite: drop an unfinished search of the same command and start afresh.
+    """
+
+    tuner: str | None = None
+    max_trials: int | None = None
+    max_epochs: int | None = None
+    factor: int | None = None
+    search_fraction: float | None = None
+    families: tuple[str, ...] | None = None
+    overwrite: bool = False
+
+    def customized(self) -> list[str]:
+        """The settings given (as flag names): any of them asks for a search."""
+        return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self)
+                if getattr(self, f.name) != f.default]
+
+    def budget(self, quick: bool) -> dict[str, Any]:
+        """The settings with every default filled in: what defines the search's size."""
+        tuner = self.tuner or "hyperband"
+        hyperband = tuner == "hyperband"
+        trials = self.max_trials or (None if hyperband else QUICK_TRIALS if quick else DEFAULT_TRIALS)
+        return {
+            "tuner": tuner,
+            "max_trials": trials,
+            "max_epochs": self.max_epochs or (QUICK_MAX_EPOCHS if quick else DEFAULT_MAX_EPOCHS),
+            "factor": (self.factor or DEFAULT_FACTOR) if hyperband else None,
+            "search_fraction": self.search_fraction or (QUICK_FRACTION if quick else DEFAULT_FRACTION),
+        }
+
+    def validate(self) -> None:
+        if self.tuner is not None and self.tuner not in TUNERS:
+            raise UserError(f"Unknown tuner {self.tuner!r}; choose one of {', '.join(TUNERS)}.")
+        for name in ("max_trials", "max_epochs"):
+            _check_positive_int(name, getattr(self, name))
+        if self.factor is not None and (not isinstance(self.factor, int) or self.factor < 2):
+            raise UserError(f"--factor must be a whole number of at least 2, got {self.factor}.")
+        if self.factor is not None and (self.tuner or "hyperband") != "hyperband":
+            raise UserError(f"--factor is Hyperband's; --tuner {self.tuner} has no rounds. Drop --factor.")
+        if self.search_fraction is not None and not 0 < self.search_fraction <= 1:
+            raise UserError(f"--search-fraction must be in (0, 1], got {self.search_fraction}.")
+        if self.families is not None:
+            if not self.families:
+                raise UserError("--families is empty; name at least one of " + ", ".join(models.FAMILIES) + ".")
+            for name in self.families:
+                models.family(name)
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """One run of the pipeline: data → [search] → train → evaluate → gate → export.
+
+    Args:
+        dataset: TFDS dataset name, or a folder of images (tfpipeline/folders.py).
+        model: model family (tfpipeline/models), or "auto" to search the family too.
+        epochs, batch_size, learning_rate: None takes the family's own default (or, after a
+            search, the best trial's); `batch_size` is per replica.
+        hparams: overrides of the family's hyperparameters (pinned during a search).
+        tune: search first? None (the default) searches unless the run is `quick` or
+            distributes its training (`strategy`, `cpu_devices`, a TF_CONFIG of several
+            workers); a customized `search` or `model="auto"` also asks for a search.
+        search: how to search (`SearchSettings`).
+        max_regression: the promotion gate: percentage points of test accuracy a new version
+            may lose against the latest published one before it is held back.
+        force_publish: publish even when the gate would hold the new version back.
+        image_size, channels: the model's input (height, width) and channels; None: the
+            dataset's own (a folder: `folders.default_size`, `folders.default_channels`).
+        cache_budget: bytes of decoded examples kept in memory; a larger dataset is cached on
+            disk under `work_dir`, or not at all. None: a quarter of the RAM.
+        histogram_freq, image_freq, profile_batches: TensorBoard extras
+            (tfpipeline/tensorboard_logs.py).
+        strategy, cpu_devices, lr_scaling: distribution (tfpipeline/distribute.py).
+    """
+
+    dataset: str = "mnist"
+    model: str = "cnn"
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seed: int = 42
+    deterministic: bool = False
+    validation_fraction: float = 0.1
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    cache_budget: int | None = None
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    export_dir: str = "exported"
+    logdir: str = "runs"
+    work_dir: str = "work"
+    run_name: str | None = None
+    quick: bool = False
+    verbose: int | None = None
+    histogram_freq: int = 1
+    image_freq: int = 0
+    profile_batches: tuple[int, int] | None = None
+    strategy: str = "auto"
+    cpu_devices: int | None = None
+    lr_scaling: str = "linear"
+    tune: bool | None = None
+    search: SearchSettings = dataclasses.field(default_factory=SearchSettings)
+    max_regression: float = DEFAULT_MAX_REGRESSION
+    force_publish: bool = False
+
+    @property
+    def dataset_name(self) -> str:
+        """What exports, logs and checkpoints are filed under: a folder's base name or the TFDS name."""
+        from tfpipeline import data  # TFDS and TensorFlow: only when asked
+
+        return data.dataset_name(self.dataset)
+
+    def input_identity(self) -> dict[str, Any]:
+        """--image-size and --channels for a resume key, when given (older runs keep their keys)."""
+        return {key: getattr(self, key) for key in ("image_size", "channels") if getattr(self, key) is not None}
+
+    def validate(self) -> None:
+        if self.channels not in (None, 1, 3):
+            raise UserError(f"--channels must be 1 or 3, got {self.channels}.")
+        if self.cache_budget is not None and (not isinstance(self.cache_budget, int) or self.cache_budget < 0):
+            raise UserError(f"--cache-budget must be 0 or a number of bytes, got {self.cache_budget}.")
+        for name in ("epochs", "batch_size", "cpu_devices"):
+            _check_positive_int(name, getattr(self, name))
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise UserError(f"--learning-rate must be a positive number, got {self.learning_rate}.")
+        if self.model != "auto":
+            models.hyperparams(self.model, self.pinned())  # unknown family, --hparam names → UserError
+        for name in ("histogram_freq", "image_freq"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 or a positive whole number, got {value}.")
+        if self.profile_batches:
+            start, end = self.profile_batches
+            if start < 1 or end < start:
+                raise UserError(f"--profile-batches needs 1 <= START <= END (batches count from 1), got {start},{end}.")
+        if not self.max_regression >= 0:
+            raise UserError(f"--max-regression must be 0 or a positive number of points, got {self.max_regression}.")
+        self.search.validate()
+
+    def search_plan(self) -> SearchSettings | None:
+        """The search this run does, or None to train the family's defaults (printing why,
+        when the default was to search). Refuses combinations that cannot both hold."""
+        self.search.validate()
+        given = self.search.customized() + (["--model auto"] if self.model == "auto" else [])
+        if self.tune is False:
+            if given:
+                raise UserError(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} the hyperparameter "
+                                "search, which --no-tune turns off: drop one or the other.")
+            return None
+        distributed = self._distributed()
+        if self.tune is None and not given:
+            reason = "--quick" if self.quick else (distributed[0] if distributed else None)
+            if reason:
+                print(f"No hyperparameter search ({reason}): training the family's defaults. "
+                      "Add --tune to search first.", flush=True)
+                return None
+        if distributed:
+            raise UserError(f"{distributed[0]} distributes a single training; the search runs each trial on one "
+                            "device. Add --no-tune to train the family's defaults with it, or scale the search out "
+                            "with distributed tuning (KERASTUNER_TUNER_ID, see docs/tuning.md).")
+        if self.search.families and self.model != "auto":
+            raise UserError(f"--families chooses among families for --model auto; with --model {self.model} "
+                            "drop it (or use --model auto).")
+        if self.model == "auto" and (self.hparams or self.learning_rate is not None):
+            raise UserError("--hparam and --learning-rate pin one family's hyperparameters; with --model auto "
+                            "every family is searched. Choose a --model to pin them.")
+        return self.search
+
+    def _distributed(self) -> list[str]:
+        """What makes this run distribute its training, as the user would name it."""
+        workers = 1
+        if self.strategy == "auto":
+            cluster = distribute.parse_tf_config(os.environ.get(distribute.ENV_TF_CONFIG))
+            workers = cluster.workers if cluster is not None else 1
+        return [what for what, on in (("--strategy", self.strategy not in ("auto", "default")),
+                                      ("--cpu-devices", self.cpu_devices is not None),
+                                      (f"TF_CONFIG with {workers} workers", workers > 1)) if on]
+
+    def pinned(self) -> dict[str, Any]:
+        """Hyperparameters the user fixed (--hparam, --batch-size, --learning-rate); a search
+        does not vary them. --epochs is not among them: a search finds the epochs."""
+        fixed = dict(self.hparams)
+        for key in ("batch_size", "learning_rate"):
+            if getattr(self, key) is not None:
+                fixed[key] = getattr(self, key)
+        return fixed
+
+
+def _check_positive_int(name: str, value) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}.")
