@@ -381,7 +381,7 @@ def report_skipped(skipped: list[tuple[str, str]], root: Path) -> None:
     if not skipped:
         return
     print(f"Skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''} of {root} "
-          "(counted in metadata.json, dataset.skipped):", flush=True)
+          "(counted in metadata.json, dataset.source.skipped):", flush=True)
     for path, reason in skipped[:SHOW_SKIPPED]:
         print(f"  {Path(path).relative_to(root)}: {reason}", flush=True)
     if len(skipped) > SHOW_SKIPPED:
