@@ -145,5 +145,8 @@ def test_nan_loss_stops_and_publishes_nothing(tmp_path, data_dir):
     proc = run_cli("--quick", "--data-dir", data_dir, "--model", "mlp", "--learning-rate", "1e12", cwd=tmp_path)
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Training diverged" in proc.stderr and "Nothing was exported" in proc.stderr
+    # It tried once more before giving up, and said so.
+    assert "Recovering: rolled back" in proc.stdout
+    assert "halved" in proc.stderr and "clipnorm" in proc.stderr and "diverged again" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "exported" / "mnist").glob("[0-9]*"))

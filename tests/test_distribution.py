@@ -291,7 +291,7 @@ def test_two_workers_train_identically_and_only_the_chief_exports(tmp_path, env)
     assert sorted(p.name for p in (tmp_path / "worker1").iterdir()) == []
     assert list((tmp_path / "tmp1").iterdir()) == []
     # Training finished, so no backup is left to resume from.
-    assert not list((tmp_path / "worker0" / "work").glob("mnist/*/backup"))
+    assert not list((tmp_path / "worker0" / "work").glob("mnist/*/*/train-*"))
 
 
 # --- SIGKILL and resume ------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def test_one_machine_run_killed_and_rerun_resumes(tmp_path, env, strategy):
     first = Process(args, tmp_path, env)
     first.wait_for(r"^Epoch 3/5")  # epoch 2 ended, so its backup is written
     first.kill()
-    assert exported_versions(tmp_path) == [] and (list((tmp_path / "work").glob("mnist/*/backup")))
+    assert exported_versions(tmp_path) == [] and (list((tmp_path / "work").glob("mnist/*/*/train-*")))
 
     second = Process(args, tmp_path, env)
     output = second.finish()
@@ -325,7 +325,7 @@ def test_one_machine_run_killed_and_rerun_resumes(tmp_path, env, strategy):
     assert meta["training"]["epochs_run"] == 5 and meta["training"]["resumed"] is True
     # The optimizer's step count (the learning-rate schedule's position) resumed too.
     assert meta["training"]["steps_run"] == 5 * meta["training"]["steps_per_epoch"]
-    assert not list((tmp_path / "work").glob("mnist/*/backup"))
+    assert not list((tmp_path / "work").glob("mnist/*/*/train-*"))
 
 
 @pytest.mark.slow
@@ -336,7 +336,7 @@ def test_two_workers_killed_and_rerun_resume(tmp_path, env):
     for worker in workers:  # the whole job is preempted
         worker.kill()
     assert exported_versions(tmp_path / "worker0") == []
-    assert list((tmp_path / "worker0" / "work").glob("mnist/*/backup/checkpoint"))
+    assert list((tmp_path / "worker0" / "work").glob("mnist/*/*/train-*/checkpoint"))
 
     # The same command again (on fresh ports, as a rescheduled job would get).
     outputs = [w.finish() for w in start_workers(tmp_path, args, env)]

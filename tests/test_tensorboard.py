@@ -46,7 +46,7 @@ def runs(tmp_path_factory, manual_dir, data_dir) -> Runs:
     cwd = tmp_path_factory.mktemp("tb")
     env = {"TFPIPELINE_MANUAL_DIR": str(manual_dir), "TFDS_DATA_DIR": data_dir}
     cnn = run_cli("--quick", "--run-name", CNN_RUN, "--profile-batches", "2,4", "--image-freq", "1",
-                  cwd=cwd, env=env)
+                  "--clipnorm", "1.0", cwd=cwd, env=env)
     assert cnn.returncode == 0, cnn.stderr[-3000:]
     mlp = run(PipelineConfig(
         model="mlp", quick=True, run_name=MLP_RUN, histogram_freq=0, verbose=0, force_publish=True,
@@ -219,6 +219,18 @@ def test_prediction_images_and_confusion_matrix(runs, board):
 
 
 @pytest.mark.slow
+def test_attribution_images_for_the_sample_and_the_mistakes(runs, board):
+    tags = board.json("/data/plugin/images/tags")
+    for run in (CNN_RUN, MLP_RUN):
+        assert {"attributions", "attributions_mistakes"} <= set(tags[f"mnist/{run}/test"]), tags
+    sample = _image(board, f"mnist/{CNN_RUN}/test", "attributions")
+    assert sample.width >= 4 * 2 * 112 and sample.height >= 4 * 112  # 16 pairs of 4x digits, 4 per row
+    # Attributions are drawn in red (raised the class) and blue (lowered it).
+    pixels = np.asarray(sample.convert("RGB")).reshape(-1, 3).astype(int)
+    assert ((pixels[:, 0] - pixels[:, 2]) > 100).any() and ((pixels[:, 2] - pixels[:, 0]) > 100).any()
+
+
+@pytest.mark.slow
 def test_run_summary_text(runs, board):
     tags = board.json("/data/plugin/text/tags")
     assert "run_summary" in tags[f"mnist/{CNN_RUN}"] and "run_summary" in tags[f"mnist/{MLP_RUN}"]
@@ -253,6 +265,9 @@ def test_hparams_compare_runs_of_different_families(runs, board):
     assert cnn["hparams"]["filters"] == ",".join(map(str, runs.cnn_metadata["model"]["hyperparameters"]["filters"]))
     assert "filters" not in mlp["hparams"] and mlp["hparams"]["units"] == runs.mlp_metadata["model"]["hyperparameters"]["units"]
     assert cnn["hparams"]["learning_rate"] != mlp["hparams"]["learning_rate"]
+    # Optimizer options are columns too (0: off), and metadata.json says the same.
+    assert cnn["hparams"]["clipnorm"] == 1.0 and mlp["hparams"]["clipnorm"] == 0.0
+    assert runs.cnn_metadata["training"]["optimizer"]["clipnorm"] == 1.0
     for row, metadata in ((cnn, runs.cnn_metadata), (mlp, runs.mlp_metadata)):
         values = {(m["name"].get("group", ""), m["name"]["tag"]): m["value"] for m in row["metricValues"]}
         assert values[("test", "epoch_accuracy")] == pytest.approx(metadata["metrics"]["test"]["accuracy"], abs=1e-6)

@@ -131,6 +131,12 @@ def _how(parser: argparse.ArgumentParser, dataset: str) -> None:
                      help="batch size per replica; each step trains on this x replicas (the global batch)")
     how.add_argument("--learning-rate", type=argtypes.positive_float,
                      help="peak learning rate (warmup, then cosine decay), for one replica: see --lr-scaling")
+    how.add_argument("--clipnorm", type=argtypes.positive_float, metavar="N",
+                     help="clip each weight's gradient to this L2 norm (Keras optimizer clipnorm); default: off")
+    how.add_argument("--clipvalue", type=argtypes.positive_float, metavar="V",
+                     help="clip every gradient value to [-V, V] (Keras optimizer clipvalue); default: off")
+    how.add_argument("--weight-decay", type=argtypes.non_negative_float, metavar="W",
+                     help="decoupled weight decay: trains with AdamW instead of Adam (default: 0, Adam)")
     how.add_argument("--seed", type=int, default=42, help="seed for weights and data order (default: 42)")
     how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
     how.add_argument("--validation-fraction", type=argtypes.open_fraction, default=0.1, metavar="F",
@@ -215,6 +221,12 @@ def _where(parser: argparse.ArgumentParser, dataset: str) -> None:
     where.add_argument("--data-dir", help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
     where.add_argument("--manual-dir", help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")
     where.add_argument("--export-dir", default="exported", help="SavedModel root; versions go to <dir>/<dataset>/<N> (default: exported)")
+    where.add_argument("--export-tflite", action="store_true",
+                       help="also write <version>/model_int8.tflite: int8 post-training quantization, checked with "
+                            "the LiteRT interpreter on the test split (needs pip install 'tfpipeline[tflite]')")
+    where.add_argument("--max-quantization-drop", type=argtypes.non_negative_float, default=0.5, metavar="POINTS",
+                       help="with --export-tflite: fail the export if the int8 model's test accuracy is more than "
+                            "this many percentage points below the float model's (default: 0.5)")
     where.add_argument("--logdir", default="runs", help="TensorBoard root; runs go to <dir>/<dataset>/<run-id> (default: runs)")
     where.add_argument("--work-dir", default="work", help="checkpoints that let an interrupted run resume (default: work)")
     where.add_argument("--run-name", help="run id for the logs (default: time and model family)")
@@ -250,6 +262,8 @@ def config_from_args(args: argparse.Namespace):
                               factor=args.factor, search_fraction=args.search_fraction,
                               families=args.families, overwrite=args.overwrite),
         max_regression=args.max_regression, force_publish=args.force_publish,
+        clipnorm=args.clipnorm, clipvalue=args.clipvalue, weight_decay=args.weight_decay,
+        export_tflite=args.export_tflite, max_quantization_drop=args.max_quantization_drop,
     )
 
 
@@ -262,11 +276,21 @@ def summary(result) -> str:
         Done in {wall:.0f} s.
           test accuracy   {test['accuracy']:.2%} on {result.metadata['dataset']['num_examples']['test']:,} images
           exported model  {result.export_path}  (reloaded and verified with tf.saved_model.load)
-          metadata        {result.metadata_path}
+          metadata        {result.metadata_path}{tflite_summary(result.metadata)}
           metrics         {result.logdir / 'metrics.json'}
           inspect it      tensorboard --logdir {result.logdir.parent}
           serve it        python -m tfpipeline.serve --model-name {result.metadata['dataset']['name']} --model-base-path {result.export_path.parent}"""
     ) + search_summary(result.metadata)
+
+
+def tflite_summary(metadata: dict) -> str:
+    """With --export-tflite: the int8 model's line (LiteRT accuracy, drop, size)."""
+    tflite = metadata.get("export", {}).get("tflite")
+    if not tflite:
+        return ""
+    return (f"\n          int8 TFLite     {tflite['file']} beside it: {tflite['test_accuracy']:.2%} under LiteRT "
+            f"({tflite['accuracy_drop_points']:+.2f} points drop), {tflite['bytes']:,} bytes "
+            f"({tflite['smaller_than_variables']:g}x smaller than the SavedModel's variables)")
 
 
 def search_summary(metadata: dict) -> str:
@@ -316,6 +340,7 @@ def main(argv: list[str] | None = None, dataset: str | None = "mnist") -> int:
     from tfpipeline.export import ExportVerificationError
     from tfpipeline.gate import HeldBack
     from tfpipeline.pipeline import run
+    from tfpipeline.quantize import QuantizationError
     from tfpipeline.training import TrainingDiverged
 
     try:
@@ -327,11 +352,13 @@ def main(argv: list[str] | None = None, dataset: str | None = "mnist") -> int:
     except TrainingDiverged as exc:
         return fail(
             f"Training diverged: {exc}. Nothing was exported. Try a lower --learning-rate "
-            "(or a smaller --batch-size).",
+            "(or --clipnorm, or a smaller --batch-size).",
             EXIT_DIVERGED,
         )
     except ExportVerificationError as exc:
         return fail(f"Export failed verification: {exc}. Nothing was published.", EXIT_EXPORT_FAILED)
+    except QuantizationError as exc:
+        return fail(f"The int8 TFLite export failed its check: {exc}. Nothing was published.", EXIT_EXPORT_FAILED)
     except KeyboardInterrupt:
         return fail(
             "Interrupted. Nothing half-written was published; run the same command again to "

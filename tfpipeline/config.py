@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import Any
 
-from tfpipeline import distribute, models
+from tfpipeline import distribute, models, quantize, training
 from tfpipeline.errors import UserError
 
 TUNERS = ("hyperband", "random", "bayesian")
@@ -111,6 +111,10 @@ class PipelineConfig:
         histogram_freq, image_freq, profile_batches: TensorBoard extras
             (tfpipeline/tensorboard_logs.py).
         strategy, cpu_devices, lr_scaling: distribution (tfpipeline/distribute.py).
+        clipnorm, clipvalue, weight_decay: optimizer options (tfpipeline/training.py); None is
+            off (weight decay 0: Adam; above 0: AdamW).
+        export_tflite, max_quantization_drop: also publish the int8 model_int8.tflite, checked by
+            LiteRT, unless it loses more than that many points of test accuracy (tfpipeline/quantize.py).
     """
 
     dataset: str = "mnist"
@@ -143,6 +147,11 @@ class PipelineConfig:
     search: SearchSettings = dataclasses.field(default_factory=SearchSettings)
     max_regression: float = DEFAULT_MAX_REGRESSION
     force_publish: bool = False
+    clipnorm: float | None = None
+    clipvalue: float | None = None
+    weight_decay: float | None = None
+    export_tflite: bool = False
+    max_quantization_drop: float = 0.5
 
     @property
     def dataset_name(self) -> str:
@@ -176,6 +185,10 @@ class PipelineConfig:
                 raise UserError(f"--profile-batches needs 1 <= START <= END (batches count from 1), got {start},{end}.")
         if not self.max_regression >= 0:
             raise UserError(f"--max-regression must be 0 or a positive number of points, got {self.max_regression}.")
+        training.check_optimizer_options(self.clipnorm, self.clipvalue, self.weight_decay)
+        quantize.check_max_drop(self.max_quantization_drop)
+        if self.export_tflite:
+            quantize.check_available()  # before any training time is spent
         self.search.validate()
 
     def search_plan(self) -> SearchSettings | None:

@@ -26,7 +26,6 @@ writing rule is TensorFlow's, not a Keras bug.)
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
@@ -84,9 +83,11 @@ def fit(
         print(training.resume_message(initial_epoch, settings.epochs, source), flush=True)
 
     verbose = training.default_verbosity() if settings.verbose is None else settings.verbose
+    # The logs it sees are global, so every worker stops at the same batch.
+    watch = training.DivergenceWatch()
     callbacks = keras.callbacks.CallbackList(
         # No BackupAndRestore: the checkpoint manager above does its job here.
-        training.make_callbacks(logdir, None, settings, extra_callbacks),
+        [watch] + training.make_callbacks(logdir, None, settings, extra_callbacks),
         add_history=True,
         add_progbar=verbose != 0,
         verbose=verbose,
@@ -108,7 +109,7 @@ def fit(
 
     model.stop_training = False
     callbacks.on_train_begin()
-    logs, epoch_logs, bad_step = {}, None, None
+    logs, epoch_logs = {}, None
     for epoch in range(initial_epoch, settings.epochs):
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
@@ -118,8 +119,6 @@ def fit(
             # The number of steps is a tensor: the epoch's last, shorter call is not a new trace.
             logs = train_steps(train_batches, tf.constant(end - begin + 1))
             callbacks.on_train_batch_end(end, logs)
-            if bad_step is None and not math.isfinite(float(logs["loss"])):
-                bad_step = end
             # The logs are global, so every worker stops at the same step: a worker that
             # stopped alone would leave the others waiting in the next all-reduce.
             if model.stop_training:
@@ -130,7 +129,7 @@ def fit(
         if dist_validation is not None:
             val_logs = _evaluate(model, test_step, _batches(dist_validation, fetch), callbacks)
             epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
-        if manager is not None:
+        if manager is not None and watch.diverged is None:  # never checkpoint a diverged epoch
             # Every worker saves (saving may need collectives); only the chief's is kept.
             # The manager writes the checkpoint, then records it atomically, so a kill at
             # any moment leaves the previous epoch's checkpoint as the latest. Saved before
@@ -143,8 +142,15 @@ def fit(
             break
     model.optimizer.finalize_variable_values(model.trainable_weights)
     callbacks.on_train_end(logs=epoch_logs)
-    if bad_step is not None:
-        raise training.TrainingDiverged(f"the training loss became NaN or infinite by batch {bad_step}")
+    if watch.diverged is not None:
+        # No roll back and retry here, unlike `training.fit`: every worker would have to
+        # rebuild its optimizer and restart its loop in step, for a workaround module that is
+        # to be deleted (see above). Say what to run instead.
+        clipping = "" if settings.clipnorm or settings.clipvalue else f" and --clipnorm {training.RETRY_CLIPNORM:g}"
+        raise training.TrainingDiverged(
+            f"{watch.diverged}. Multi-worker training does not roll back and retry as training on one "
+            f"machine does; run again with half the --learning-rate{clipping}, the retry that would make"
+        )
     training.check_finite(model.history)
     if backup_dir is not None:
         # Like BackupAndRestore: only an interrupted run leaves a backup behind.

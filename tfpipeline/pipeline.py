@@ -26,7 +26,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfpipeline import data as data_lib
-from tfpipeline import distribute, evaluation, export, gate, models, multiworker, runstate, tensorboard_logs, training
+from tfpipeline import (distribute, evaluation, export, gate, models, multiworker, quantize, runstate,
+                        tensorboard_logs, training)
 from tfpipeline.config import PipelineConfig
 from tfpipeline.errors import UserError
 
@@ -59,6 +60,7 @@ class _Trained:
     validation: Any  # the batched validation dataset, or None after a search (trained on it)
     weights_sha256: str
     run_log: tensorboard_logs.RunLog
+    recovery: dict | None = None  # what training did after a divergence (training.recovery_of)
 
 
 def run(config: PipelineConfig) -> PipelineResult:
@@ -123,6 +125,7 @@ def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> r
                 **config.input_identity()}
     if dist.kind != "default":  # another global batch: another run
         identity["distribution"] = dist.identity()
+    identity.update(training.optimizer_options(config))  # only when set: older keys stay valid
     state_dir = dist.writable(Path(config.work_dir) / config.dataset_name / runstate.key(config.model, identity))
     return runstate.resolve(state_dir, runstate.new_run_id(config.run_name, config.model, False))
 
@@ -154,7 +157,8 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
                                     learning_rate=dist.learning_rate(hp.learning_rate))
     settings = training.settings_for(global_hp, num_train, verbose=config.verbose,
                                      histogram_freq=config.histogram_freq, profile_batches=config.profile_batches,
-                                     **({"early_stopping_patience": 0} if found else {}))
+                                     **({"early_stopping_patience": 0} if found else {}),
+                                     **training.optimizer_options(config))
     if found:
         keras.backend.clear_session()  # the trials' graphs and models
         keras.utils.set_random_seed(config.seed)
@@ -166,6 +170,8 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     backup = state.run_dir / runstate.key("train", {"family": family, "hp": dataclasses.asdict(hp),
                                                      "distribution": dist.identity()})
     resumed = backup.exists()
+    if resumed:
+        print(f"Resuming interrupted run {state.run_id} from its last saved epoch ({backup}).", flush=True)
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
     history = fit(model, batches(train, True), validation, settings, logdir=logdir, backup_dir=backup,
                   extra_callbacks=run_log.callbacks(validation))
@@ -178,7 +184,7 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     digest = distribute.weights_digest(model)
     print(f"Final weights sha256 {digest}", flush=True)
     return _Trained(model, family, hp, settings, training.epochs_completed(history), steps_run, resumed,
-                    trained_on, num_train, validation, digest, run_log)
+                    trained_on, num_train, validation, digest, run_log, training.recovery_of(history))
 
 
 def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, state, logdir, export_base,
@@ -199,8 +205,12 @@ def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, stat
     (logdir / "metrics.json").write_text(json.dumps({"validation": validation, "test": test_eval.to_json()},
                                                     indent=2))
     metadata = _metadata(config, dist, spec, found, trained, validation, test_eval, state, logdir, started)
+    tflite = quantize.settings_for(config, datasets.train)  # None without --export-tflite
     with export.staged(trained.model, spec.input_shape, export_base, test_images, test_labels,
                        test_eval.accuracy) as candidate:
+        if tflite is not None:  # issue 17: raises quantize.QuantizationError past the allowed drop
+            metadata["export"] = {"tflite": quantize.write_verified(tflite, candidate.path, test_images, test_labels,
+                                                                    candidate.verified_accuracy)}
         decision = gate.decide(export_base, test_images, test_labels, spec.class_names, test_eval,
                                max_regression=config.max_regression, force=config.force_publish)
         metadata["gate"] = decision.to_json()
@@ -211,7 +221,7 @@ def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, stat
         else:
             path = export.hold(candidate, metadata, state.run_id)
             metadata_path = path / "metadata.json"
-    trained.run_log.finish(test_images, test_labels, test_eval.predictions, metadata, path)
+    trained.run_log.finish(test_images, test_labels, test_eval.predictions, metadata, path, model=trained.model)
     state.finish()  # the next run of this command starts anew
     result = PipelineResult(state.run_id, path, metadata_path, logdir, test_eval.accuracy, metadata)
     if not decision.publish:
@@ -229,7 +239,8 @@ def _metadata(config, dist, spec, found, trained: _Trained, validation, test_eva
         "training": {"epochs_requested": trained.hp.epochs, "epochs_run": trained.epochs_run,
                      "steps_per_epoch": trained.settings.steps_per_epoch, "steps_run": trained.steps_run,
                      "trained_on": trained.trained_on, "examples": trained.examples, "seed": config.seed, "deterministic": config.deterministic,
-                     "quick": config.quick, "resumed": trained.resumed},
+                     "quick": config.quick, "resumed": trained.resumed,
+                     "optimizer": training.optimizer_record(trained.settings), "recovery": trained.recovery},
         "distribution": {**dist.to_json(trained.hp.batch_size, trained.hp.learning_rate),
                          "weights_sha256": trained.weights_sha256},
         "metrics": {"validation": validation, "test": test_eval.to_json()},

@@ -2,6 +2,7 @@
 
     python -m tfpipeline.predict digit.png other.jpg --model-dir exported/mnist
     python -m tfpipeline.predict digit.png --server http://127.0.0.1:8501 [--model-name mnist]
+    python -m tfpipeline.predict --tflite exported/mnist/1/model_int8.tflite digit.png
 
 A model with a `serving_bytes` signature (every export since issue 14) gets the files' bytes
 as they are: the model decodes and resizes them itself, exactly as in training. An older
@@ -230,8 +231,8 @@ def predict_bytes(model, paths: list[Path]) -> None:
 
 def find_bytes_model(args: argparse.Namespace):
     """The model's serving_bytes, unless another signature was asked for; None if it has none."""
-    if args.signature_name not in (None, BYTES_SIGNATURE):
-        return None
+    if args.signature_name not in (None, BYTES_SIGNATURE) or getattr(args, "tflite", None):
+        return None  # a TFLite file has the pixel signature only
     if args.server:
         model = ServerBytesModel.find(args.server, args.model_name)
     else:
@@ -275,6 +276,53 @@ class LocalModel:
         return self.signature({self.spec.name: batch})
 
 
+# -- an int8 .tflite under LiteRT (issue 17, tfpipeline/quantize.py) -------------------------
+
+class TFLiteFileModel:
+    """`model_int8.tflite` (--export-tflite) run by the LiteRT interpreter; no TensorFlow."""
+
+    def __init__(self, path: Path):
+        from tfpipeline.quantize import LiteRTModel
+
+        if not path.is_file():
+            raise UserError(f"TFLite model {path} does not exist (--export-tflite writes <version>/model_int8.tflite)")
+        try:
+            self.model = LiteRTModel(path)
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"Cannot load {path} as a TFLite model: {exc}") from None
+        dims = [None if d < 0 else d for d in self.model.input_shape]
+        self.spec = _spec_from_dims(self.model.input_name, dims, self.model.input_dtype.name)
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.model.predict(batch)
+
+
+# -- --explain: the attribution overlay (issue 17, tfpipeline/explain.py) ---------------------
+
+def explain_image(model_dir: Path | None, image_path: Path, out: Path) -> str:
+    """Write `out`: the image beside its integrated-gradients map for the predicted class,
+    computed on the exported version's model (the highest under --model-dir, or that version)."""
+    if model_dir is None:
+        raise UserError("--explain computes gradients through the model itself: give --model-dir "
+                        "(not --server or --tflite)")
+    from tfpipeline.serving.versions import discover_versions
+
+    if not model_dir.is_dir():
+        raise UserError(f"Model directory {model_dir} does not exist")
+    versions = discover_versions(model_dir)
+    version_dir = versions[max(versions)] if versions else model_dir
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfpipeline import explain
+
+    model = explain.load_exported(version_dir)
+    height, width, channels = model.input_shape[1:]
+    image = load_image(image_path, InputSpec("images", height, width, channels, "uint8"))
+    names = json.loads((Path(version_dir) / "metadata.json").read_text())["dataset"]["class_names"]
+    predicted, probability = explain.overlay_png(model, image, out, names)
+    return (f"{image_path}: class {names[predicted]} (probability {probability:.4f}); "
+            f"attributions written to {out}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tfpipeline.predict",
                                 description="Print the predicted class of each image file.")
@@ -283,16 +331,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--model-dir", type=Path,
                        help="exported base path (its highest version is used) or a version dir")
     where.add_argument("--server", help="TF Serving REST address, e.g. http://127.0.0.1:8501")
+    where.add_argument("--tflite", type=Path, metavar="FILE",
+                       help="an int8 model_int8.tflite (--export-tflite), run with the LiteRT interpreter")
     p.add_argument("--model-name", default="mnist", help="model name on the server (default mnist)")
     p.add_argument("--signature-name", default=None,
                    help=f"{BYTES_SIGNATURE} (the files' bytes; the default when the model has it) or "
                         "serving_default (pixels converted here)")
+    p.add_argument("--explain", type=Path, metavar="OUT.png",
+                   help="with --model-dir and one image: write the image beside its integrated-gradients "
+                        "attribution map for the predicted class (docs/explanations.md)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.explain is not None:
+            if len(args.images) != 1:
+                raise UserError(f"--explain writes one picture: give one image, not {len(args.images)}")
+            print(explain_image(args.model_dir, args.images[0], args.explain))
+            return 0
         bytes_model = find_bytes_model(args)
         if bytes_model is not None:
             predict_bytes(bytes_model, args.images)
@@ -300,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         signature = args.signature_name or "serving_default"
         if args.server:
             model = ServerModel(args.server, args.model_name, signature)
+        elif args.tflite:
+            model = TFLiteFileModel(args.tflite)
         else:
             model = LocalModel(args.model_dir, signature)
         images = [load_image(path, model.spec) for path in args.images]

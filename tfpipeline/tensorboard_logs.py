@@ -8,7 +8,8 @@ Layout of one run, `<logdir>/<dataset>/<run-id>/`:
     test/                 this module, at the end: the exported model's epoch_accuracy and
                           epoch_loss on the test split (Keras's tag names, so the Scalars
                           charts show test next to train and validation), and images:
-                          predictions, mistakes, confusion_matrix
+                          predictions, mistakes, confusion_matrix; attributions and
+                          attributions_mistakes (tfpipeline/explain.py)
     validation/           also, with --image-freq N, the same images every N epochs
     (the run folder)      the HParams session (the run's hyperparameters) and a Markdown
                           run summary (text tag run_summary)
@@ -40,7 +41,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 from tensorboard.plugins.hparams import api as hp_api
 
-from tfpipeline import evaluation
+from tfpipeline import evaluation, explain
 from tfpipeline.errors import UserError
 
 SAMPLE_IMAGES = 40  # the fixed test sample shown with its predictions: 8 columns x 5 rows
@@ -75,6 +76,9 @@ def run_hparams(config, hp, parameters: int) -> dict[str, bool | int | float | s
         "quick": config.quick,
         "validation_fraction": config.validation_fraction,
         "parameters": int(parameters),
+        # Optimizer options: 0 when off (HParams values cannot be empty), so the table can
+        # filter and sort runs by them.
+        **{name: float(getattr(config, name, None) or 0.0) for name in ("clipnorm", "clipvalue", "weight_decay")},
     }
     row.update({name: _scalar(value) for name, value in dataclasses.asdict(hp).items()})
     return row
@@ -352,7 +356,8 @@ class RunLog:
             callbacks.append(PredictionImages(self.logdir, validation, self.class_names, self.config.image_freq))
         return callbacks
 
-    def finish(self, test_images, test_labels, test_predictions, metadata: dict, export_path) -> None:
+    def finish(self, test_images, test_labels, test_predictions, metadata: dict, export_path,
+               model: keras.Model | None = None) -> None:
         """The exported model's test scalars and images, and the run summary.
 
         Args:
@@ -361,6 +366,7 @@ class RunLog:
                 so the test set is not run through the model a second time).
             metadata: the run's metadata.json contents.
             export_path: where the version went (published, or held back by the gate).
+            model: the exported model, for its attribution images (tfpipeline/explain.py).
         """
         step = max(0, metadata["training"]["epochs_run"] - 1)  # the last epoch, as Keras counts
         test = metadata["metrics"]["test"]
@@ -370,6 +376,8 @@ class RunLog:
             tf.summary.scalar("epoch_accuracy", test["accuracy"], step=step)
             tf.summary.scalar("epoch_loss", test["loss"], step=step)
             write_prediction_images("test", test_images, test_labels, test_predictions, self.class_names, step=step)
+            if model is not None:  # issue 17
+                explain.write_summaries(model, test_images, test_labels, self.class_names, step)
         test_writer.close()
         with self.writer.as_default():
             tf.summary.text("run_summary", run_summary(self.config, metadata, export_path), step=step)

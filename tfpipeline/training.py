@@ -3,6 +3,12 @@
 Keras does the work: `compile` + `fit`, a warmup + cosine learning-rate schedule stepped per
 batch, TensorBoard, EarlyStopping on validation loss, TerminateOnNaN, and
 BackupAndRestore so a killed run picks up from its last finished epoch when re-run.
+
+Divergence: a training loss that becomes NaN/inf, or explodes far above the loss of guessing
+(`DivergenceWatch`), stops the attempt. `fit` then rolls back once to the weights of the last
+finished epoch (kept in memory at every epoch end) and trains the remaining epochs again with
+half the learning rate and gradient clipping on; if that diverges too, or ends having learned
+nothing, it raises `TrainingDiverged`, naming both attempts. See docs/divergence.md.
 """
 
 from __future__ import annotations
@@ -16,7 +22,17 @@ import keras
 
 
 class TrainingDiverged(Exception):
-    """The loss became NaN or infinite; the model must not be exported."""
+    """The loss became NaN or infinite (or exploded); the model must not be exported."""
+
+
+# A training loss this many times that of guessing uniformly (ln of the number of classes) is
+# taken as divergence even while finite: with a far too high learning rate (--learning-rate 5
+# on MNIST) Adam drives the loss to ~1e4 without a NaN and the run would end, and be
+# published, at chance accuracy. A sound run starts near 1x and only goes down.
+EXPLOSION_FACTOR = 10.0
+# The clipping the retry turns on when the run had none: Keras's per-variable gradient-norm
+# clip (`clipnorm`) at 1.0, the usual starting value.
+RETRY_CLIPNORM = 1.0
 
 
 @dataclasses.dataclass
@@ -26,7 +42,12 @@ class TrainSettings:
     learning_rate: float  # peak learning rate, reached after the warmup
     steps_per_epoch: int
     warmup_fraction: float = 0.1  # of all steps, at most one epoch's worth
+    # AdamW's decoupled weight decay (Keras's `weight_decay`); 0: plain Adam.
     weight_decay: float = 0.0
+    # Gradient clipping, Keras optimizer options (at most one): each variable's gradient is
+    # rescaled to at most this L2 norm (clipnorm), or clipped elementwise (clipvalue).
+    clipnorm: float | None = None
+    clipvalue: float | None = None
     # Weight averaging (Polyak): the optimizer keeps an exponential moving average of the
     # weights, which validation, the epoch-end callbacks and the export use. Averaging over the
     # last ~1/(1-m) steps smooths out the noise of a high learning rate, so the model is good
@@ -57,6 +78,39 @@ def settings_for(hp, num_train_examples: int, **overrides) -> TrainSettings:
     return TrainSettings(**(values | overrides))
 
 
+def optimizer_options(config) -> dict:
+    """The `TrainSettings` overrides a pipeline config carries for the optimizer (--clipnorm,
+    --clipvalue, --weight-decay), for `settings_for(..., **optimizer_options(config))`."""
+    return {name: getattr(config, name) for name in ("clipnorm", "clipvalue", "weight_decay")
+            if getattr(config, name, None) is not None}
+
+
+def check_optimizer_options(clipnorm, clipvalue, weight_decay) -> None:
+    """Raise `UserError` for values Keras would refuse or silently misuse."""
+    from tfpipeline.errors import UserError
+
+    for flag, value in (("--clipnorm", clipnorm), ("--clipvalue", clipvalue)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise UserError(f"{flag} must be a positive finite number, got {value}.")
+    if clipnorm is not None and clipvalue is not None:
+        raise UserError(f"--clipnorm {clipnorm} and --clipvalue {clipvalue} were both given; Keras optimizers "
+                        "take one kind of gradient clipping. Keep one of them.")
+    if weight_decay is not None and not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise UserError(f"--weight-decay must be 0 (plain Adam) or a positive number, got {weight_decay}.")
+
+
+def optimizer_record(settings: TrainSettings) -> dict:
+    """What metadata.json records about the optimizer these settings compile."""
+    return {
+        "name": "AdamW" if settings.weight_decay else "Adam",
+        "peak_learning_rate": settings.learning_rate,
+        "weight_decay": settings.weight_decay,
+        "clipnorm": settings.clipnorm,
+        "clipvalue": settings.clipvalue,
+        "ema_momentum": averaging_momentum(settings),
+    }
+
+
 def learning_rate_schedule(settings: TrainSettings) -> keras.optimizers.schedules.LearningRateSchedule:
     """Linear warmup to the peak rate, then cosine decay to zero at the last step.
 
@@ -77,11 +131,12 @@ def learning_rate_schedule(settings: TrainSettings) -> keras.optimizers.schedule
 def compile_model(model: keras.Model, settings: TrainSettings) -> keras.Model:
     schedule = learning_rate_schedule(settings)
     momentum = averaging_momentum(settings)
-    averaging = dict(use_ema=True, ema_momentum=momentum) if momentum else {}
+    options = dict(use_ema=True, ema_momentum=momentum) if momentum else {}
+    options.update(clipnorm=settings.clipnorm, clipvalue=settings.clipvalue)
     if settings.weight_decay:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay, **averaging)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay, **options)
     else:
-        optimizer = keras.optimizers.Adam(schedule, **averaging)
+        optimizer = keras.optimizers.Adam(schedule, **options)
     model.compile(
         optimizer=optimizer,
         # Models output logits: softmax happens in the loss here and in the export's signature.
@@ -126,6 +181,7 @@ def make_callbacks(
     backup_dir: str | Path | None,
     settings: TrainSettings,
     extra: list[keras.callbacks.Callback] | None = None,
+    report_resume: bool = True,
 ) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     if backup_dir is not None:
@@ -134,7 +190,8 @@ def make_callbacks(
         # double_checkpoint: a kill in the middle of writing the weights leaves the previous
         # epoch's copy, which the restore falls back to, instead of an unreadable backup.
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True))
-        callbacks.append(_ResumeReport(backup_dir, settings.epochs))
+        if report_resume:  # a retry after divergence starts mid-run on purpose: not a resume
+            callbacks.append(_ResumeReport(backup_dir, settings.epochs))
     # After the backup (which must save the raw weights and their average as they are), before
     # everything that judges or keeps the model at an epoch's end.
     callbacks += weight_averaging_callbacks(averaging_momentum(settings) > 0)
@@ -174,6 +231,11 @@ def check_finite(history: keras.callbacks.History) -> None:
             raise TrainingDiverged(f"the training loss became {loss} in epoch {epoch + 1}")
 
 
+def recovery_of(history: keras.callbacks.History) -> dict | None:
+    """What `fit` did after a divergence (for metadata.json), or None if training never diverged."""
+    return getattr(history, "recovery", None)
+
+
 def fit(
     model: keras.Model,
     train,
@@ -184,11 +246,80 @@ def fit(
     backup_dir: str | Path | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> keras.callbacks.History:
-    """Compile (if needed) and train; raise `TrainingDiverged` on a NaN/inf loss."""
+    """Compile (if needed) and train; on divergence roll back and retry once, else raise.
+
+    On a NaN/inf or exploded loss (`DivergenceWatch`) the model goes back to the weights it had
+    at the end of the last finished epoch (or at the start), is compiled again with half the
+    learning rate and gradient clipping (`RETRY_CLIPNORM` unless the settings clip already),
+    and trains the remaining epochs with a new warmup + cosine cycle over them. The returned
+    History then carries `recovery` (see `recovery_of`). A second divergence, or a retry whose
+    training loss ends no lower than that of guessing (ln classes), raises `TrainingDiverged`
+    naming both attempts.
+    """
     if not model.compiled:
         compile_model(model, settings)
-    nan_watch = _NaNWatch()
-    history = model.fit(
+    watch, snapshot = DivergenceWatch(), _EpochSnapshot()
+    history = _fit_attempt(model, train, validation, settings, settings, watch, snapshot,
+                           logdir, backup_dir, extra_callbacks)
+    if watch.diverged is None:
+        check_finite(history)
+        return history
+
+    retry = retry_settings(settings, snapshot.epoch)
+    tried = (f"rolled back to the weights of {_epoch_name(snapshot.epoch)} and trained epochs "
+             f"{snapshot.epoch + 1}-{settings.epochs} again with the peak learning rate halved "
+             f"({settings.learning_rate:g} -> {retry.learning_rate:g}) and {_clipping(retry)}")
+    print(f"Training diverged: {watch.diverged}. Recovering: {tried}.", flush=True)
+    model.set_weights(snapshot.weights)
+    # Keras's BackupAndRestore left the epoch it restored (if this run resumed) in the model;
+    # the retry starts from the snapshot's epoch instead.
+    model._initial_epoch = None
+    with model.distribute_strategy.scope():
+        compile_model(model, retry)
+    first, watch = watch.diverged, DivergenceWatch()
+    history = _fit_attempt(model, train, validation, settings, retry, watch, _EpochSnapshot(),
+                           logdir, backup_dir, extra_callbacks, initial_epoch=snapshot.epoch)
+    if watch.diverged is not None:
+        raise TrainingDiverged(f"{first}; then it {tried}, and the loss diverged again: {watch.diverged}")
+    check_finite(history)
+    # A retry that stays finite can still be dead (--learning-rate 5: every unit off, the loss
+    # flat at chance for six epochs, 11% accuracy): not a recovery worth publishing.
+    chance, final = _chance_loss(model), history.history["loss"][-1]
+    if not final < chance:
+        raise TrainingDiverged(
+            f"{first}; then it {tried}, but the retry learned nothing: its training loss ended at {final:.3f}, no "
+            f"better than the {chance:.2f} of guessing uniformly among {int(model.output_shape[-1])} classes")
+    history.recovery = {
+        "diverged": first,
+        "rolled_back_to_epoch": snapshot.epoch,
+        "retry": optimizer_record(retry),
+        "retry_epochs": settings.epochs - snapshot.epoch,
+    }
+    print(f"Recovered: the retry trained to epoch {epochs_completed(history)} with a finite loss.", flush=True)
+    return history
+
+
+def retry_settings(settings: TrainSettings, from_epoch: int) -> TrainSettings:
+    """The settings of the one retry after a divergence at or after epoch `from_epoch`:
+    half the peak learning rate, gradient clipping on (the run's own if it clipped already),
+    one warmup + cosine cycle over the epochs left, no second profile."""
+    clipping = {} if settings.clipnorm or settings.clipvalue else {"clipnorm": RETRY_CLIPNORM}
+    return dataclasses.replace(
+        settings, learning_rate=settings.learning_rate / 2, epochs=settings.epochs - from_epoch,
+        profile_batches=None, **clipping,
+    )
+
+
+def _fit_attempt(model, train, validation, settings, schedule_settings, watch, snapshot, logdir, backup_dir,
+                 extra_callbacks, initial_epoch: int = 0) -> keras.callbacks.History:
+    """One `model.fit` over epochs `initial_epoch`..`settings.epochs`. `schedule_settings` are
+    those the model was compiled with (a retry's cover only its remaining epochs, without a
+    profile): the callbacks follow them."""
+    callbacks = make_callbacks(logdir, backup_dir, schedule_settings, extra_callbacks,
+                               report_resume=not initial_epoch)
+    # First: they must see each epoch's raw weights before the averaged ones are swapped in.
+    callbacks = [watch, snapshot] + callbacks
+    return model.fit(
         # One endless iterator for the whole run, `steps_per_epoch` batches per epoch. With a
         # finite dataset Keras makes a new iterator every epoch, and the first step of an epoch
         # then stalled for 1-6 s here, CPU idle (mirrored over 2 CPU devices in most epochs,
@@ -197,14 +328,26 @@ def fit(
         steps_per_epoch=settings.steps_per_epoch,
         validation_data=validation,
         epochs=settings.epochs,
+        initial_epoch=initial_epoch,
         shuffle=False,  # the tf.data pipeline shuffles, with its own seed
-        callbacks=[nan_watch] + make_callbacks(logdir, backup_dir, settings, extra_callbacks),
+        callbacks=callbacks,
         verbose=default_verbosity() if settings.verbose is None else settings.verbose,
     )
-    if nan_watch.bad_batch is not None:
-        raise TrainingDiverged(f"the training loss became NaN or infinite at batch {nan_watch.bad_batch}")
-    check_finite(history)
-    return history
+
+
+def _chance_loss(model: keras.Model) -> float:
+    """The cross-entropy of guessing every class with the same probability: ln(classes)."""
+    return math.log(max(2, int(model.output_shape[-1])))
+
+
+def _epoch_name(epoch: int) -> str:
+    return f"the end of epoch {epoch}" if epoch else "the start (no epoch had finished)"
+
+
+def _clipping(settings: TrainSettings) -> str:
+    if settings.clipvalue:
+        return f"gradients clipped to +-{settings.clipvalue:g} (clipvalue)"
+    return f"each gradient's norm clipped to {settings.clipnorm:g} (clipnorm)"
 
 
 def endless(train, settings: TrainSettings):
@@ -219,17 +362,56 @@ def endless(train, settings: TrainSettings):
     return train.repeat()
 
 
-class _NaNWatch(keras.callbacks.Callback):
-    """Remembers whether a batch loss went non-finite (TerminateOnNaN only stops training)."""
+class DivergenceWatch(keras.callbacks.Callback):
+    """Stops training when the loss becomes NaN/inf or explodes; `diverged` then says how.
+
+    Explodes: the running training loss of the epoch exceeds `EXPLOSION_FACTOR` times the
+    loss of a uniform guess, ln(classes). Both training loops use it (`fit` and
+    `multiworker.fit`, whose logs are global, so every worker stops at the same batch).
+    """
 
     def __init__(self):
         super().__init__()
-        self.bad_batch = None
+        self.diverged: str | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)) and self.bad_batch is None:
-            self.bad_batch = batch
+        if loss is None or self.diverged is not None:
+            return
+        loss = float(loss)
+        classes = max(2, int(self.model.output_shape[-1]))
+        limit = EXPLOSION_FACTOR * _chance_loss(self.model)
+        where = f"batch {batch + 1} of epoch {self._epoch + 1}"
+        if not math.isfinite(loss):
+            self.diverged = f"the training loss became {loss} at {where}"
+        elif loss > limit:
+            self.diverged = (f"the training loss reached {loss:.4g} at {where}, more than {EXPLOSION_FACTOR:g}x "
+                             f"the {math.log(classes):.2f} of guessing uniformly among {classes} classes")
+        if self.diverged is not None:
+            self.model.stop_training = True
+
+
+class _EpochSnapshot(keras.callbacks.Callback):
+    """Keeps in memory the model's weights at the start and at the end of every finished epoch
+    with a finite loss: the last good state a retry rolls back to."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights, self.epoch, self._started = None, 0, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._started:  # after every on_train_begin: a resumed run's restored weights
+            self.weights, self.epoch, self._started = self.model.get_weights(), epoch, True
+
+    def on_epoch_end(self, epoch, logs=None):
+        # stop_training: set mid-epoch by DivergenceWatch or TerminateOnNaN (EarlyStopping sets
+        # it later, after this callback), so this epoch's weights are not a good state.
+        if not self.model.stop_training and math.isfinite(float((logs or {}).get("loss", math.nan))):
+            self.weights, self.epoch = self.model.get_weights(), epoch + 1
 
 
 def resume_message(initial_epoch: int, epochs: int, source) -> str:

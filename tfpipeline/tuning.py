@@ -114,7 +114,8 @@ class PipelineHyperModel(kt.HyperModel):
         # One warmup + cosine cycle over the epochs this trial trains: a Hyperband round that
         # continues a trial from its checkpoint starts a new cycle (a warm restart).
         settings = training.settings_for(dataclasses.replace(fhp, epochs=max(1, epochs - initial)),
-                                         self.num_search, early_stopping_patience=0)
+                                         self.num_search, early_stopping_patience=0,
+                                         **training.optimizer_options(self.config))
         return training.compile_model(model, settings)
 
     def fit(self, hp, model, *args, callbacks=None, epochs=1, initial_epoch=0, **kwargs):
@@ -296,7 +297,8 @@ def identity(config: PipelineConfig, settings: SearchSettings) -> dict:
     """What defines "the same search", for its resume key (tfpipeline/runstate.py)."""
     return {"dataset": config.dataset, "families": list(families_of(config, settings)),
             "budget": settings.budget(config.quick), "fixed": config.pinned(), "seed": config.seed,
-            "quick": config.quick, "validation_fraction": config.validation_fraction, **config.input_identity()}
+            "quick": config.quick, "validation_fraction": config.validation_fraction, **config.input_identity(),
+            **training.optimizer_options(config)}  # only the options set: older keys stay valid
 
 
 def families_of(config: PipelineConfig, settings: SearchSettings) -> tuple[str, ...]:
