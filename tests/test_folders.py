@@ -31,6 +31,7 @@ def relative(paths, root):
 def test_split_layout_skips_and_reports_bad_files(tmp_path):
     root = split_folder(tmp_path / "shapes", train=12, test=4)
     broken = add_broken(root / "train" / "square", np.random.default_rng(1))
+    broken += [p.rename(p.with_name("test_" + p.name)) for p in add_broken(root / "test" / "circle", np.random.default_rng(2))]
     idx = folders.index(root, validation_fraction=0.25, seed=3)
     assert idx.layout == "split" and idx.class_names == CLASSES
     reasons = {Path(p).relative_to(root).as_posix(): why for p, why in idx.skipped}
@@ -276,3 +277,18 @@ def test_images_pipeline_flat_layout_and_empty_folder(tmp_path):
     (tmp_path / "nothing").mkdir()
     out = run_module("pipelines.images", "--dataset", str(tmp_path / "nothing"), "--no-tune", cwd=tmp_path)
     assert out.returncode == 2 and "is empty" in " ".join(out.stderr.split()) and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("family", sorted(models.FAMILIES))
+def test_search_spaces_follow_the_input_size(family):
+    import keras_tuner as kt
+
+    module = models.family(family)
+    for shape in ((28, 28, 1), (40, 40, 3), (64, 48, 3)):
+        hp = kt.HyperParameters()
+        chosen = module.search_space(hp, shape)
+        model = module.build(shape, 4, chosen)  # the first trial (the defaults) builds at this size
+        assert model(np.zeros((1, *shape), np.uint8)).shape == (1, 4)
+        if family == "transformer":  # every patch size offered divides the input
+            for patch in hp.space[[p.name for p in hp.space].index("patch_size")].values:
+                assert shape[0] % patch == 0 and shape[1] % patch == 0

@@ -249,11 +249,9 @@ def index(root: str | os.PathLike, *, validation_fraction: float, seed: int) -> 
         return [p for p, _ in pairs], [lab for _, lab in pairs]
 
     fractions = {role: validation_fraction for role in missing}
+    read = {role: keep(*pl) for role, pl in read.items()}
     if missing:
-        carved = _carve(carved_from, *keep(*base), fractions, seed)
-        read.update(carved)
-    else:
-        read = {role: keep(*pl) for role, pl in read.items()}
+        read.update(_carve(carved_from, *keep(*base), fractions, seed))
     for role in ("train", "validation", "test"):
         if not read[role][0]:
             raise UserError(
