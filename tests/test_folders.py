@@ -88,6 +88,15 @@ def test_bad_folders_are_user_errors(tmp_path, make, message):
         data.load(str(path), work_dir=str(tmp_path / "work"))
 
 
+def test_dataset_value_is_a_folder_or_a_tfds_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "photos").mkdir()
+    assert not data.is_folder("mnist") and data.is_folder("./mnist")  # the TFDS name wins unless ./
+    assert data.is_folder("photos") and data.is_folder("/no/such/place") and not data.is_folder("fashion_mnist")
+    assert data.dataset_name(str(tmp_path / "photos")) == "photos" and data.dataset_name("mnist") == "mnist"
+
+
 def test_every_class_needs_usable_training_images(tmp_path):
     root = flat_folder(tmp_path / "f", per_class=6)
     for path in (root / "triangle").iterdir():

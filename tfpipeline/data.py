@@ -202,9 +202,18 @@ def split_strings(num_train: int, validation_fraction: float, quick: bool = Fals
 
 
 def is_folder(name: str) -> bool:
-    """Whether `--dataset name` means a folder: an existing path, or one that looks like a path
-    (TFDS names never start with `/`, `.` or `~`)."""
-    return Path(name).expanduser().exists() or name.startswith(("/", ".", "~"))
+    """Whether `--dataset name` means a folder: a value that starts like a path (`/`, `.`, `~`:
+    no TFDS name does), or an existing path that is not also a TFDS name (`./mnist` is the
+    folder when a folder `mnist` is beside the TFDS dataset of that name)."""
+    if name.startswith(("/", ".", "~")):
+        return True
+    if not Path(name).exists():
+        return False
+    try:
+        tfds.builder_cls(name.split(":")[0].split("/")[0])
+    except tfds.core.registered.DatasetNotFoundError:
+        return True
+    return False
 
 
 def dataset_name(name: str) -> str:
