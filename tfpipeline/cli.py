@@ -116,7 +116,7 @@ def _what(parser: argparse.ArgumentParser, dataset: str) -> None:
                            "folder: the median size, longer side at most 64, sides multiples of 4)")
     what.add_argument("--channels", type=int, choices=[1, 3],
                       help="1 (grayscale) or 3 (RGB) input channels (default: the dataset's own; a folder: 3 "
-                           "if any training image is in colour)")
+                           "if any training image has a pixel that is not gray)")
     what.add_argument("--model", default="cnn", choices=[*FAMILIES, "auto"],
                       help="model family, or auto: the search chooses the family too (default: cnn)")
     what.add_argument("--hparam", type=argtypes.key_value, action="append", default=[], metavar="KEY=VALUE",

@@ -166,15 +166,16 @@ def _carve(root: Path, paths, labels, fractions: dict[str, float], seed: int):
 
 
 def _scan(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Decode every file once, in parallel: (indices that decode, their (h, w, c) shapes).
+    """Decode every file once, in parallel: (indices that decode, their (h, w, c) shapes, c 1
+    for an image whose pixels are all gray, else 3).
 
-    The check is the one `imaging.decode` runs, so a file that passes here decodes in training.
+    The decode is `imaging.decode`'s own, so a file that passes here decodes in training.
     """
     def probe(i, path):
-        encoded = tf.io.read_file(path)
-        with tf.control_dependencies([imaging.check_format(encoded)]):
-            image = tf.io.decode_image(encoded, expand_animations=False, dtype=tf.uint8)
-        return i, tf.shape(image)
+        image = imaging.decode(tf.io.read_file(path), 3)
+        gray = tf.reduce_all(image[..., 0] == image[..., 1]) & tf.reduce_all(image[..., 1] == image[..., 2])
+        shape = tf.shape(image)
+        return i, tf.stack([shape[0], shape[1], tf.where(gray, 1, 3)])
 
     ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), tf.constant(paths, tf.string)))
     ds = ds.map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors().batch(4096)
@@ -309,7 +310,8 @@ def default_size(shapes: np.ndarray) -> tuple[int, int]:
 
 
 def default_channels(shapes: np.ndarray) -> int:
-    """1 when every training image is grayscale (with or without alpha), else 3."""
+    """1 when every training image is grayscale (every pixel gray, whatever the file's own
+    channel count), else 3."""
     return 3 if (shapes[:, 2] >= 3).any() else 1
 
 
