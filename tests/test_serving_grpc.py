@@ -277,8 +277,25 @@ def test_prometheus_metrics_parse_and_count_requests(server, client):
 def test_versions_replay_their_warmup_file_before_available(server):
     log = server.log()
     for version in (1, 2):
-        replayed = log.index(f"replayed 1 warm-up requests for version {version}")
+        # One request per signature: serving_default (pixels) and serving_bytes (PNG files).
+        replayed = log.index(f"replayed 2 warm-up requests for version {version}")
         assert replayed < log.index(f"loaded mnist version {version}")
+
+
+def test_b64_png_to_serving_bytes_gives_the_uint8_class(server, client, two_versions):
+    from tfpipeline.export import encode_png
+
+    images = random_images(6, seed=16)
+    expected = reference(two_versions / "2", images)
+    files = encode_png(images)
+    rows = [{"b64": base64.b64encode(f).decode()} for f in files]
+    status, body = server.post("/v1/models/mnist:predict",
+                               {"signature_name": "serving_bytes", "instances": rows})
+    assert status == 200, body
+    assert [p["classes"] for p in body["predictions"]] == expected["classes"].tolist()
+    _, outputs = client.predict(files, signature="serving_bytes", input_name="image_bytes")
+    assert outputs["classes"].tolist() == expected["classes"].tolist()
+    np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"], atol=1e-6)
 
 
 def test_predict_command_over_grpc_agrees_with_local(server, two_versions, tmp_path):
@@ -324,13 +341,17 @@ def test_warmup_file_has_one_predict_log_per_signature(tmp_path):
     write_savedmodel(tiny_model(3), SHAPE, keras_dir)
     path = write_warmup_requests(keras_dir, images)
     assert path == keras_dir / "assets.extra" / "tf_serving_warmup_requests"
-    # A TFRecord of PredictionLog, read with TensorFlow's own reader.
+    # A TFRecord of PredictionLog, read with TensorFlow's own reader; one per signature.
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
                for r in tf.data.TFRecordDataset(str(path))]
-    assert len(records) == 1 and records[0].WhichOneof("log_type") == "predict_log"
-    request = records[0].predict_log.request
-    assert request.model_spec.signature_name == "serving_default"
-    np.testing.assert_array_equal(tf.make_ndarray(request.inputs["images"]), images)
+    assert all(r.WhichOneof("log_type") == "predict_log" for r in records)
+    requests = {r.predict_log.request.model_spec.signature_name: r.predict_log.request
+                for r in records}
+    assert sorted(requests) == ["serving_bytes", "serving_default"] and len(records) == 2
+    np.testing.assert_array_equal(tf.make_ndarray(requests["serving_default"].inputs["images"]),
+                                  images)
+    files = tf.make_ndarray(requests["serving_bytes"].inputs["image_bytes"])
+    np.testing.assert_array_equal(np.stack([tf.io.decode_png(f).numpy() for f in files]), images)
     # A string input gets the images as PNG bytes.
     text_dir = save_text_model(tmp_path / "text")
     (log,) = read_warmup_requests(write_warmup_requests(text_dir, images).parents[1])
@@ -351,7 +372,7 @@ def test_export_verified_writes_the_warmup_file(tmp_path, tiny_images):
                              accuracy, {})
     logs = read_warmup_requests(result.path)
     assert [log.predict_log.request.model_spec.signature_name for log in logs] == \
-        ["serving_default"]
+        ["serving_bytes", "serving_default"]
     assert warmup_path(result.path).is_file()
 
 

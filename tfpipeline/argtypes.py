@@ -118,3 +118,31 @@ def boolean(text: str) -> bool:
     if lowered in ("false", "0", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """`HxW` (or one number for a square): an image's (height, width), each at least 4."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 4:
+        raise argparse.ArgumentTypeError(f"expected HxW with both at least 4, such as 32x32 or 64x48, got {text!r}")
+    return values[0], values[1]
+
+
+def byte_size(text: str) -> int:
+    """`512M`, `2G`, `1.5GiB`, `0`: a number of bytes (K, M, G, T are powers of 1024)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    factor = 1
+    for power, unit in enumerate("KMGT", start=1):
+        if value.endswith(unit):
+            value, factor = value[:-1], 1024**power
+            break
+    number = _number(value, float, "a size such as 512M or 2G")
+    if not number >= 0 or math.isinf(number):
+        raise argparse.ArgumentTypeError(f"expected a size of 0 or more, such as 512M or 2G, got {text!r}")
+    return int(number * factor)

@@ -36,9 +36,12 @@ def families(text: str) -> tuple[str, ...]:
     return names
 
 
-def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
+def build_parser(dataset: str | None = "mnist") -> argparse.ArgumentParser:
+    """The flags; `dataset` None (`python -m pipelines.images`): --dataset is required."""
     from tfpipeline.data import ENV_MANUAL_DIR
 
+    if dataset is None:
+        return _images_parser()
     parser = argparse.ArgumentParser(
         prog=f"python -m pipelines.{dataset}",
         description=textwrap.dedent(
@@ -71,11 +74,49 @@ def build_parser(dataset: str = "mnist") -> argparse.ArgumentParser:
     return parser
 
 
+def _images_parser() -> argparse.ArgumentParser:
+    """`python -m pipelines.images`: the same flags, --dataset a folder (or a TFDS name) and required."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.images",
+        description=textwrap.dedent(
+            """\
+            Search, train, evaluate, gate and export an image classifier on a folder of your own
+            images, DIR/<class>/* or DIR/train/<class>/* (see docs/images.md), or on a TFDS dataset:
+            files → tf.data (decode, resize) → [KerasTuner search] → Keras model → test evaluation →
+            promotion gate → verified SavedModel in <export-dir>/<folder name>/<version>/ whose
+            serving_bytes signature takes JPEG/PNG files."""
+        ),
+        epilog=textwrap.dedent(
+            f"""\
+            examples:
+              python -m pipelines.images --dataset photos/                       # search, train the best
+              python -m pipelines.images --dataset photos/ --no-tune --image-size 64x64
+              python -m pipelines.images --dataset photos/ --quick               # smoke test
+              python -m tfpipeline.predict cat.jpg --model-dir exported/photos   # classify a file
+            exit status: 0 published, {EXIT_USER_ERROR} a usage or input mistake, {EXIT_DIVERGED} training diverged,
+            {EXIT_EXPORT_FAILED} export verification failed, {EXIT_HELD_BACK} held back by the promotion gate,
+            {EXIT_INTERRUPTED} interrupted."""
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for add in (_what, _how, _distribution, _search, _gate, _where, _tensorboard):
+        add(parser, None)
+    return parser
+
+
 def _what(parser: argparse.ArgumentParser, dataset: str) -> None:
     from tfpipeline.models import FAMILIES
 
     what = parser.add_argument_group("what to train")
-    what.add_argument("--dataset", default=dataset, help=f"TFDS dataset name (default: {dataset})")
+    what.add_argument("--dataset", default=dataset, required=dataset is None,
+                      help="TFDS dataset name, or a folder of images: DIR/<class>/* or DIR/train/<class>/* "
+                           f"(docs/images.md){f'; default: {dataset}' if dataset else ''}")
+    what.add_argument("--image-size", type=argtypes.image_size, metavar="HxW",
+                      help="the model's input size; images are resized to it (default: the dataset's own; a "
+                           "folder: the median size, longer side at most 64, sides multiples of 4)")
+    what.add_argument("--channels", type=int, choices=[1, 3],
+                      help="1 (grayscale) or 3 (RGB) input channels (default: the dataset's own; a folder: 3 "
+                           "if any training image has a pixel that is not gray)")
     what.add_argument("--model", default="cnn", choices=[*FAMILIES, "auto"],
                       help="model family, or auto: the search chooses the family too (default: cnn)")
     what.add_argument("--hparam", type=argtypes.key_value, action="append", default=[], metavar="KEY=VALUE",
@@ -99,7 +140,11 @@ def _how(parser: argparse.ArgumentParser, dataset: str) -> None:
     how.add_argument("--seed", type=int, default=42, help="seed for weights and data order (default: 42)")
     how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
     how.add_argument("--validation-fraction", type=argtypes.open_fraction, default=0.1, metavar="F",
-                     help="share of the TFDS train split held out for validation (default: 0.1)")
+                     help="share of the training data held out for validation (a folder without test/ also "
+                          "holds out as much for test; default: 0.1)")
+    how.add_argument("--cache-budget", type=argtypes.byte_size, metavar="SIZE",
+                     help="decoded examples up to SIZE (e.g. 2G) are cached in memory; a larger dataset is "
+                          "cached on disk under --work-dir, or not at all (default: a quarter of the RAM)")
     how.add_argument("--quick", action="store_true",
                      help="small subset and one epoch (unless --epochs), no search (unless --tune): a smoke test")
 
@@ -207,6 +252,7 @@ def config_from_args(args: argparse.Namespace):
         dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, hparams=dict(args.hparam), seed=args.seed,
         deterministic=args.deterministic, validation_fraction=args.validation_fraction,
+        image_size=args.image_size, channels=args.channels, cache_budget=args.cache_budget,
         data_dir=args.data_dir, manual_dir=args.manual_dir, export_dir=args.export_dir,
         logdir=args.logdir, work_dir=args.work_dir, run_name=args.run_name, quick=args.quick,
         histogram_freq=args.histogram_freq, image_freq=args.image_freq, profile_batches=args.profile_batches,
@@ -287,7 +333,7 @@ def fail(message: str, code: int) -> int:
     return code
 
 
-def main(argv: list[str] | None = None, dataset: str = "mnist") -> int:
+def main(argv: list[str] | None = None, dataset: str | None = "mnist") -> int:
     args = build_parser(dataset).parse_args(argv)  # exits 2 with a usage message on bad flags
 
     from tfpipeline.errors import UserError

@@ -92,7 +92,7 @@ class PipelineConfig:
     """One run of the pipeline: data → [search] → train → evaluate → gate → export.
 
     Args:
-        dataset: TFDS dataset name.
+        dataset: TFDS dataset name, or a folder of images (tfpipeline/folders.py).
         model: model family (tfpipeline/models), or "auto" to search the family too.
         epochs, batch_size, learning_rate: None takes the family's own default (or, after a
             search, the best trial's); `batch_size` is per replica.
@@ -104,6 +104,10 @@ class PipelineConfig:
         max_regression: the promotion gate: percentage points of test accuracy a new version
             may lose against the latest published one before it is held back.
         force_publish: publish even when the gate would hold the new version back.
+        image_size, channels: the model's input (height, width) and channels; None: the
+            dataset's own (a folder: `folders.default_size`, `folders.default_channels`).
+        cache_budget: bytes of decoded examples kept in memory; a larger dataset is cached on
+            disk under `work_dir`, or not at all. None: a quarter of the RAM.
         histogram_freq, image_freq, profile_batches: TensorBoard extras
             (tfpipeline/tensorboard_logs.py).
         strategy, cpu_devices, lr_scaling: distribution (tfpipeline/distribute.py).
@@ -122,6 +126,9 @@ class PipelineConfig:
     seed: int = 42
     deterministic: bool = False
     validation_fraction: float = 0.1
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    cache_budget: int | None = None
     data_dir: str | None = None
     manual_dir: str | None = None
     export_dir: str = "exported"
@@ -146,7 +153,22 @@ class PipelineConfig:
     export_tflite: bool = False
     max_quantization_drop: float = 0.5
 
+    @property
+    def dataset_name(self) -> str:
+        """What exports, logs and checkpoints are filed under: a folder's base name or the TFDS name."""
+        from tfpipeline import data  # TFDS and TensorFlow: only when asked
+
+        return data.dataset_name(self.dataset)
+
+    def input_identity(self) -> dict[str, Any]:
+        """--image-size and --channels for a resume key, when given (older runs keep their keys)."""
+        return {key: getattr(self, key) for key in ("image_size", "channels") if getattr(self, key) is not None}
+
     def validate(self) -> None:
+        if self.channels not in (None, 1, 3):
+            raise UserError(f"--channels must be 1 or 3, got {self.channels}.")
+        if self.cache_budget is not None and (not isinstance(self.cache_budget, int) or self.cache_budget < 0):
+            raise UserError(f"--cache-budget must be 0 or a number of bytes, got {self.cache_budget}.")
         for name in ("epochs", "batch_size", "cpu_devices"):
             _check_positive_int(name, getattr(self, name))
         if self.learning_rate is not None and not self.learning_rate > 0:

@@ -1,4 +1,8 @@
-"""Input pipelines: a TFDS image-classification dataset → batched `tf.data` pipelines.
+"""Input pipelines: a TFDS image-classification dataset or a folder of images → batched
+`tf.data` pipelines.
+
+`load(name_or_path)` takes a TFDS catalog name or an existing folder (class-per-folder images,
+read by `tfpipeline.folders`); everything after that is the same for both.
 
 TFDS does the downloading, checksum checking and parsing of the published files; this
 module only decides which slices to read and how to feed them to Keras quickly:
@@ -13,13 +17,17 @@ through the same code.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
+from tfpipeline import folders, imaging
 from tfpipeline.errors import UserError
 
 #: Environment variable naming the folder of manually downloaded files (the `--manual-dir` flag).
@@ -31,9 +39,11 @@ ENV_DATA_DIR = "TFDS_DATA_DIR"
 # (several batches, a real validation pass) in seconds. It still evaluates on the whole test
 # split (a few seconds), so its figures compare with any other evaluation of that split.
 QUICK_EXAMPLES = {"train": 3000, "validation": 1000}
-# Examples the training shuffle draws from: all of MNIST's training split, so each epoch is a
-# full reshuffle of it.
-SHUFFLE_BUFFER = 60_000
+
+# The training shuffle buffer holds at most this many bytes of decoded examples (all of a
+# small dataset, such as MNIST's 54,000 training images; 5,000 64x64 RGB ones), and at most a
+# quarter of the cache budget (`Datasets.batched`).
+SHUFFLE_BUFFER_BYTES = 64 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +55,11 @@ class DatasetSpec:
     input_shape: tuple[int, int, int]
     num_classes: int
     class_names: tuple[str, ...]
-    splits: dict[str, str]  # role ("train", "validation", "test") -> TFDS split string
+    splits: dict[str, str]  # role ("train", "validation", "test") -> TFDS split string or folder
     num_examples: dict[str, int]  # role -> number of examples read
+    # Where the examples came from and how they were prepared: "kind" ("tfds" or "folder"), the
+    # cache decision and, for a folder, its layout, split rule and skipped files.
+    source: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -60,6 +73,17 @@ class Datasets:
     train: tf.data.Dataset
     validation: tf.data.Dataset
     test: tf.data.Dataset
+    # Where decoded examples are kept between epochs (None: in memory, make_pipeline's default).
+    # "disk": `load` already cached each split in a file; "none": not cached.
+    cache_plan: folders.CachePlan | None = None
+
+    def batched(self, batch_size: int, seed: int):
+        """`batched` for these datasets: in-memory cache only when the cache plan says so, and a
+        shuffle buffer of at most a quarter of the cache budget."""
+        plan = self.cache_plan
+        memory = plan is None or plan.kind == "memory"
+        budget = plan.budget_bytes if plan else 4 * SHUFFLE_BUFFER_BYTES
+        return batched(batch_size, seed, cache=memory, shuffle_buffer_bytes=min(SHUFFLE_BUFFER_BYTES, budget // 4))
 
 
 def resolve_manual_dir(manual_dir: str | os.PathLike | None) -> Path | None:
@@ -84,7 +108,7 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         ) from exc
 
 
-def _check_features(builder: tfds.core.DatasetBuilder) -> None:
+def _check_features(builder: tfds.core.DatasetBuilder, image_size=None) -> None:
     features = builder.info.features
     image = features["image"] if "image" in features else None
     label = features["label"] if "label" in features else None
@@ -94,10 +118,10 @@ def _check_features(builder: tfds.core.DatasetBuilder) -> None:
             "read: it needs an `image` Image feature and a `label` ClassLabel feature "
             f"(it has: {', '.join(features.keys())}). Choose another --dataset."
         )
-    if None in image.shape:
+    if None in image.shape[:2] and image_size is None:
         raise UserError(
-            f"Dataset {builder.name!r} has images of varying size {image.shape}; this pipeline "
-            "needs a fixed image shape. Choose another --dataset."
+            f"Dataset {builder.name!r} has images of varying size {image.shape}; pass --image-size "
+            "HxW (for example 64x64) to resize them all to one input size."
         )
 
 
@@ -122,10 +146,11 @@ def _check_manual_dir(builder: tfds.core.DatasetBuilder, manual_dir: Path) -> No
         )
 
 
-def prepare(name: str, data_dir: str | None = None, manual_dir: str | os.PathLike | None = None):
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | os.PathLike | None = None,
+            image_size: tuple[int, int] | None = None):
     """Return a TFDS builder whose data is prepared, preparing it (once) if needed."""
     builder = get_builder(name, resolve_data_dir(data_dir))
-    _check_features(builder)
+    _check_features(builder, image_size)
     if builder.is_prepared():
         return builder
     manual = resolve_manual_dir(manual_dir)
@@ -176,6 +201,31 @@ def split_strings(num_train: int, validation_fraction: float, quick: bool = Fals
     return {"train": f"train[:{boundary}]", "validation": f"train[{boundary}:]", "test": "test"}
 
 
+def is_folder(name: str) -> bool:
+    """Whether `--dataset name` means a folder: a value that starts like a path (`/`, `.`, `~`:
+    no TFDS name does), or an existing path that is not also a TFDS name (`./mnist` is the
+    folder when a folder `mnist` is beside the TFDS dataset of that name)."""
+    if name.startswith(("/", ".", "~")):
+        return True
+    if not Path(name).exists():
+        return False
+    try:
+        tfds.builder_cls(name.split(":")[0].split("/")[0])
+    except tfds.core.registered.DatasetNotFoundError:
+        return True
+    return False
+
+
+def dataset_name(name: str) -> str:
+    """The name exports, logs and checkpoints are filed under: a folder's base name, else the
+    TFDS name."""
+    return Path(name).expanduser().resolve().name if is_folder(name) else name
+
+
+def _example_bytes(shape) -> int:
+    return int(np.prod(shape)) + 4  # uint8 pixels and an int32 label
+
+
 def load(
     name: str = "mnist",
     *,
@@ -183,9 +233,53 @@ def load(
     manual_dir: str | os.PathLike | None = None,
     validation_fraction: float = 0.1,
     quick: bool = False,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    cache_budget: int | None = None,
+    work_dir: str | os.PathLike = "work",
+    seed: int = 42,
 ) -> Datasets:
-    """Prepare `name` with TFDS and return its train / validation / test datasets."""
-    builder = prepare(name, data_dir, manual_dir)
+    """Train / validation / test datasets of a TFDS dataset or of a folder of images.
+
+    Args:
+        name: a TFDS catalog name (prepared with TFDS, once) or a folder path (see
+            `tfpipeline.folders` for the layouts).
+        data_dir, manual_dir: TFDS's data folder and its folder of downloaded files.
+        validation_fraction: share of the training data held out for validation.
+        quick: read a small subset of train and validation (a smoke test).
+        image_size: (height, width) of the model's input; None: the dataset's own (a folder:
+            `folders.default_size`).
+        channels: 1 or 3; None: the dataset's own (a folder: `folders.default_channels`).
+        cache_budget: bytes of decoded examples that may be cached in memory; more goes to
+            disk under `work_dir`, or is not cached. None: `folders.default_cache_budget()`.
+        work_dir: the disk cache goes under `<work_dir>/<dataset name>/cache/`.
+        seed: fixes which files of a folder go to which split.
+    """
+    if channels not in (None, 1, 3):
+        raise UserError(f"--channels must be 1 or 3, got {channels}.")
+    budget = folders.default_cache_budget() if cache_budget is None else int(cache_budget)
+    if is_folder(name):
+        datasets = _load_folder(name, validation_fraction, quick, image_size, channels, seed)
+    else:
+        datasets = _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_size, channels)
+    spec = datasets.spec
+    key = hashlib.sha256(json.dumps([spec.to_json(), name], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    plan = folders.cache_plan(sum(spec.num_examples.values()), _example_bytes(spec.input_shape), budget,
+                              Path(work_dir) / dataset_name(name) / "cache" / key)
+    if plan.kind != "memory":
+        print(f"The decoded dataset ({plan.prepared_bytes / 2**20:,.1f} MiB) exceeds --cache-budget "
+              f"({plan.budget_bytes / 2**20:,.1f} MiB): " + (f"caching it on disk in {plan.directory}."
+              if plan.kind == "disk" else "not caching it (not enough free disk either); each epoch decodes again."),
+              flush=True)
+    spec = dataclasses.replace(spec, source={**spec.source, "cache": plan.to_json()})
+    roles = {"train": datasets.train, "validation": datasets.validation, "test": datasets.test}
+    if plan.kind == "disk":  # each split's decoded examples in a file (TF writes it on the first full pass)
+        roles = {role: ds.cache(str(Path(plan.directory) / role)) for role, ds in roles.items()}
+    return Datasets(spec, roles["train"], roles["validation"], roles["test"], plan)
+
+
+def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_size, channels) -> Datasets:
+    builder = prepare(name, data_dir, manual_dir, image_size)
     info = builder.info
     if "train" not in info.splits or "test" not in info.splits:
         raise UserError(
@@ -195,6 +289,10 @@ def load(
     splits = split_strings(info.splits["train"].num_examples, validation_fraction, quick)
     image_feature = info.features["image"]
     label_feature = info.features["label"]
+    own_channels = image_feature.shape[-1]
+    size = tuple(image_size or image_feature.shape[:2])
+    out_channels = channels or own_channels
+    convert = image_size is not None or out_channels != own_channels
 
     def read(split: str) -> tf.data.Dataset:
         # Read encoded images and decode them ourselves in a parallel map (below): TFDS
@@ -206,8 +304,11 @@ def load(
         )
 
     def decode(example):
-        image = image_feature.decode_example(example["image"])
-        image.set_shape(image_feature.shape)
+        if convert:  # the serving_bytes signature's own decode and resize
+            image = imaging.prepare(example["image"], size, out_channels)
+        else:
+            image = image_feature.decode_example(example["image"])
+            image.set_shape(image_feature.shape)
         return image, tf.cast(example["label"], tf.int32)
 
     datasets = {
@@ -217,26 +318,97 @@ def load(
     spec = DatasetSpec(
         name=name,
         version=str(info.version),
-        input_shape=tuple(int(d) for d in image_feature.shape),
+        input_shape=(int(size[0]), int(size[1]), int(out_channels)),
         num_classes=label_feature.num_classes,
         class_names=tuple(label_feature.names),
         splits=splits,
         num_examples={role: int(info.splits[split].num_examples) for role, split in splits.items()},
+        source={"kind": "tfds"},
     )
     return Datasets(spec, datasets["train"], datasets["validation"], datasets["test"])
 
 
-def make_pipeline(dataset: tf.data.Dataset, *, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
+def _load_folder(path, validation_fraction, quick, image_size, channels, seed) -> Datasets:
+    idx = folders.index(path, validation_fraction=validation_fraction, seed=seed)
+    folders.report_skipped(idx.skipped, idx.root)
+    files, labels = dict(idx.files), dict(idx.labels)
+    if quick:
+        for role, limit in QUICK_EXAMPLES.items():
+            files[role], labels[role] = files[role][:limit], labels[role][:limit]
+    train_shapes = idx.shapes["train"]
+    size = tuple(image_size) if image_size else folders.default_size(train_shapes)
+    out_channels = channels or folders.default_channels(train_shapes)
+    print(f"Folder dataset {idx.root} ({idx.layout} layout): {len(idx.class_names)} classes, "
+          + ", ".join(f"{len(files[r]):,} {r}" for r in ("train", "validation", "test"))
+          + f" images; input {size[0]}x{size[1]}x{out_channels}"
+          + ("" if image_size and channels else " (" + ", ".join(
+              w for w, given in (("size", image_size), ("channels", channels)) if not given) + " from the data)"),
+          flush=True)
+    digest = hashlib.sha256()
+    for role in ("train", "validation", "test"):
+        for f, lab in zip(files[role], labels[role]):
+            digest.update(f"{role}:{Path(f).relative_to(idx.root).as_posix()}:{lab}\n".encode())
+    spec = DatasetSpec(
+        name=idx.root.name,
+        version=f"files-{digest.hexdigest()[:12]}",  # changes when the files or the split change
+        input_shape=(int(size[0]), int(size[1]), int(out_channels)),
+        num_classes=len(idx.class_names),
+        class_names=idx.class_names,
+        splits=idx.split_rule["splits"],
+        num_examples={role: len(files[role]) for role in ("train", "validation", "test")},
+        source={
+            "kind": "folder",
+            "path": str(idx.root),
+            "split": idx.split_rule,
+            "image_size": list(size),
+            "image_size_from": "--image-size" if image_size else "data (folders.default_size)",
+            "channels": int(out_channels),
+            "channels_from": "--channels" if channels else "data (folders.default_channels)",
+            "skipped": {
+                "count": len(idx.skipped),
+                "not_images": sum(1 for _, why in idx.skipped if why.startswith("not an image")),
+                "undecodable": sum(1 for _, why in idx.skipped if not why.startswith("not an image")),
+                "files": [Path(p).relative_to(idx.root).as_posix() for p, _ in idx.skipped[:folders.SHOW_SKIPPED]],
+            },
+        },
+    )
+    made = {role: folders.dataset(files[role], labels[role], size, out_channels) for role in files}
+    return Datasets(spec, made["train"], made["validation"], made["test"])
+
+
+def shuffle_buffer_for(dataset: tf.data.Dataset, max_bytes: int = SHUFFLE_BUFFER_BYTES) -> int:
+    """All of the dataset when `max_bytes` holds it, else as many examples as fit (at least 256)."""
+    example = sum(int(np.prod(s.shape)) * s.dtype.size for s in tf.nest.flatten(dataset.element_spec)
+                  if s.shape.is_fully_defined())
+    fit = max(256, max_bytes // max(1, example))
+    count = int(dataset.cardinality())
+    return min(fit, count) if count > 0 else fit
+
+
+def make_pipeline(
+    dataset: tf.data.Dataset,
+    *,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    cache: bool = True,
+    shuffle_buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
+) -> tf.data.Dataset:
     """Batch an unbatched `(image, label)` dataset for training or evaluation.
 
-    Cache after decoding (decoded MNIST is 47 MB; each epoch after the first then reads
-    memory), shuffle with a fixed seed but a new order every epoch, batch, and prefetch so
-    the next batch is ready when the model asks for it. The order is always deterministic
-    (cheap here); `--deterministic` adds op determinism on top.
+    Cache after decoding in memory (decoded MNIST is 47 MB; each epoch after the first then
+    reads memory) unless `cache` is False (`Datasets.batched` says: a dataset over the cache
+    budget is cached on disk by `load` already, or not at all), shuffle with a fixed seed but
+    a new order every epoch, from a buffer sized from the data (`shuffle_buffer_for`, at most
+    `shuffle_buffer_bytes`), batch, and prefetch so the next batch is ready when the model asks
+    for it. The order is always deterministic (cheap here); `--deterministic` adds op
+    determinism on top.
     """
-    dataset = dataset.cache()
+    if cache:
+        dataset = dataset.cache()
     if training:
-        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        buffer = shuffle_buffer_for(dataset, shuffle_buffer_bytes)
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
@@ -245,6 +417,7 @@ def make_pipeline(dataset: tf.data.Dataset, *, batch_size: int, training: bool, 
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def batched(batch_size: int, seed: int):
-    """`make_pipeline` with the batch size and seed fixed: `f(dataset, training)`."""
-    return lambda dataset, training: make_pipeline(dataset, batch_size=batch_size, training=training, seed=seed)
+def batched(batch_size: int, seed: int, **options):
+    """`make_pipeline` with the batch size, seed and `options` fixed: `f(dataset, training)`."""
+    return lambda dataset, training: make_pipeline(dataset, batch_size=batch_size, training=training, seed=seed,
+                                                   **options)

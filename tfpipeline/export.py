@@ -4,6 +4,11 @@
     exported/<dataset>/<N>/assets.extra/tf_serving_warmup_requests   (tfpipeline.warmup)
     exported/<dataset>/<N>/metadata.json
 
+Two signatures: `serving_default` takes `images`, uint8 `[-1, H, W, C]` pixels; `serving_bytes`
+takes `image_bytes`, a `tf.string [-1]` batch of encoded JPEG/PNG/GIF/BMP files of any size,
+decoded, converted and resized in the graph by `imaging.prepare` (what the folder datasets'
+`tf.data` map runs). Both return the same outputs.
+
 A version is written into a hidden temporary folder beside its final place (`staged`),
 reloaded with plain `tf.saved_model.load` and checked against the in-memory model on the test
 set, and only then, if the promotion gate (tfpipeline/gate.py) lets it, renamed to the next
@@ -28,11 +33,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpipeline import imaging
 from tfpipeline.errors import UserError
 from tfpipeline.warmup import write_warmup_requests
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
+BYTES_SIGNATURE = "serving_bytes"
+BYTES_INPUT_NAME = "image_bytes"
+# Test images sent through serving_bytes as PNG files by export verification.
+BYTES_CHECK_EXAMPLES = 16
 TMP_PREFIX = ".tmp-"
 HELD_DIR = "candidates"  # versions the promotion gate held back, by run id
 
@@ -86,17 +96,70 @@ def serving_function(model: keras.Model, input_shape) -> tf.types.experimental.P
     return serve
 
 
+def bytes_serving_function(pixels: tf.types.experimental.PolymorphicFunction, input_shape
+                           ) -> tf.types.experimental.PolymorphicFunction:
+    """The `serving_bytes` signature: encoded image files in, the same outputs as `serving_default`.
+
+    A string that is not a JPEG/PNG/GIF/BMP file (or is cut short) fails the call with
+    InvalidArgumentError naming what was expected; a server answers that request with an
+    error and goes on serving.
+
+    Args:
+        pixels: the `serving_default` function (`serving_function`); called on the decoded
+            images, so the model is traced once for both signatures.
+        input_shape: (height, width, channels) of the model's input.
+    """
+    height, width, channels = (int(d) for d in input_shape)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)])
+    def serve_bytes(image_bytes):
+        images = tf.map_fn(
+            lambda encoded: imaging.prepare(encoded, (height, width), channels),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8),
+        )
+        return pixels(images)
+
+    return serve_bytes
+
+
 def write_savedmodel(model: keras.Model, input_shape, path: Path) -> None:
-    """Write `model` as a SavedModel with our serving signature, using Keras's own exporter."""
+    """Write `model` as a SavedModel with our two serving signatures, using Keras's own exporter."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, serving_function(model, tuple(input_shape)))
+    pixels = serving_function(model, tuple(input_shape))
+    archive.add_endpoint(SIGNATURE, pixels)
+    archive.add_endpoint(BYTES_SIGNATURE, bytes_serving_function(pixels, tuple(input_shape)))
     archive.write_out(str(path), verbose=False)
 
 
-def savedmodel_predict(path: Path, images: np.ndarray, batch_size: int = 1000) -> dict[str, np.ndarray]:
-    """Run the SavedModel at `path` on `images` through `serving_default`, with TF alone."""
-    loaded = tf.saved_model.load(str(path))
+def encode_png(images: np.ndarray) -> np.ndarray:
+    """uint8 `[n, H, W, C]` → a `[n]` array of PNG files' bytes (lossless: same pixels back)."""
+    return np.array([tf.io.encode_png(image).numpy() for image in images], dtype=object)
+
+
+def check_bytes_signature(path: Path, images: np.ndarray, loaded=None) -> None:
+    """`serving_bytes` on `images` sent as PNG files must give `serving_default`'s classes and
+    probabilities; raises ExportVerificationError otherwise. `loaded`: the SavedModel at
+    `path`, if already loaded."""
+    loaded = loaded or tf.saved_model.load(str(path))
+    if BYTES_SIGNATURE not in loaded.signatures:
+        raise ExportVerificationError(f"the SavedModel has no {BYTES_SIGNATURE} signature")
+    pixels = loaded.signatures[SIGNATURE](**{INPUT_NAME: tf.constant(images)})
+    encoded = loaded.signatures[BYTES_SIGNATURE](**{BYTES_INPUT_NAME: tf.constant(encode_png(images))})
+    if not np.array_equal(pixels["classes"].numpy(), encoded["classes"].numpy()) or not np.allclose(
+        pixels["probabilities"].numpy(), encoded["probabilities"].numpy(), atol=1e-5
+    ):
+        raise ExportVerificationError(
+            f"{BYTES_SIGNATURE} on {len(images)} test images sent as PNG files does not give the "
+            f"outputs of {SIGNATURE} on their pixels"
+        )
+
+
+def savedmodel_predict(path: Path, images: np.ndarray, batch_size: int = 1000, loaded=None) -> dict[str, np.ndarray]:
+    """Run the SavedModel at `path` on `images` through `serving_default`, with TF alone.
+    `loaded`: the SavedModel at `path`, if already loaded."""
+    loaded = loaded or tf.saved_model.load(str(path))
     serve = loaded.signatures[SIGNATURE]
     outputs: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), batch_size):
@@ -137,6 +200,17 @@ def _publish(tmp: Path, base: Path) -> int:
     raise RuntimeError(f"could not find a free version number in {base}")
 
 
+def signature_metadata(input_shape, bytes_checked: int) -> dict:
+    """metadata.json's description of the two signatures."""
+    height, width, channels = (int(d) for d in input_shape)
+    return {
+        SIGNATURE: {"input": INPUT_NAME, "dtype": "uint8", "shape": [-1, height, width, channels]},
+        BYTES_SIGNATURE: {"input": BYTES_INPUT_NAME, "dtype": "string", "shape": [-1], "channels": channels,
+                          "resize": f"imaging.resize to {height}x{width} (area when shrinking, else bilinear)",
+                          "verified_on": f"{bytes_checked} test images as PNG"},
+    }
+
+
 @dataclasses.dataclass
 class Candidate:
     """A written and verified SavedModel in a hidden folder beside the versions, not yet published."""
@@ -144,6 +218,7 @@ class Candidate:
     path: Path
     base: Path
     verified_accuracy: float
+    signatures: dict = dataclasses.field(default_factory=dict)  # for metadata.json
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -161,15 +236,19 @@ def staged(model: keras.Model, input_shape, export_base: Path, test_images: np.n
     candidate = Candidate(tmp, base, float("nan"))
     try:
         write_savedmodel(model, input_shape, tmp)
-        outputs = savedmodel_predict(tmp, test_images)
+        loaded = tf.saved_model.load(str(tmp))  # plain TF, as a server loads it
+        outputs = savedmodel_predict(tmp, test_images, loaded=loaded)
         accuracy = float((outputs["classes"] == test_labels).mean())
         if accuracy != expected_accuracy:
             raise ExportVerificationError(
                 f"the reloaded SavedModel scores {accuracy:.4%} on the test set but the trained "
                 f"model scored {expected_accuracy:.4%}"
             )
+        check_bytes_signature(tmp, test_images[:BYTES_CHECK_EXAMPLES], loaded=loaded)
+        del loaded
         write_warmup_requests(tmp, test_images[:3])  # TF Serving's assets.extra warm-up file
         candidate.verified_accuracy = accuracy
+        candidate.signatures = signature_metadata(input_shape, min(len(test_images), BYTES_CHECK_EXAMPLES))
         yield candidate
     finally:
         candidate.discard()  # a no-op once published or held (the folder was moved)
@@ -177,7 +256,8 @@ def staged(model: keras.Model, input_shape, export_base: Path, test_images: np.n
 
 def _write_metadata(candidate: Candidate, metadata: dict) -> None:
     metadata = {**metadata, "export": {**metadata.get("export", {}), "signature": SIGNATURE,
-                                       "verified_test_accuracy": candidate.verified_accuracy}}
+                                       "verified_test_accuracy": candidate.verified_accuracy,
+                                       "signatures": candidate.signatures}}
     with open(candidate.path / "metadata.json", "w") as f:
         json.dump(metadata, f, indent=2, default=_json_default)
         f.flush()

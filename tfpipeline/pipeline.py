@@ -77,14 +77,16 @@ def run(config: PipelineConfig) -> PipelineResult:
     # A search runs each trial on one device, and so does the training of its best.
     dist = distribute.setup("default" if plan else config.strategy, cpu_devices=config.cpu_devices,
                             lr_scaling=config.lr_scaling)
-    export_base = export.ensure_writable(dist.writable(Path(config.export_dir) / config.dataset))
+    export_base = export.ensure_writable(dist.writable(Path(config.export_dir) / config.dataset_name))
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: same weights, same order
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     datasets = data_lib.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
-                             validation_fraction=config.validation_fraction, quick=config.quick)
+                             validation_fraction=config.validation_fraction, quick=config.quick,
+                             image_size=config.image_size, channels=config.channels,
+                             cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed)
     state = _run_state(config, plan, dist)
-    logdir = dist.writable(Path(config.logdir) / config.dataset / state.run_id)
+    logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)
 
     found = None
     if plan is not None:
@@ -109,7 +111,7 @@ def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> r
         this_role = tuning.role()
         if this_role == "worker":  # the chief writes run.json before it listens
             tuning.wait_for_chief()
-        state_dir = Path(config.work_dir) / config.dataset / runstate.key(
+        state_dir = Path(config.work_dir) / config.dataset_name / runstate.key(
             f"tune-{config.model}", tuning.identity(config, plan))
         state = runstate.resolve(state_dir, runstate.new_run_id(config.run_name, config.model, True),
                                  overwrite=plan.overwrite, follower=this_role == "worker")
@@ -119,11 +121,12 @@ def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> r
         return state
     hp = _family_hyperparams(config)
     identity = {"dataset": config.dataset, "model": config.model, "hp": dataclasses.asdict(hp),
-                "seed": config.seed, "quick": config.quick, "validation_fraction": config.validation_fraction}
+                "seed": config.seed, "quick": config.quick, "validation_fraction": config.validation_fraction,
+                **config.input_identity()}
     if dist.kind != "default":  # another global batch: another run
         identity["distribution"] = dist.identity()
     identity.update(training.optimizer_options(config))  # only when set: older keys stay valid
-    state_dir = dist.writable(Path(config.work_dir) / config.dataset / runstate.key(config.model, identity))
+    state_dir = dist.writable(Path(config.work_dir) / config.dataset_name / runstate.key(config.model, identity))
     return runstate.resolve(state_dir, runstate.new_run_id(config.run_name, config.model, False))
 
 
@@ -147,7 +150,7 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     if found:
         train, trained_on = datasets.train.concatenate(datasets.validation), ["train", "validation"]
     num_train = sum(spec.num_examples[role] for role in trained_on)
-    batches = data_lib.batched(dist.global_batch(hp.batch_size), config.seed)
+    batches = datasets.batched(dist.global_batch(hp.batch_size), config.seed)
     validation = None if found else batches(datasets.validation, False)
     # Global batch and scaled learning rate: steps per epoch and the schedule follow from them.
     global_hp = dataclasses.replace(hp, batch_size=dist.global_batch(hp.batch_size),
@@ -189,7 +192,7 @@ def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, stat
     """Evaluate once on test, gate against the latest published version, then publish (or
     hold back) the verified export and write the run's TensorBoard summary."""
     spec = datasets.spec
-    test_images, test_labels = evaluation.collect(data_lib.batched(1000, config.seed)(datasets.test, False))
+    test_images, test_labels = evaluation.collect(datasets.batched(1000, config.seed)(datasets.test, False))
     test_eval = evaluation.evaluate(trained.model, test_images, test_labels, spec.class_names)
     if found:
         validation = {"accuracy": found.best["score"], "loss": found.best["val_loss"],

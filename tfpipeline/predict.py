@@ -5,8 +5,11 @@
     python -m tfpipeline.predict digit.png --grpc 127.0.0.1:8500 [--model-name mnist]
     python -m tfpipeline.predict --tflite exported/mnist/1/model_int8.tflite digit.png
 
-Images are converted to the signature's input: grayscale or RGB by its channel count and
-resized to its height and width. Prints one line per file: class and its probability.
+A model with a `serving_bytes` signature (every export since issue 14) gets the files' bytes
+as they are: the model decodes and resizes them itself, exactly as in training. An older
+model (or --signature-name serving_default) gets pixels: images are converted here to the
+signature's input, grayscale or RGB by its channel count and resized to its height and width.
+Prints one line per file: class and its probability.
 The --server mode talks plain TF Serving REST, so it works against TF Serving itself too,
 and does not import TensorFlow. The --grpc mode uses TF Serving's published gRPC client
 (tensorflow-serving-api's PredictionServiceStub), so it works against TF Serving too.
@@ -15,6 +18,7 @@ and does not import TensorFlow. The --grpc mode uses TF Serving's published gRPC
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -181,6 +185,117 @@ class GrpcModel:
         return {k: self._tf.make_ndarray(v) for k, v in response.outputs.items()}
 
 
+# -- encoded files to serving_bytes --------------------------------------------------------
+
+BYTES_SIGNATURE = "serving_bytes"
+
+
+def read_file_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"Cannot read image {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise UserError(f"Image {path} is empty (0 bytes)")
+    return data
+
+
+class ServerBytesModel:
+    """`serving_bytes` on a TF Serving REST server: files sent as `{"b64": ...}` strings."""
+
+    _call = ServerModel._call  # the same HTTP errors and timeouts as the pixel mode
+
+    def __init__(self, base: str, input_name: str):
+        self.base, self.input_name = base, input_name
+
+    @classmethod
+    def find(cls, server: str, model_name: str) -> "ServerBytesModel | None":
+        """The server's model if it has a string `serving_bytes` signature, else None."""
+        base = f"{server.rstrip('/')}/v1/models/{model_name}"
+        metadata = cls._call(None, base + "/metadata")
+        try:
+            sig = metadata["metadata"]["signature_def"]["signature_def"][BYTES_SIGNATURE]
+            (name, info), = sig["inputs"].items()
+        except (KeyError, ValueError, TypeError):
+            return None
+        return cls(base, name) if info.get("dtype") == "DT_STRING" else None
+
+    def predict(self, encoded: list[bytes]) -> dict[str, np.ndarray]:
+        # Columnar ("inputs") names the input; TF Serving's REST API reads {"b64": ...} as bytes.
+        values = [{"b64": base64.b64encode(data).decode("ascii")} for data in encoded]
+        payload = {"signature_name": BYTES_SIGNATURE, "inputs": {self.input_name: values}}
+        outputs = self._call(self.base + ":predict", payload)["outputs"]
+        if not isinstance(outputs, dict):
+            outputs = {"probabilities": outputs}
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+class LocalBytesModel:
+    """`serving_bytes` of an exported model, in this process."""
+
+    def __init__(self, signature):
+        self.signature = signature
+        (self.input_name,) = signature.inputs
+
+    @classmethod
+    def find(cls, model_dir: Path) -> "LocalBytesModel | None":
+        """The model's `serving_bytes` signature if it has one, else None."""
+        from tfpipeline.serving.versions import discover_versions
+
+        if not model_dir.is_dir():
+            raise UserError(f"Model directory {model_dir} does not exist")
+        versions = discover_versions(model_dir)
+        if versions:
+            path = versions[max(versions)]
+        elif (model_dir / "saved_model.pb").is_file():
+            path = model_dir
+        else:
+            raise UserError(f"No SavedModel versions under {model_dir} (expected {model_dir}/1/)")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        from tfpipeline.serving.servable import describe_signature
+
+        root = tf.saved_model.load(str(path))
+        if BYTES_SIGNATURE not in root.signatures:
+            return None
+        model = cls(describe_signature(BYTES_SIGNATURE, root.signatures[BYTES_SIGNATURE]))
+        model.root = root  # keeps the variables alive
+        return model
+
+    def predict(self, encoded: list[bytes]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        try:
+            return self.signature({self.input_name: np.array(encoded, dtype=object)})
+        except tf.errors.InvalidArgumentError as exc:
+            raise UserError(f"The model cannot decode an image: {exc.message.strip().splitlines()[-1]}") from None
+
+
+def predict_bytes(model, paths: list[Path]) -> None:
+    """Send each file's bytes to `serving_bytes` (any size: the model resizes) and print its class."""
+    for start in range(0, len(paths), _CHUNK):
+        chunk = paths[start:start + _CHUNK]
+        classes, probabilities = _classify(model.predict([read_file_bytes(p) for p in chunk]))
+        for path, cls, prob in zip(chunk, classes, probabilities):
+            print(f"{path}: class {int(cls)} (probability {prob:.4f})")
+
+
+def find_bytes_model(args: argparse.Namespace):
+    """The model's serving_bytes, unless another signature was asked for; None if it has none."""
+    if args.signature_name not in (None, BYTES_SIGNATURE) or getattr(args, "tflite", None):
+        return None  # a TFLite file has the pixel signature only
+    if args.grpc:
+        return None  # over gRPC, pixels go as raw tensor_content (no JSON to save)
+    if args.server:
+        model = ServerBytesModel.find(args.server, args.model_name)
+    else:
+        model = LocalBytesModel.find(args.model_dir)
+    if model is None and args.signature_name == BYTES_SIGNATURE:
+        raise UserError(f"The model has no {BYTES_SIGNATURE} signature taking a string input")
+    return model
+
+
 # -- in this process ----------------------------------------------------------------------
 
 class LocalModel:
@@ -275,7 +390,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--tflite", type=Path, metavar="FILE",
                        help="an int8 model_int8.tflite (--export-tflite), run with the LiteRT interpreter")
     p.add_argument("--model-name", default="mnist", help="model name on the server (default mnist)")
-    p.add_argument("--signature-name", default="serving_default")
+    p.add_argument("--signature-name", default=None,
+                   help=f"{BYTES_SIGNATURE} (the files' bytes; the default when the model has it) or "
+                        "serving_default (pixels converted here)")
     p.add_argument("--explain", type=Path, metavar="OUT.png",
                    help="with --model-dir and one image: write the image beside its integrated-gradients "
                         "attribution map for the predicted class (docs/explanations.md)")
@@ -290,14 +407,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--explain writes one picture: give one image, not {len(args.images)}")
             print(explain_image(args.model_dir, args.images[0], args.explain))
             return 0
+        bytes_model = find_bytes_model(args)
+        if bytes_model is not None:
+            predict_bytes(bytes_model, args.images)
+            return 0
+        signature = args.signature_name or "serving_default"
         if args.grpc:
-            model = GrpcModel(args.grpc, args.model_name, args.signature_name)
+            model = GrpcModel(args.grpc, args.model_name, signature)
         elif args.server:
-            model = ServerModel(args.server, args.model_name, args.signature_name)
+            model = ServerModel(args.server, args.model_name, signature)
         elif args.tflite:
             model = TFLiteFileModel(args.tflite)
         else:
-            model = LocalModel(args.model_dir, args.signature_name)
+            model = LocalModel(args.model_dir, signature)
         images = [load_image(path, model.spec) for path in args.images]
         # Images can only share a batch when the model fixes their size.
         step = _CHUNK if model.spec.height and model.spec.width else 1

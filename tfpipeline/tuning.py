@@ -84,14 +84,14 @@ class PipelineHyperModel(kt.HyperModel):
             # the oracle does not spend trials varying what the user pinned.
             for name, value in self.fixed[family].items():
                 hp.Fixed(name, _encode(value))
-            chosen = models.family(family).search_space(hp)
+            chosen = models.family(family).search_space(hp, self.spec.input_shape)
         else:
             family = hp.Choice(FAMILY, list(self.families), default=self.families[0])
             chosen = None
             for name in self.families:
                 # Name scopes keep each family's names apart ("cnn/dropout", "mlp/dropout").
                 with hp.conditional_scope(FAMILY, [name]), hp.name_scope(name):
-                    declared = models.family(name).search_space(hp)
+                    declared = models.family(name).search_space(hp, self.spec.input_shape)
                 if name == family:
                     chosen = declared
         return family, dataclasses.replace(chosen, **self.fixed[family])
@@ -169,15 +169,17 @@ class _TrialData:
     """Batched trial pipelines, one pair per batch size (families differ), built once: the
     decoded examples stay cached across trials instead of being re-read for each."""
 
-    def __init__(self, train: tf.data.Dataset, validation: tf.data.Dataset, seed: int):
+    def __init__(self, train: tf.data.Dataset, validation: tf.data.Dataset, seed: int, batched=None):
         self.train, self.validation, self.seed = train, validation, seed
+        # data.Datasets.batched: the cache plan's choice of memory cache and shuffle buffer.
+        self.batched = batched or (lambda batch_size, seed: data_lib.batched(batch_size, seed))
         self._pipelines: dict[int, tuple[tf.data.Dataset, tf.data.Dataset]] = {}
 
     def pipelines(self, batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         if batch_size not in self._pipelines:
             self._pipelines[batch_size] = (
-                data_lib.make_pipeline(self.train, batch_size=batch_size, training=True, seed=self.seed),
-                data_lib.make_pipeline(self.validation, batch_size=batch_size, training=False, seed=self.seed),
+                self.batched(batch_size, self.seed)(self.train, True),
+                self.batched(batch_size, self.seed)(self.validation, False),
             )
         return self._pipelines[batch_size]
 
@@ -295,7 +297,7 @@ def identity(config: PipelineConfig, settings: SearchSettings) -> dict:
     """What defines "the same search", for its resume key (tfpipeline/runstate.py)."""
     return {"dataset": config.dataset, "families": list(families_of(config, settings)),
             "budget": settings.budget(config.quick), "fixed": config.pinned(), "seed": config.seed,
-            "quick": config.quick, "validation_fraction": config.validation_fraction,
+            "quick": config.quick, "validation_fraction": config.validation_fraction, **config.input_identity(),
             **training.optimizer_options(config)}  # only the options set: older keys stay valid
 
 
@@ -320,7 +322,7 @@ def search(config: PipelineConfig, settings: SearchSettings, datasets: data_lib.
         shutil.rmtree(logdir / "trials", ignore_errors=True)
     spec = datasets.spec
     num_search = max(1, round(spec.num_examples["train"] * budget["search_fraction"]))
-    trial_data = _TrialData(datasets.train.take(num_search), datasets.validation, config.seed)
+    trial_data = _TrialData(datasets.train.take(num_search), datasets.validation, config.seed, datasets.batched)
     directory = state.run_dir
     resumed = (directory / "search" / "oracle.json").exists()
     verbose = training.default_verbosity() if config.verbose is None else config.verbose

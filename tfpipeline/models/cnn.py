@@ -43,13 +43,37 @@ class Hyperparams:
     batch_size: int = 128
 
 
+#: Blocks are added (each with twice the last block's filters) until the map is this small.
+MAX_HEAD_SIDE = 8
+
+
+def block_filters(input_shape, hp: Hyperparams) -> tuple[int, ...]:
+    """The filters of each conv block: `hp.filters`, then more blocks until the last map's
+    longer side is at most MAX_HEAD_SIDE. 28x28 (MNIST) keeps its two blocks; 64x64 gets a
+    third, so the dense head sees 6x6 maps, not 14x14."""
+    side = max(input_shape[:2])
+    filters = list(hp.filters)
+
+    def after(side: int) -> int:
+        if hp.padding == "valid":
+            side -= (hp.kernel_size - 1) * hp.convs_per_block
+        return side // 2
+
+    for _ in filters:
+        side = after(side)
+    while side > MAX_HEAD_SIDE and after(side) >= 2:
+        filters.append(min(2 * filters[-1], 256))
+        side = after(side)
+    return tuple(filters)
+
+
 def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras.Model:
     hp = hp or Hyperparams()
     images, x = image_inputs(input_shape)
     if hp.augment:
         # Active only in training; the exported model sees the image unchanged.
         x = keras.layers.RandomTranslation(hp.augment, hp.augment, fill_mode="constant", name="shift")(x)
-    for b, filters in enumerate(hp.filters):
+    for b, filters in enumerate(block_filters(input_shape, hp)):
         for c in range(hp.convs_per_block):
             # No bias before batch norm: its shift makes the bias redundant.
             x = keras.layers.Conv2D(
@@ -74,15 +98,20 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
     return keras.Model(images, logits, name="cnn")
 
 
-def search_space(hp: keras_tuner.HyperParameters) -> Hyperparams:
+def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
     """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
 
-    Widths stop at 48,96: wider blocks cost ~2x per epoch for no gain on 28x28 digits.
+    Widths stop at 48,96: wider blocks cost ~2x per epoch for no gain on 28x28 digits. Larger
+    or colour inputs also try three blocks from the start (`block_filters` adds blocks
+    anyway until the maps are small).
     """
     d = Hyperparams()
+    larger = max(input_shape[:2]) > 32 or input_shape[2] > 1
     return Hyperparams(
         learning_rate=hp.Float("learning_rate", 1e-3, 1e-2, sampling="log", default=d.learning_rate),
-        filters=ints(hp.Choice("filters", options(joined(d.filters), "24,48", "32,64", "48,96"), default=joined(d.filters))),
+        filters=ints(hp.Choice("filters", options(joined(d.filters), "24,48", "32,64", "48,96",
+                                                  *(["16,32,64", "32,64,128"] if larger else [])),
+                               default=joined(d.filters))),
         dense_units=hp.Choice("dense_units", options(0, 64, 128, d.dense_units), default=d.dense_units),
         dropout=hp.Float("dropout", 0.1, 0.5, step=0.1, default=d.dropout),
         batch_norm=hp.Boolean("batch_norm", default=d.batch_norm),

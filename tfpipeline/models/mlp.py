@@ -42,12 +42,17 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
     return keras.Model(images, logits, name="mlp")
 
 
-def search_space(hp: keras_tuner.HyperParameters) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning`; each default is the dataclass default."""
+def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
+    """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
+
+    Larger inputs (more than MNIST's 784 values) also try 2048 units: the first layer then
+    still narrows the input at most ~6x.
+    """
     d = Hyperparams()
+    size = input_shape[0] * input_shape[1] * input_shape[2]
     return Hyperparams(
         learning_rate=hp.Float("learning_rate", 3e-4, 1e-2, sampling="log", default=d.learning_rate),
-        units=hp.Choice("units", options(128, 256, d.units, 1024), default=d.units),
+        units=hp.Choice("units", options(128, 256, d.units, 1024, *([2048] if size > 28 * 28 else [])), default=d.units),
         layers=hp.Int("layers", 1, 3, default=d.layers),
         dropout=hp.Float("dropout", 0.0, 0.5, step=0.1, default=d.dropout),
         normalization=hp.Choice("normalization", options(d.normalization, "batch", "layer"), default=d.normalization),

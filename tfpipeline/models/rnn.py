@@ -47,13 +47,17 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
     return keras.Model(images, logits, name="rnn")
 
 
-def search_space(hp: keras_tuner.HyperParameters) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning`; each default is the dataclass default."""
+def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
+    """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
+
+    Taller images (more time steps, each with more pixels) also try 384 units.
+    """
     d = Hyperparams()
+    tall = input_shape[0] > 32
     return Hyperparams(
         learning_rate=hp.Float("learning_rate", 5e-4, 1e-2, sampling="log", default=d.learning_rate),
         cell=hp.Choice("cell", options(d.cell, *CELLS), default=d.cell),
-        units=hp.Choice("units", options(64, d.units, 256), default=d.units),
+        units=hp.Choice("units", options(64, d.units, 256, *([384] if tall else [])), default=d.units),
         layers=hp.Int("layers", 1, 2, default=d.layers),
         bidirectional=hp.Boolean("bidirectional", default=d.bidirectional),
         dropout=hp.Float("dropout", 0.0, 0.3, step=0.1, default=d.dropout),

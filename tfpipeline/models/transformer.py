@@ -16,9 +16,10 @@ if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
 
 @dataclasses.dataclass
 class Hyperparams:
-    # MNIST: 4x4 = 16 patches of 7x7 pixels. 4-pixel patches (49 of them) cost about 3x more
-    # per image on a 2-core CPU for no accuracy we could measure within a default run.
-    patch_size: int = 7
+    # 0: from the input (`auto_patch_size`): a 4x4 grid of patches, on MNIST 16 patches of
+    # 7x7 pixels. 4-pixel patches (49 of them) cost about 3x more per image on a 2-core CPU
+    # for no accuracy we could measure within a default run.
+    patch_size: int = 0
     embed_dim: int = 64
     num_heads: int = 4
     layers: int = 4
@@ -44,9 +45,24 @@ def encoder_block(x, hp: Hyperparams, name: str):
     return keras.layers.Add(name=f"{name}_add2")([x, h])
 
 
+def auto_patch_size(height: int, width: int, grid: int = 4) -> int:
+    """The common divisor of height and width closest to min(height, width) / grid (the larger
+    on a tie): 7 for 28x28, 8 for 32x32, 16 for 64x64. ValueError when no divisor is within
+    a factor 2 of it (e.g. 31x31): choose patch_size or an --image-size such as 32x32."""
+    target = min(height, width) / grid
+    divisors = [p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0]
+    best = min(divisors, key=lambda p: (abs(p - target), -p))
+    if not target / 2 <= best <= target * 2:
+        raise ValueError(f"no patch size divides the image size {height}x{width} into about a "
+                         f"{grid}x{grid} grid; set patch_size or choose an image size such as 32x32")
+    return best
+
+
 def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras.Model:
     hp = hp or Hyperparams()
     height, width, _ = input_shape
+    if not hp.patch_size:
+        hp = dataclasses.replace(hp, patch_size=auto_patch_size(height, width))
     if height % hp.patch_size or width % hp.patch_size:
         raise ValueError(f"patch_size {hp.patch_size} must divide the image size {height}x{width}.")
     if hp.embed_dim % hp.num_heads:
@@ -75,17 +91,21 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
     return keras.Model(images, logits, name="transformer")
 
 
-def search_space(hp: keras_tuner.HyperParameters) -> Hyperparams:
+def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
     """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
 
-    Powers of two for embed_dim and num_heads keep every pair divisible. Patch sizes 4 and
-    7 divide 28 (MNIST, Fashion-MNIST); on other image sizes a non-dividing patch size makes
-    that trial fail, and the search goes on with the next one.
+    Powers of two for embed_dim and num_heads keep every pair divisible. The patch sizes are
+    those of a 4x4 and a 7x7 grid over the input (7 and 4 on 28x28), so each divides it.
     """
     d = Hyperparams()
+    height, width = input_shape[:2]
+    try:
+        patches = options(auto_patch_size(height, width), auto_patch_size(height, width, grid=7))
+    except ValueError:  # no dividing patch size: the trials fail and say why
+        patches = [d.patch_size]
     return Hyperparams(
         learning_rate=hp.Float("learning_rate", 5e-4, 5e-3, sampling="log", default=d.learning_rate),
-        patch_size=hp.Choice("patch_size", options(d.patch_size, 4, 7), default=d.patch_size),
+        patch_size=hp.Choice("patch_size", patches, default=patches[0]),
         embed_dim=hp.Choice("embed_dim", options(32, d.embed_dim, 128), default=d.embed_dim),
         num_heads=hp.Choice("num_heads", options(2, d.num_heads, 8), default=d.num_heads),
         layers=hp.Int("layers", 2, 6, step=2, default=d.layers),
