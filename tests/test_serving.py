@@ -449,6 +449,9 @@ def test_predict_command_through_server_and_locally_agree(server, model_base, im
 def test_predict_command_reports_bad_image(tmp_path, server):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
+    # The file's bytes go to serving_bytes, so the server's model is what refuses them.
     result = _run("tfpipeline.predict", str(bad), "--server", server.url)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "Cannot read image" in result.stderr
+    assert "Server answered 400" in result.stderr and "Not an image" in result.stderr
+    missing = _run("tfpipeline.predict", str(tmp_path / "missing.png"), "--server", server.url)
+    assert missing.returncode == 2 and "Cannot read image" in missing.stderr

@@ -4,6 +4,7 @@ version and joins the same batch whichever protocol it came by."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from concurrent.futures import Executor
@@ -80,5 +81,16 @@ class ServingCore:
         try:
             return await pending
         except tf.errors.InvalidArgumentError as exc:
-            # Validation matches the signature, so this is the model rejecting values.
-            raise RequestError(f"Model rejected the input: {exc.message.splitlines()[0]}") from None
+            # Validation matches the signature, so this is the model rejecting values (e.g.
+            # serving_bytes given a file that is not an image).
+            raise RequestError(f"Model rejected the input: {model_error(exc.message)}") from None
+
+
+def model_error(message: str) -> str:
+    """The line of a TensorFlow error that says what is wrong: graph errors wrap it in
+    "Graph execution error:", "Detected at node ..." and "[[{{node ...}}]]" lines."""
+    noise = ("Graph execution error:", "Detected at node", "<stack traces unavailable>", "[[")
+    lines = [line.strip() for line in message.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(noise)]
+    text = useful[-1] if useful else message.strip()
+    return re.sub(r"\s*\[Op:[^\]]*\]$", "", text)
