@@ -91,6 +91,38 @@ def test_export_serves_from_plain_tensorflow(quick_runs, manual_dir):
     assert abs(result["accuracy"] - metadata["metrics"]["test"]["accuracy"]) <= 0.001
 
 
+@pytest.mark.slow
+def test_pipeline_export_served_matches_in_process(quick_runs, manual_dir, tmp_path):
+    """The export a real run published, served by `python -m tfpipeline.serve` over REST (both
+    signatures: pixels, and the images' PNG files as TF Serving's b64), answers what the
+    SavedModel answers in this process."""
+    import base64
+
+    import tensorflow as tf
+
+    from tests.serving_helpers import start_server, stop_server
+
+    cwd, _, _ = quick_runs
+    with gzip.open(manual_dir / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)[:64]
+    loaded = tf.saved_model.load(str(cwd / "exported/mnist/2"))  # the version the server serves
+    expected = loaded.signatures["serving_default"](images=tf.constant(images))
+    server = start_server(cwd / "exported/mnist", tmp_path / "server.log")
+    try:
+        status, body = server.post("/v1/models/mnist:predict", {"inputs": {"images": images.tolist()}})
+        assert status == 200, body
+        np.testing.assert_allclose(body["outputs"]["probabilities"], expected["probabilities"].numpy(), atol=1e-6)
+        assert body["outputs"]["classes"] == expected["classes"].numpy().tolist()
+        files = [tf.io.encode_png(image).numpy() for image in images]
+        status, body = server.post("/v1/models/mnist/versions/2:predict", {
+            "signature_name": "serving_bytes",
+            "instances": [{"b64": base64.b64encode(f).decode()} for f in files]})
+        assert status == 200, body
+        assert [row["classes"] for row in body["predictions"]] == expected["classes"].numpy().tolist()
+    finally:
+        stop_server(server)
+
+
 def test_help_reads_well(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0

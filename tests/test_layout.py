@@ -18,12 +18,18 @@ def _module_name(path: Path) -> str:
 def _imports(path: Path, modules: set[str]) -> set[str]:
     """Every tfpipeline module `path` imports, at module level or inside a function."""
     found = set()
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            # Relative imports (`from .batching import X`) count from the module's package.
+            base = ".".join(package[:len(package) - node.level + 1] if node.level else [])
+            module = ".".join(part for part in (base, node.module or "") if part)
             # `from tfpipeline import data` names the module tfpipeline.data.
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            names = [module] + [f"{module}.{alias.name}" for alias in node.names]
         else:
             continue
         found.update(name for name in names if name in modules)
@@ -65,6 +71,10 @@ def test_no_import_cycle_among_tfpipeline_modules():
     graph = _graph()
     assert "tfpipeline.pipeline" in graph and "tfpipeline.tuning" in graph["tfpipeline.pipeline"]
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_relative_imports_are_followed():
+    assert "tfpipeline.serving.batching" in _graph()["tfpipeline.serving.core"]  # from .batching import ...
 
 
 def test_the_cycle_check_finds_a_cycle():

@@ -84,6 +84,14 @@ def port(text: str) -> int:
     return value
 
 
+def host_port(text: str) -> str:
+    """`HOST:PORT` (a gRPC target such as 127.0.0.1:8500)."""
+    host, sep, number = text.rpartition(":")
+    if not sep or not host or not number.isdigit() or not 0 < int(number) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:8500), got {text!r}")
+    return text
+
+
 def batch_range(text: str) -> tuple[int, int]:
     """`START,END`: training batches counted from 1, END included."""
     parts = text.split(",")

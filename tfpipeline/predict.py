@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfpipeline import argtypes
 from tfpipeline.errors import UserError
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -385,7 +386,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--model-dir", type=Path,
                        help="exported base path (its highest version is used) or a version dir")
     where.add_argument("--server", help="TF Serving REST address, e.g. http://127.0.0.1:8501")
-    where.add_argument("--grpc", metavar="HOST:PORT",
+    where.add_argument("--grpc", metavar="HOST:PORT", type=argtypes.host_port,
                        help="TF Serving gRPC address, e.g. 127.0.0.1:8500")
     where.add_argument("--tflite", type=Path, metavar="FILE",
                        help="an int8 model_int8.tflite (--export-tflite), run with the LiteRT interpreter")
