@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import ROOT, free_ports, run_cli
 from tfpipeline import models
 from tests.test_tensorboard import SESSION_GROUPS_QUERY, Board
-from tfpipeline import cli, config
+from tfpipeline import cli, config, tuning
 from tfpipeline.config import PipelineConfig, SearchSettings
 from tfpipeline.errors import UserError
 
@@ -76,8 +76,9 @@ def test_auto_search_tries_two_families_and_exports_the_best(auto_run):
     assert second["hyperparameters"]["filters"] == ",".join(map(str, cnn.filters))
     assert third["continues"] in (first["trial_id"], second["trial_id"]) and third["epochs_trained"] == 2
     assert all(t["seconds"] > 0 and 0 < t["score"] <= 1 for t in trials.values())
-    best = max(trials.values(), key=lambda t: t["score"])
+    best, _ = tuning.choose(search["trials"], search["validation_examples"])
     assert search["best"]["trial_id"] == best["trial_id"] and metadata["model"]["family"] == best["family"]
+    assert search["selection"] and search["selection"] in proc.stdout
     # The best was retrained on train+validation for the epochs where it peaked.
     assert metadata["training"]["epochs_run"] == best["epochs"]
     assert metadata["training"]["steps_run"] == best["epochs"] * metadata["training"]["steps_per_epoch"]
@@ -242,6 +243,28 @@ def test_chief_and_two_workers_share_one_search(tmp_path, env):
     metadata = _metadata(tmp_path)
     assert metadata["search"]["distributed"] and len(metadata["search"]["trials"]) == trials
     assert not (tmp_path / "exported/mnist/2").exists()
+
+
+def _record(trial_id, family, score, **hyperparameters):
+    return {"trial_id": trial_id, "status": "COMPLETED", "family": family, "score": score,
+            "hyperparameters": hyperparameters}
+
+
+def test_a_tie_with_the_defaults_goes_to_the_defaults():
+    # 6,000 validation images: one standard error at 99% is 0.13 points.
+    defaults, tuned = _record("0000", "cnn", 0.9890, dropout=0.3), _record("0001", "cnn", 0.9901, dropout=0.1)
+    chosen, why = tuning.choose([defaults, tuned], 6000)
+    assert chosen is defaults and "within one standard error" in why
+    # A clear win (here 0.5 points) is taken.
+    clear = _record("0001", "cnn", 0.9940, dropout=0.1)
+    assert tuning.choose([defaults, clear], 6000) == (clear, "the best validation accuracy")
+    # A Hyperband round that continues the defaults counts as the defaults.
+    continued = _record("0002", "cnn", 0.9895, dropout=0.3)
+    assert tuning.choose([defaults, tuned, continued], 6000)[0] is continued
+    # --model auto: each family's first trial is its defaults.
+    auto = [_record("0000", "mlp", 0.9700, units=256), _record("0001", "cnn", 0.9880, dropout=0.3),
+            _record("0002", "cnn", 0.9901, dropout=0.1), _record("0003", "mlp", 0.9899, units=256)]
+    assert tuning.choose(auto, 6000)[0] is auto[3]
 
 
 def plan(args: list[str]) -> SearchSettings | None:

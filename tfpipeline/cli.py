@@ -299,8 +299,9 @@ def search_summary(metadata: dict) -> str:
     if not search:
         return ""
     best = search["best"]
-    return (f"\n  search          {search['tuner']}: {search['trials_completed']} trials completed; best trial "
-            f"{best['trial_id']} ({best['family']}, validation accuracy {best['score']:.2%}, {best['epochs']} epochs)"
+    return (f"\n  search          {search['tuner']}: {search['trials_completed']} trials completed; trained trial "
+            f"{best['trial_id']} ({best['family']}, validation accuracy {best['score']:.2%}, {best['epochs']} epochs): "
+            f"{search['selection']}"
             f"\n  trials table    {search['trials_csv']}  (curves: {search['trials_logdir']})")
 
 
