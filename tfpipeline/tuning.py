@@ -235,7 +235,7 @@ def _table(records: list[dict], best_id: str | None) -> str:
     for r in records:
         score = f"{r['score']:.4f}" if r["score"] is not None else "-"
         seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
-        mark = "  <- best" if r["trial_id"] == best_id else ""
+        mark = "  <- chosen" if r["trial_id"] == best_id else ""
         lines.append(f"  {r['trial_id']:<6} {r['family'] or '-':<12} {r['status']:<10} {score:>8} "
                      f"{r['epochs'] or '-':>6} {seconds:>8}{mark}")
     return "\n".join(lines)
@@ -374,7 +374,7 @@ def _best(tuner, hypermodel: PipelineHyperModel, auto: bool, info: dict, directo
     write_csv(records, csv_path)
     print(f"\nSearch finished: {len(completed)} of {len(records)} trials completed in "
           f"{info['seconds_this_session']:.0f} s this session.\n{_table(records, best['trial_id'])}\n"
-          f"Chosen: trial {best['trial_id']}, {selection}.\nTrials table: {csv_path}", flush=True)
+          f"Trials table: {csv_path}\nChosen: trial {best['trial_id']}, {selection}.", flush=True)
     family, fhp = hypermodel.family_hyperparams(tuner.oracle.trials[best["trial_id"]].hyperparameters.copy())
     fhp = dataclasses.replace(fhp, epochs=epochs or best["epochs"] or info["max_epochs"])
     info = {**info, "trials_csv": str(csv_path), "trials_completed": len(completed), "selection": selection,
