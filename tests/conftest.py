@@ -46,6 +46,11 @@ def data_dir(manual_dir, tmp_path_factory) -> str:
 @pytest.fixture
 def tiny_images():
     """512 learnable 28x28x1 uint8 images: the label is which quadrant is bright."""
+    return quadrant_images()
+
+
+def quadrant_images() -> tuple[np.ndarray, np.ndarray]:
+    """The `tiny_images` data, for module-scoped fixtures (which cannot take a function-scoped one)."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, size=512)
     images = rng.integers(0, 60, size=(512, 28, 28, 1), dtype=np.uint8)

@@ -90,17 +90,23 @@ class PoisonEpoch(keras.callbacks.Callback):
                 self.layer.on.assign(2.0)
 
 
-def test_the_rollback_goes_to_the_last_good_epoch(tiny_images):
-    """Finished epochs are kept: a NaN in epoch 3 retrains only epoch 3, from the weights
-    epoch 2 ended with (the poison switch among them, off)."""
+def _poisoned_mlp(tiny_images, epochs: int):
+    """An MLP whose output passes through `Poison`, its settings and 8 batches of tiny data."""
     images, labels = tiny_images
     keras.utils.set_random_seed(0)
     mlp = models.build("mlp", (28, 28, 1), 4)
     poison = Poison(name="poison")
     model = keras.Model(mlp.inputs, poison(mlp.outputs[0]))
-    settings = training.TrainSettings(epochs=3, batch_size=32, learning_rate=1e-3, steps_per_epoch=8,
+    settings = training.TrainSettings(epochs=epochs, batch_size=32, learning_rate=1e-3, steps_per_epoch=8,
                                       early_stopping_patience=0, verbose=0)
     train = tf.data.Dataset.from_tensor_slices((images[:256], labels[:256])).batch(32)
+    return model, poison, settings, train
+
+
+def test_the_rollback_goes_to_the_last_good_epoch(tiny_images):
+    """Finished epochs are kept: a NaN in epoch 3 retrains only epoch 3, from the weights
+    epoch 2 ended with (the poison switch among them, off)."""
+    model, poison, settings, train = _poisoned_mlp(tiny_images, epochs=3)
     watch = PoisonEpoch(poison, epoch=2)
     history = training.fit(model, train, None, settings, extra_callbacks=[watch])
     recovery = training.recovery_of(history)
@@ -115,14 +121,7 @@ def test_the_rollback_goes_to_the_last_good_epoch(tiny_images):
 
 def test_a_retry_that_learns_nothing_is_no_recovery(tiny_images):
     """Finite but dead (constant logits: the loss of guessing): given up, not published."""
-    images, labels = tiny_images
-    keras.utils.set_random_seed(0)
-    mlp = models.build("mlp", (28, 28, 1), 4)
-    poison = Poison(name="poison")
-    model = keras.Model(mlp.inputs, poison(mlp.outputs[0]))
-    settings = training.TrainSettings(epochs=2, batch_size=32, learning_rate=1e-3, steps_per_epoch=8,
-                                      early_stopping_patience=0, verbose=0)
-    train = tf.data.Dataset.from_tensor_slices((images[:256], labels[:256])).batch(32)
+    model, poison, settings, train = _poisoned_mlp(tiny_images, epochs=2)
     with pytest.raises(training.TrainingDiverged, match=r"the retry learned nothing: its training loss ended at 1.386"):
         training.fit(model, train, None, settings, extra_callbacks=[PoisonEpoch(poison, epoch=1, dead_retry=True)])
 

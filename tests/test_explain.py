@@ -15,22 +15,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, quadrant_images
 from tfpipeline import explain, export, models, predict, training
 
 HP = {"filters": [8, 16], "dense_units": 32, "augment": 0.0}
 MASKED = int(0.1 * 28 * 28)  # 10% of the pixels
-
-
-def _quadrant_data():
-    """The conftest's tiny data (label: the bright quadrant), for a module-scoped model."""
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, size=512)
-    images = rng.integers(0, 60, size=(512, 28, 28, 1), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        r, c = divmod(int(label), 2)
-        images[i, r * 14 : r * 14 + 14, c * 14 : c * 14 + 14] += 150
-    return images, labels.astype(np.int32)
 
 
 def _cnn(seed: int) -> keras.Model:
@@ -40,7 +29,7 @@ def _cnn(seed: int) -> keras.Model:
 
 @pytest.fixture(scope="module")
 def setup():
-    images, labels = _quadrant_data()
+    images, labels = quadrant_images()
     model = _cnn(0)
     settings = training.TrainSettings(epochs=2, batch_size=32, learning_rate=3e-3, steps_per_epoch=8,
                                       early_stopping_patience=0, verbose=0)

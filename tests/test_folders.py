@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from folder_factory import CLASSES, add_broken, draw, flat_folder, split_folder, write_images
+from folder_factory import CLASSES, add_broken, flat_folder, split_folder, write_images
 from tfpipeline import argtypes, data, export, folders, imaging, models
 from tfpipeline.errors import UserError
 

@@ -14,20 +14,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, quadrant_images
 from tfpipeline import export, models, quantize, training
 
 
 @pytest.fixture(scope="module")
 def trained():
-    """A small CNN trained on the tiny quadrant data (the conftest fixture, rebuilt for module scope)."""
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, size=512)
-    images = rng.integers(0, 60, size=(512, 28, 28, 1), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        r, c = divmod(int(label), 2)
-        images[i, r * 14 : r * 14 + 14, c * 14 : c * 14 + 14] += 150
-    labels = labels.astype(np.int32)
+    """A small CNN trained on the tiny quadrant data (the conftest's, for module scope)."""
+    images, labels = quadrant_images()
     keras.utils.set_random_seed(0)
     hp = models.hyperparams("cnn", {"filters": [8, 16], "dense_units": 32, "augment": 0.0})
     model = models.build("cnn", (28, 28, 1), 4, hp)
