@@ -7,6 +7,7 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfpipeline import models, training
 from tfpipeline.errors import UserError
@@ -80,3 +81,32 @@ def test_unknown_family_is_a_user_error():
 def test_invalid_architecture_is_explained():
     with pytest.raises(ValueError, match="patch_size 5 must divide"):
         models.build("transformer", (28, 28, 1), 10, models.hyperparams("transformer", {"patch_size": 5}))
+
+
+def test_fused_batch_norm_matches_keras_batch_normalization():
+    """Same outputs in training and inference, same moving statistics, same gradients."""
+    from tfpipeline.models.layers import FusedBatchNorm
+
+    rng = np.random.default_rng(0)
+    for shape in ((8, 5, 5, 3), (8, 6)):  # after a conv, after a dense layer
+        x = tf.constant(rng.normal(2.0, 3.0, shape).astype("float32"))
+        ours, theirs = FusedBatchNorm(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+        ours.build(shape), theirs.build(shape)
+        ours.gamma.assign(rng.uniform(0.5, 2.0, shape[-1])), theirs.gamma.assign(ours.gamma)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            a, b = ours(x, training=True), theirs(x, training=True)
+            loss_a, loss_b = tf.reduce_sum(a * a * x), tf.reduce_sum(b * b * x)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        for da, db in zip(tape.gradient(loss_a, [x, ours.gamma, ours.beta]),
+                          tape.gradient(loss_b, [x, theirs.gamma, theirs.beta])):
+            np.testing.assert_allclose(da, db, rtol=1e-3, atol=1e-3)
+        # The moving mean moved by the same step; the variance agrees up to Bessel's
+        # correction, which the fused kernel applies to the moving variance and Keras does not.
+        n = np.prod(shape[:-1])
+        np.testing.assert_allclose(ours.moving_mean, theirs.moving_mean, rtol=1e-5, atol=1e-5)
+        batch_var = (np.asarray(theirs.moving_variance) - 0.9) / 0.1
+        np.testing.assert_allclose(ours.moving_variance, 0.9 + 0.1 * batch_var * n / (n - 1), rtol=1e-4)
+        # Inference normalizes with the moving statistics.
+        expected = (x - ours.moving_mean) / np.sqrt(ours.moving_variance + 1e-3) * ours.gamma + ours.beta
+        np.testing.assert_allclose(ours(x, training=False), expected, rtol=1e-4, atol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 
 def image_inputs(input_shape: tuple[int, ...]) -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -53,6 +54,67 @@ class ClassToken(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         length = None if input_shape[1] is None else input_shape[1] + 1
         return (input_shape[0], length, input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="tfpipeline")
+class FusedBatchNorm(keras.layers.Layer):
+    """Batch normalization over the last axis, with TensorFlow's fused kernels.
+
+    The same normalization as `keras.layers.BatchNormalization` (batch statistics in
+    training, moving statistics otherwise; the same four weights, names and defaults), but
+    Keras 3 computes it as a chain of separate ops (moments, normalize, scale, shift, two
+    moving-average updates, each with its own backward pass), and on a CPU those elementwise
+    passes over the activations cost more than the small convolutions around them (issue 16).
+    `FusedBatchNormV3` does the forward pass, and its gradient the backward pass, in one kernel
+    each. Inputs of rank 2 (after a dense layer) are normalized as 1x1 images.
+
+    Args:
+        momentum: Momentum of the moving mean and variance. Our models use 0.9, not Keras's
+            0.99, so the moving statistics keep up with short runs.
+        epsilon: Added to the variance to avoid dividing by zero.
+    """
+
+    def __init__(self, momentum: float = 0.9, epsilon: float = 1e-3, **kwargs):
+        # Not autocast: under a mixed-precision policy the kernel takes bfloat16/float16
+        # activations with float32 scale, offset and statistics.
+        super().__init__(autocast=False, **kwargs)
+        self.momentum, self.epsilon = momentum, epsilon
+
+    def build(self, input_shape):
+        channels = (input_shape[-1],)
+        self.gamma = self.add_weight(name="gamma", shape=channels, initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=channels, initializer="zeros")
+        self.moving_mean = self.add_weight(name="moving_mean", shape=channels, initializer="zeros", trainable=False)
+        self.moving_variance = self.add_weight(
+            name="moving_variance", shape=channels, initializer="ones", trainable=False
+        )
+
+    def call(self, inputs, training=False):
+        dtype = inputs.dtype if inputs.dtype in (tf.bfloat16, tf.float16) else tf.float32
+        x = tf.cast(inputs, dtype)
+        flat = len(x.shape) == 2
+        if flat:
+            x = x[:, None, None, :]
+        if training:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=self.epsilon, is_training=True, exponential_avg_factor=1.0 - self.momentum,
+            )
+            # With `exponential_avg_factor` the kernel returns the updated moving statistics.
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(variance)
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=self.epsilon, is_training=False,
+            )
+        return y[:, 0, 0, :] if flat else y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
 
 
 def normalization(kind: str | None, name: str) -> keras.layers.Layer | None:
