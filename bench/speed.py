@@ -44,7 +44,8 @@ def train_ours(datasets, test_images, test_labels, seed: int = 0) -> dict:
     hp = models.hyperparams("cnn")
     # No validation here (the test set is scored after each epoch instead), so no early stopping.
     settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0, early_stopping_patience=0)
-    train = data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=seed)
+    train = data.augmented(data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=seed),
+                           models.augmentation("cnn", hp, seed))
     model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
     timer = TimeToAccuracy(test_images, test_labels)
     # training.fit's callbacks, as in a real run: with weight averaging, the timer scores the
@@ -60,9 +61,11 @@ def train_ours(datasets, test_images, test_labels, seed: int = 0) -> dict:
     }
 
 
-def input_pipeline_rate(datasets, batch_size: int, repeats: int) -> float:
-    """Images/s the training pipeline delivers with no model attached (after its cache fills)."""
-    ds = data.make_pipeline(datasets.train, batch_size=batch_size, training=True, seed=0)
+def input_pipeline_rate(datasets, hp, repeats: int) -> float:
+    """Images/s the training pipeline (augmentation included) delivers with no model attached
+    (after its cache fills)."""
+    ds = data.augmented(data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=0),
+                        models.augmentation("cnn", hp, 0))
     for _ in ds:  # first pass decodes and fills the cache, as the first training epoch does
         pass
     rates = []
@@ -80,7 +83,8 @@ def family_rate(name: str, datasets, repeats: int, steps: int = 30) -> float:
     hp = models.hyperparams(name)
     settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0)
     model = training.compile_model(models.build(name, datasets.spec.input_shape, datasets.spec.num_classes, hp), settings)
-    ds = data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=0).repeat()
+    ds = data.augmented(data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=0),
+                        models.augmentation(name, hp, 0)).repeat()
     model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # trace and warm up
     rates = []
     for _ in range(repeats):
@@ -146,7 +150,7 @@ def main(argv=None) -> int:
 
     print("input pipeline and family throughput...", flush=True)
     result["input_pipeline_images_per_second"] = round(
-        input_pipeline_rate(datasets, models.hyperparams("cnn").batch_size, args.repeats), 1
+        input_pipeline_rate(datasets, models.hyperparams("cnn"), args.repeats), 1
     )
     result["families_images_per_second"] = {
         name: round(family_rate(name, datasets, args.repeats), 1) for name in models.FAMILIES

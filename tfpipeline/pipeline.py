@@ -173,7 +173,8 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     if resumed:
         print(f"Resuming interrupted run {state.run_id} from its last saved epoch ({backup}).", flush=True)
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
-    history = fit(model, batches(train, True), validation, settings, logdir=logdir, backup_dir=backup,
+    train = data_lib.augmented(batches(train, True), models.augmentation(family, hp, config.seed))
+    history = fit(model, train, validation, settings, logdir=logdir, backup_dir=backup,
                   extra_callbacks=run_log.callbacks(validation))
     # Optimizer steps over the whole run, resumed parts included: the schedule's position.
     steps_run = int(model.optimizer.iterations.numpy())

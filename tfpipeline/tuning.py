@@ -121,6 +121,7 @@ class PipelineHyperModel(kt.HyperModel):
     def fit(self, hp, model, *args, callbacks=None, epochs=1, initial_epoch=0, **kwargs):
         family, fhp = self.family_hyperparams(hp)
         train, validation = self.trial_data.pipelines(fhp.batch_size)
+        train = data_lib.augmented(train, models.augmentation(family, fhp, self.config.seed))
         logdir = self.logdir / "trials" / self.trial_id
         # The row the HParams dashboard shows: the same names as a run's row
         # (tensorboard_logs.run_hparams), plus the trial id; trial_id groups one session per trial.

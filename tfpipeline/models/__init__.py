@@ -47,6 +47,13 @@ def hyperparams(name: str, overrides: dict[str, Any] | None = None):
     return dataclasses.replace(defaults, **values)
 
 
+def augmentation(name: str, hp, seed: int) -> keras.layers.Layer | None:
+    """The family's training augmentation for `hp` (a Keras preprocessing layer that
+    `data.augmented` applies to training batches in the input pipeline), or None."""
+    make = getattr(family(name), "augmentation", None)
+    return make(hp, seed) if make else None
+
+
 def build(name: str, input_shape, num_classes: int, hp=None) -> keras.Model:
     module = family(name)
     return module.build(tuple(input_shape), num_classes, hp or module.Hyperparams())
