@@ -76,6 +76,9 @@ class Datasets:
     # Where decoded examples are kept between epochs (None: in memory, make_pipeline's default).
     # "disk": `load` already cached each split in a file; "none": not cached.
     cache_plan: folders.CachePlan | None = None
+    # A folder dataset's training files and labels, in the order `train` reads them (None for
+    # TFDS): multi-worker training gives each worker its own share of them (tfpipeline.sharding).
+    train_files: tuple[list[str], list[int]] | None = None
 
     def batched(self, batch_size: int, seed: int):
         """`batched` for these datasets: in-memory cache only when the cache plan says so, and a
@@ -275,7 +278,7 @@ def load(
     roles = {"train": datasets.train, "validation": datasets.validation, "test": datasets.test}
     if plan.kind == "disk":  # each split's decoded examples in a file (TF writes it on the first full pass)
         roles = {role: ds.cache(str(Path(plan.directory) / role)) for role, ds in roles.items()}
-    return Datasets(spec, roles["train"], roles["validation"], roles["test"], plan)
+    return Datasets(spec, roles["train"], roles["validation"], roles["test"], plan, datasets.train_files)
 
 
 def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_size, channels) -> Datasets:
@@ -373,7 +376,7 @@ def _load_folder(path, validation_fraction, quick, image_size, channels, seed) -
         },
     )
     made = {role: folders.dataset(files[role], labels[role], size, out_channels) for role in files}
-    return Datasets(spec, made["train"], made["validation"], made["test"])
+    return Datasets(spec, made["train"], made["validation"], made["test"], train_files=(files["train"], labels["train"]))
 
 
 def shuffle_buffer_for(dataset: tf.data.Dataset, max_bytes: int = SHUFFLE_BUFFER_BYTES) -> int:

@@ -367,14 +367,23 @@ def cache_key(idx: FolderIndex, size: tuple[int, int], channels: int) -> str:
     return h.hexdigest()[:16]
 
 
-def dataset(paths: list[str], labels: list[int], size: tuple[int, int], channels: int) -> tf.data.Dataset:
-    """Unbatched `(uint8 [H, W, C] image, int32 label)` examples, decoded in a parallel map."""
+def file_list(paths: list[str], labels: list[int]) -> tf.data.Dataset:
+    """`(path, int32 label)` pairs, not yet read: what `decode` maps and a worker shards."""
+    return tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+
+
+def decode(files: tf.data.Dataset, size: tuple[int, int], channels: int) -> tf.data.Dataset:
+    """`file_list` pairs → unbatched `(uint8 [H, W, C] image, int32 label)`, in a parallel map."""
 
     def load(path, label):
         return imaging.prepare(tf.io.read_file(path), size, channels), label
 
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return files.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def dataset(paths: list[str], labels: list[int], size: tuple[int, int], channels: int) -> tf.data.Dataset:
+    """Unbatched `(uint8 [H, W, C] image, int32 label)` examples, decoded in a parallel map."""
+    return decode(file_list(paths, labels), size, channels)
 
 
 def report_skipped(skipped: list[tuple[str, str]], root: Path) -> None:
