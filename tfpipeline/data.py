@@ -241,6 +241,7 @@ def load(
     cache_budget: int | None = None,
     work_dir: str | os.PathLike = "work",
     seed: int = 42,
+    scanner=None,
 ) -> Datasets:
     """Train / validation / test datasets of a TFDS dataset or of a folder of images.
 
@@ -257,12 +258,13 @@ def load(
             disk under `work_dir`, or is not cached. None: `folders.default_cache_budget()`.
         work_dir: the disk cache goes under `<work_dir>/<dataset name>/cache/`.
         seed: fixes which files of a folder go to which split.
+        scanner: for a folder, what checks its files (`folders.index`); None: this process alone.
     """
     if channels not in (None, 1, 3):
         raise UserError(f"--channels must be 1 or 3, got {channels}.")
     budget = folders.default_cache_budget() if cache_budget is None else int(cache_budget)
     if is_folder(name):
-        datasets = _load_folder(name, validation_fraction, quick, image_size, channels, seed)
+        datasets = _load_folder(name, validation_fraction, quick, image_size, channels, seed, scanner)
     else:
         datasets = _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_size, channels)
     spec = datasets.spec
@@ -331,8 +333,8 @@ def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_siz
     return Datasets(spec, datasets["train"], datasets["validation"], datasets["test"])
 
 
-def _load_folder(path, validation_fraction, quick, image_size, channels, seed) -> Datasets:
-    idx = folders.index(path, validation_fraction=validation_fraction, seed=seed)
+def _load_folder(path, validation_fraction, quick, image_size, channels, seed, scanner=None) -> Datasets:
+    idx = folders.index(path, validation_fraction=validation_fraction, seed=seed, scanner=scanner)
     folders.report_skipped(idx.skipped, idx.root)
     files, labels = dict(idx.files), dict(idx.labels)
     if quick:

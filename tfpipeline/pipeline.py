@@ -85,7 +85,8 @@ def run(config: PipelineConfig) -> PipelineResult:
     datasets = data_lib.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
                              validation_fraction=config.validation_fraction, quick=config.quick,
                              image_size=config.image_size, channels=config.channels,
-                             cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed)
+                             cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed,
+                             scanner=sharding.shared_scan(dist))  # None unless multi-worker
     state = _run_state(config, plan, dist)
     logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)
 

@@ -22,15 +22,22 @@ one file, so each worker repeats its own share up to `ShardPlan.examples_per_wor
 per epoch (a short share reads its first file twice): exactly `steps_per_epoch` batches per
 local replica, the number the training settings derive from the whole split and the global
 batch, with the last batch of an epoch equally short on every worker.
+
+The bad-file scan before training (`folders.index`, which decodes every file once) is shared
+the same way (`shared_scan`): each worker checks its share of the files and one all-reduce
+gives every worker the whole result, so all agree on the usable files, the split and the
+default input size.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from tfpipeline import data, folders
@@ -163,3 +170,63 @@ def _input_fn(datasets: data.Datasets, shards: ShardPlan, seed: int) -> Callable
         return batches.repeat()
 
     return input_fn
+
+
+def shared_scan(dist) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]] | None:
+    """A scanner for `folders.index` that shares the bad-file scan among the workers; None
+    unless `dist` (a `distribute.Distribution`) is multi-worker.
+
+    Replica r of R checks files r, r+R, r+2R, ... with `folders.scan`; one all-reduce sums what
+    the replicas found into the whole result, the same on every worker. The same all-reduce
+    checks that every worker lists the same files: sharing them out by position needs that.
+    """
+    if dist.kind != "multi_worker":
+        return None
+    strategy = dist.strategy
+
+    def scanner(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        replicas = strategy.num_replicas_in_sync
+        base = os.path.commonpath(paths) if paths else ""
+        names = "\n".join(os.path.relpath(p, base) for p in paths)
+        listing = int.from_bytes(hashlib.sha256(names.encode()).digest()[:3], "big")  # < 2**24
+        # First the listings alone (the results below have one row per file, so they can only
+        # be summed when the lists agree): equal on all replicas exactly when the variance of
+        # their digests is 0.
+        sums = _sum_over_replicas(strategy, strategy.experimental_distribute_values_from_function(
+            lambda _: tf.constant([listing, listing**2], tf.int64)))
+        if sums[1] * replicas != sums[0] ** 2:
+            raise UserError(
+                f"The workers do not list the same files in the dataset folder ({len(paths):,} files here, "
+                f"under {base}). Each worker checks and trains on its share of the files by their position "
+                "in the list, so every worker needs the same copy of the folder: a shared volume or "
+                "identical copies."
+            )
+        checked = []
+
+        def local(context: tf.distribute.ValueContext) -> tf.Tensor:
+            mine = np.arange(context.replica_id_in_sync_group, len(paths), context.num_replicas_in_sync)
+            good, shapes = folders.scan([paths[i] for i in mine])
+            found = np.zeros((len(paths), 4), np.int64)  # per file: decodes (1 or 0), h, w, c
+            found[mine[good], 0] = 1
+            found[mine[good], 1:] = shapes
+            checked.append(len(mine))
+            return tf.constant(found)
+
+        total = _sum_over_replicas(strategy, strategy.experimental_distribute_values_from_function(local))
+        print(f"Bad-file scan: this worker checked {sum(checked):,} of the {len(paths):,} files, its share; "
+              f"an all-reduce gave every worker the results for all of them.", flush=True)
+        good = np.flatnonzero(total[:, 0])
+        return good, total[good, 1:]
+
+    return scanner
+
+
+def _sum_over_replicas(strategy: tf.distribute.Strategy, values) -> np.ndarray:
+    """The sum of a per-replica tensor over every replica of every worker, as NumPy."""
+
+    def replica_sum(value):
+        # identity: on the replica's device (a constant made outside has none, and all_reduce needs one).
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(value))
+
+    result = tf.function(lambda v: strategy.run(replica_sum, args=(v,)))(values)
+    return strategy.experimental_local_results(result)[0].numpy()
