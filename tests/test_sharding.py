@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from folder_factory import split_folder
+from folder_factory import add_broken, split_folder
 from tests.conftest import ROOT, free_ports
 from tfpipeline import data, folders, imaging, sharding
 from tfpipeline.errors import UserError
@@ -25,6 +26,7 @@ from tfpipeline.errors import UserError
 INPUT_LINE = re.compile(r"Input: worker (\d) of 2 reads (\d+) of the (\d+) training files, its tf.data shard "
                         r"\(sha256 of their names ([0-9a-f]{64})\)")
 DIGEST = re.compile(r"Final weights sha256 ([0-9a-f]{64})")
+SCAN_LINE = re.compile(r"Bad-file scan: this worker checked (\d+) of the (\d+) files")
 
 
 def pixels_to_files(paths, root: Path, size, channels) -> dict[bytes, str]:
@@ -99,7 +101,7 @@ def test_each_worker_input_decodes_only_its_share(tmp_path):
 # --- two workers ---------------------------------------------------------------------------
 
 def start_worker(index: int, ports, args, cwd: Path) -> subprocess.Popen:
-    cwd.mkdir(parents=True)
+    cwd.mkdir(parents=True, exist_ok=True)
     config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.Popen([sys.executable, "-u", "-m", "pipelines.images", *args], cwd=cwd, env=env,
@@ -114,20 +116,30 @@ def cached_images(cwd: Path, worker: int, shape) -> np.ndarray:
     return np.stack([x.numpy() for x, _ in empty.cache(str(index.with_suffix("")))])
 
 
+def run_workers(tmp_path: Path, roots, args) -> tuple[list[int], list[str]]:
+    """Two workers, each with its own folder, its own copy of the data and its own log."""
+    ports = free_ports(2)
+    workers = [start_worker(i, ports, ["--dataset", str(roots[i]), *args], tmp_path / f"worker{i}") for i in (0, 1)]
+    for worker in workers:
+        worker.wait(timeout=300)
+    return [w.returncode for w in workers], [(tmp_path / f"worker{i}.log").read_text() for i in (0, 1)]
+
+
 @pytest.mark.slow
 def test_two_workers_read_disjoint_shares_of_a_folder(tmp_path):
     root = split_folder(tmp_path / "shapes", train=25, test=8)  # 69 training files after validation
+    add_broken(root / "train" / "circle", np.random.default_rng(1))  # found by the shared scan
+    # Each worker has its own copy of the folder, at another path, as on two machines.
+    copy = shutil.copytree(root, tmp_path / "worker1" / "data" / "shapes")
     # --cache-budget 0: each worker caches what it decodes on disk, where the test can read it.
-    args = ["--dataset", str(root), "--no-tune", "--epochs", "2", "--model", "mlp", "--hparam", "units=16",
-            "--image-size", "16x16", "--channels", "3", "--batch-size", "8", "--cache-budget", "0",
-            "--histogram-freq", "0"]
-    ports = free_ports(2)
-    workers = [start_worker(i, ports, args, tmp_path / f"worker{i}") for i in (0, 1)]
-    for worker in workers:
-        worker.wait(timeout=300)
-    logs = [(tmp_path / f"worker{i}.log").read_text() for i in (0, 1)]
-    for worker, log in zip(workers, logs):
-        assert worker.returncode == 0, log[-4000:]
+    args = ["--no-tune", "--epochs", "2", "--model", "mlp", "--hparam", "units=16", "--image-size", "16x16",
+            "--channels", "3", "--batch-size", "8", "--cache-budget", "0", "--histogram-freq", "0"]
+    codes, logs = run_workers(tmp_path, [root, copy], args)
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    # The scan of the 101 image-named files was shared: 51 here, 50 there, the same verdict on both.
+    scans = [SCAN_LINE.search(log).groups() for log in logs]
+    assert scans == [("51", "101"), ("50", "101")]
+    assert all("Skipped 6 files" in log for log in logs)
     digests = [DIGEST.search(log).group(1) for log in logs]
     assert digests[0] == digests[1], "the workers ended with different weights"
     lines = [INPUT_LINE.search(log) for log in logs]
@@ -144,6 +156,7 @@ def test_two_workers_read_disjoint_shares_of_a_folder(tmp_path):
     # 35 examples per worker and epoch (worker 1 reads one file twice): 5 batches of 8 each.
     assert meta["training"]["steps_per_epoch"] == record["batches_per_worker_per_epoch"] == math.ceil(69 / 16)
     assert meta["training"]["steps_run"] == 2 * 5
+    assert meta["dataset"]["source"]["skipped"]["undecodable"] == 2
 
     # What each worker really decoded: its disk cache, matched to the files by their pixels.
     split = folders.index(root, validation_fraction=0.1, seed=42)
@@ -153,3 +166,14 @@ def test_two_workers_read_disjoint_shares_of_a_folder(tmp_path):
     assert set(shares[0]).isdisjoint(shares[1])
     assert set(shares[0]) | set(shares[1]) == set(lookup.values())  # the whole training split
     assert [sharding.names_digest(set(s)) for s in shares] == [m.group(4) for m in lines]
+
+
+@pytest.mark.slow
+def test_workers_that_list_different_files_stop_with_a_clear_error(tmp_path):
+    root = split_folder(tmp_path / "shapes", train=6, test=2)
+    copy = shutil.copytree(root, tmp_path / "worker1" / "data" / "shapes")
+    next((copy / "train" / "circle").glob("*.png")).unlink()
+    codes, logs = run_workers(tmp_path, [root, copy], ["--no-tune", "--epochs", "1", "--model", "mlp"])
+    assert codes == [2, 2], logs[0][-3000:]
+    for log in logs:
+        assert "The workers do not list the same files" in " ".join(log.split()) and "Traceback" not in log
