@@ -101,8 +101,9 @@ def plan(paths: list[str], root: str | Path, *, workers: int, replicas: int, per
         )
     batches = steps_per_epoch * (replicas // workers)
     shares = [paths[i::workers] for i in range(workers)]  # what Dataset.shard(workers, i) yields
-    # The largest share fits the batches (ceil(ceil(n / N) / b) = ceil(n / (N b))); a smaller
-    # one is repeated to the same count, and to enough examples that no batch is left empty.
+    # The largest share, ceil(n / N) files, fits steps x R batches of b (steps = ceil(n / (N R b)),
+    # R replicas per worker); every share is repeated to the same count, and to enough examples
+    # that none of those batches is empty.
     examples = max(len(shares[0]), (batches - 1) * per_replica_batch + 1)
     if examples > batches * per_replica_batch:
         raise ValueError(f"{len(paths)} training files in {batches} batches of {per_replica_batch} per worker "
