@@ -378,7 +378,8 @@ def _load_folder(path, validation_fraction, quick, image_size, channels, seed, s
         },
     )
     made = {role: folders.dataset(files[role], labels[role], size, out_channels) for role in files}
-    return Datasets(spec, made["train"], made["validation"], made["test"], train_files=(files["train"], labels["train"]))
+    return Datasets(spec, made["train"], made["validation"], made["test"],
+                    train_files=(files["train"], labels["train"]))
 
 
 def shuffle_buffer_for(dataset: tf.data.Dataset, max_bytes: int = SHUFFLE_BUFFER_BYTES) -> int:
