@@ -423,24 +423,6 @@ def make_pipeline(
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def augmented(dataset: tf.data.Dataset, augmentation) -> tf.data.Dataset:
-    """The batched training `dataset` with a family's augmentation (a Keras preprocessing layer,
-    `models.augmentation`) applied in its own `tf.data` stage, or unchanged when it is None.
-
-    Keras's advice for preprocessing layers on a CPU: in the `tf.data` pipeline the random
-    shifts of the next batches are computed while the model trains on this one, instead of
-    being a serial part of every training step (issue 16); the exported model never
-    contains them. One call at a time keeps the seeded random stream in a fixed order.
-    """
-    if augmentation is None:
-        return dataset
-
-    def augment(images, labels):
-        return tf.cast(augmentation(images, training=True), images.dtype), labels
-
-    return dataset.map(augment, num_parallel_calls=1, deterministic=True).prefetch(tf.data.AUTOTUNE)
-
-
 def batched(batch_size: int, seed: int, **options):
     """`make_pipeline` with the batch size, seed and `options` fixed: `f(dataset, training)`."""
     return lambda dataset, training: make_pipeline(dataset, batch_size=batch_size, training=training, seed=seed,

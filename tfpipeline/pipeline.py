@@ -177,13 +177,13 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
         print(f"Resuming interrupted run {state.run_id} from its last saved epoch ({backup}).", flush=True)
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
     augmentation = models.augmentation(family, hp, config.seed)
-    train_input, input_sharding = data_lib.augmented(batches(train, True), augmentation), None
+    train_input, input_sharding = augmentation.apply(batches(train, True)), None
     if dist.kind == "multi_worker" and trained_on == ["train"]:  # a folder's files: each worker its share
         train_input, input_sharding = sharding.training_input(
             datasets, train_input, workers=dist.workers, replicas=dist.replicas, per_replica_batch=hp.batch_size,
             steps_per_epoch=settings.steps_per_epoch, seed=config.seed, augmentation=augmentation)
     history = fit(model, train_input, validation, settings, logdir=logdir, backup_dir=backup,
-                  extra_callbacks=run_log.callbacks(validation))
+                  extra_callbacks=[*augmentation.callbacks(), *run_log.callbacks(validation)])
     # Optimizer steps over the whole run, resumed parts included: the schedule's position.
     steps_run = int(model.optimizer.iterations.numpy())
     if dist.kind == "multi_worker":

@@ -125,7 +125,7 @@ def training_input(datasets: data.Datasets, train: tf.data.Dataset, *, workers: 
         datasets: the run's `data.Datasets`.
         train: the batched training dataset every worker would read whole (kept for TFDS).
         workers, replicas, per_replica_batch, steps_per_epoch, seed: as the run trains.
-        augmentation: the family's training augmentation (`models.augmentation`), or None.
+        augmentation: the family's `augmentation.Augmentation` (`models.augmentation`), or None.
 
     Returns:
         `(train, {"sharding": "data", ...})` for a TFDS dataset; for a folder dataset
@@ -170,7 +170,7 @@ def _input_fn(datasets: data.Datasets, shards: ShardPlan, seed: int,
         if int(batches.cardinality()) != shards.batches_per_worker:
             raise ValueError(f"Worker {i}'s share makes {int(batches.cardinality())} batches per epoch, "
                              f"not the planned {shards.batches_per_worker}.")
-        return data.augmented(batches.repeat(), augmentation)
+        return augmentation.apply(batches.repeat()) if augmentation else batches.repeat()
 
     return input_fn
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfpipeline import optimizers
+from tfpipeline import losses, optimizers
 
 
 class TrainingDiverged(Exception):
@@ -46,12 +46,12 @@ class TrainSettings:
     learning_rate: float  # peak learning rate, reached after the warmup
     steps_per_epoch: int
     warmup_fraction: float = 0.1  # of all steps, at most one epoch's worth
-    # Warm restarts (SGDR): 0, one cosine decay over the whole run; N > 0, a first cosine
-    # cycle of N epochs, each next cycle twice as long, the last one cut or stretched to end
-    # with the run. Each cycle ends at a rate near zero, so the model at the end of the first
-    # cycle is already a settled one (see `learning_rate_schedule`).
+    # A warm restart (SGDR): 0, one cosine decay over the whole run; N > 0, a first cosine
+    # cycle of N epochs, then one over the rest. Each cycle ends at a rate near zero, so the
+    # model at the end of the first is already a settled one (see `learning_rate_schedule`).
     first_cycle_epochs: int = 0
     beta_1: float = 0.9  # Adam's moment decay rates (Keras's defaults)
+    label_smoothing: float = 0.0  # of the cross-entropy's targets (losses.SparseSmoothedCrossentropy)
     beta_2: float = 0.999
     # AdamW's decoupled weight decay (Keras's `weight_decay`); 0: plain Adam.
     weight_decay: float = 0.0
@@ -84,7 +84,7 @@ def settings_for(hp, num_train_examples: int, **overrides) -> TrainSettings:
         steps_per_epoch=-(-num_train_examples // hp.batch_size),
     )
     # A family may set its own.
-    for name in ("warmup_fraction", "ema_momentum", "first_cycle_epochs", "beta_1", "beta_2"):
+    for name in ("warmup_fraction", "ema_momentum", "first_cycle_epochs", "beta_1", "beta_2", "label_smoothing"):
         if hasattr(hp, name):
             values[name] = getattr(hp, name)
     return TrainSettings(**(values | overrides))
@@ -119,6 +119,7 @@ def optimizer_record(settings: TrainSettings) -> dict:
         "cycle_epochs": cycle_epochs(settings),
         "beta_1": settings.beta_1,
         "beta_2": settings.beta_2,
+        "label_smoothing": settings.label_smoothing,
         "weight_decay": settings.weight_decay,
         "clipnorm": settings.clipnorm,
         "clipvalue": settings.clipvalue,
@@ -127,35 +128,20 @@ def optimizer_record(settings: TrainSettings) -> dict:
 
 
 def cycle_epochs(settings: TrainSettings) -> list[int]:
-    """The lengths, in epochs, of the schedule's cosine cycles (one without restarts).
-
-    With `first_cycle_epochs` N: N, 2N, 4N, ... while they fit, then what is left as a last
-    cycle; a remainder shorter than the cycle before it lengthens that cycle instead, so the
-    run does not end with a short burst at the peak rate. 7 epochs from N=1: [1, 2, 4].
-    """
+    """The lengths, in epochs, of the schedule's cosine cycles: the whole run as one, or with
+    `first_cycle_epochs` N a first cycle of N epochs and a second over the rest."""
     first, epochs = settings.first_cycle_epochs, settings.epochs
-    if not first or first >= epochs:
-        return [epochs]
-    cycles, length = [], first
-    while sum(cycles) + length < epochs:
-        cycles.append(length)
-        length *= 2
-    remainder = epochs - sum(cycles)
-    if remainder < cycles[-1]:
-        cycles[-1] += remainder
-    else:
-        cycles.append(remainder)
-    return cycles
+    return [first, epochs - first] if 0 < first < epochs else [epochs]
 
 
 def learning_rate_schedule(settings: TrainSettings) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warmup to the peak rate, then cosine decay to zero at the last step; with warm
-    restarts, a cosine decay to zero in each cycle of `cycle_epochs`.
+    """Linear warmup to the peak rate, then cosine decay to zero at the last step; with a
+    warm restart, a cosine decay to zero in each cycle of `cycle_epochs`.
 
     Warmup lets a high peak rate (fast progress) start without wrecking the random initial
-    weights; decaying to zero settles the weights for the last epochs. Restarts give settled
-    models early too (after the first cycle: a short first cycle is a good model after one
-    epoch) and the later, longer cycles still train it to the end.
+    weights; decaying to zero settles the weights for the last epochs. A restart gives a
+    settled model early too (a one-epoch first cycle: a good model after one epoch), and the
+    long second cycle still trains it to the end.
     """
     total = max(1, settings.epochs * settings.steps_per_epoch)
     warmup = min(settings.steps_per_epoch, int(total * settings.warmup_fraction))
@@ -220,7 +206,7 @@ def compile_model(model: keras.Model, settings: TrainSettings) -> keras.Model:
     model.compile(
         optimizer=optimizer,
         # Models output logits: softmax happens in the loss here and in the export's signature.
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=losses.for_training(settings.label_smoothing),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         steps_per_execution=settings.steps_per_execution or 1,
         jit_compile=settings.jit_compile,
