@@ -101,12 +101,18 @@ def test_fused_batch_norm_matches_keras_batch_normalization():
         for da, db in zip(tape.gradient(loss_a, [x, ours.gamma, ours.beta]),
                           tape.gradient(loss_b, [x, theirs.gamma, theirs.beta])):
             np.testing.assert_allclose(da, db, rtol=1e-3, atol=1e-3)
-        # The moving mean moved by the same step; the variance agrees up to Bessel's
-        # correction, which the fused kernel applies to the moving variance and Keras does not.
+        # After its first batch the moving statistics are that batch's (a warmed-up average),
+        # not Keras's 0.9 * (0 or 1) + 0.1 * batch; the variance with Bessel's correction,
+        # which the fused kernel applies and Keras does not.
         n = np.prod(shape[:-1])
-        np.testing.assert_allclose(ours.moving_mean, theirs.moving_mean, rtol=1e-5, atol=1e-5)
+        batch_mean = (np.asarray(theirs.moving_mean) - 0.0) / 0.1
         batch_var = (np.asarray(theirs.moving_variance) - 0.9) / 0.1
-        np.testing.assert_allclose(ours.moving_variance, 0.9 + 0.1 * batch_var * n / (n - 1), rtol=1e-4)
+        np.testing.assert_allclose(ours.moving_mean, batch_mean, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ours.moving_variance, batch_var * n / (n - 1), rtol=1e-4)
+        for _ in range(30):  # then the momentum takes over: 0.9 of the old, 0.1 of the batch
+            ours(x, training=True)
+        np.testing.assert_allclose(ours.moving_mean, batch_mean, rtol=1e-4, atol=1e-4)
+        assert float(ours.updates_seen) == 31
         # Inference normalizes with the moving statistics.
         expected = (x - ours.moving_mean) / np.sqrt(ours.moving_variance + 1e-3) * ours.gamma + ours.beta
         np.testing.assert_allclose(ours(x, training=False), expected, rtol=1e-4, atol=1e-4)

@@ -61,7 +61,8 @@ class FusedBatchNorm(keras.layers.Layer):
     """Batch normalization over the last axis, with TensorFlow's fused kernels.
 
     The same normalization as `keras.layers.BatchNormalization` (batch statistics in
-    training, moving statistics otherwise; the same four weights, names and defaults), but
+    training, moving statistics otherwise; the same four weights, names and defaults, plus
+    a count of updates that lets the moving statistics warm up; see `call`), but
     Keras 3 computes it as a chain of separate ops (moments, normalize, scale, shift, two
     moving-average updates, each with its own backward pass), and on a CPU those elementwise
     passes over the activations cost more than the small convolutions around them (issue 16).
@@ -88,6 +89,7 @@ class FusedBatchNorm(keras.layers.Layer):
         self.moving_variance = self.add_weight(
             name="moving_variance", shape=channels, initializer="ones", trainable=False
         )
+        self.updates_seen = self.add_weight(name="updates_seen", shape=(), initializer="zeros", trainable=False)
 
     def call(self, inputs, training=False):
         dtype = inputs.dtype if inputs.dtype in (tf.bfloat16, tf.float16) else tf.float32
@@ -96,13 +98,20 @@ class FusedBatchNorm(keras.layers.Layer):
         if flat:
             x = x[:, None, None, :]
         if training:
+            # Factor 1: the kernel returns this batch's statistics, which we average ourselves.
             y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
-                epsilon=self.epsilon, is_training=True, exponential_avg_factor=1.0 - self.momentum,
+                epsilon=self.epsilon, is_training=True, exponential_avg_factor=1.0,
             )
-            # With `exponential_avg_factor` the kernel returns the updated moving statistics.
-            self.moving_mean.assign(mean)
-            self.moving_variance.assign(variance)
+            # A moving average that warms up: the plain mean of the batches seen so far until
+            # it has seen 1 / (1 - momentum) of them. Keras's starts at full momentum from
+            # mean 0 and variance 1, so after a short run (a smoke test's dozen steps, a
+            # search trial) the statistics are still mostly those made-up values, and the
+            # model scores near chance in inference while training well.
+            self.updates_seen.assign_add(1.0)
+            factor = tf.maximum(1.0 - self.momentum, 1.0 / self.updates_seen)
+            self.moving_mean.assign(self.moving_mean + factor * (mean - self.moving_mean))
+            self.moving_variance.assign(self.moving_variance + factor * (variance - self.moving_variance))
         else:
             y, _, _ = tf.compat.v1.nn.fused_batch_norm(
                 x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
