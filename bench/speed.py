@@ -105,6 +105,25 @@ def ratio(a, b):
     return None if a is None or b is None or b == 0 else round(a / b, 3)
 
 
+# Issue 16's goals for this benchmark.
+GOALS = {"seconds_to_99": 0.05, "final_test_accuracy": 0.995, "arithmetic_efficiency": 0.35}
+
+
+def goal_lines(result: dict) -> list[str]:
+    ratios, final = result["ratios"], result["ours"]["final_test_accuracy"]
+    checks = [
+        ("time to 99% / reference", ratios["seconds_to_99"], "<=", GOALS["seconds_to_99"], ".3f"),
+        ("final test accuracy", final, ">=", GOALS["final_test_accuracy"], ".2%"),
+        ("arithmetic efficiency", ratios["arithmetic_efficiency"], ">=", GOALS["arithmetic_efficiency"], ".2f"),
+    ]
+    lines = []
+    for name, value, op, goal, spec in checks:
+        met = value is not None and (value <= goal if op == "<=" else value >= goal)
+        shown = "—" if value is None else format(value, spec)
+        lines.append(f"goal {name} {op} {format(goal, spec)}: {shown} ({'met' if met else 'NOT met'})")
+    return lines
+
+
 def table(result: dict) -> str:
     ref, ours = result.get("reference") or {}, result["ours"]
 
@@ -127,6 +146,8 @@ def table(result: dict) -> str:
         f"{result['ratios']['input_pipeline_over_training']:.1f}x what our training consumes",
         "family training images/s (default settings): "
         + ", ".join(f"{k} {v:,.0f}" for k, v in result["families_images_per_second"].items()),
+        "",
+        *goal_lines(result),
     ]
     return "\n".join(lines)
 
