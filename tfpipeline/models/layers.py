@@ -58,16 +58,17 @@ class ClassToken(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfpipeline")
 class FusedBatchNorm(keras.layers.Layer):
-    """Batch normalization over the last axis, with TensorFlow's fused kernels.
+    """Batch normalization over the last axis whose moving statistics warm up.
 
     The same normalization as `keras.layers.BatchNormalization` (batch statistics in
-    training, moving statistics otherwise; the same four weights, names and defaults, plus
-    a count of updates that lets the moving statistics warm up; see `call`), but
-    Keras 3 computes it as a chain of separate ops (moments, normalize, scale, shift, two
-    moving-average updates, each with its own backward pass), and on a CPU those elementwise
-    passes over the activations cost more than the small convolutions around them (issue 16).
-    `FusedBatchNormV3` does the forward pass, and its gradient the backward pass, in one kernel
-    each. Inputs of rank 2 (after a dense layer) are normalized as 1x1 images.
+    training, moving statistics otherwise; the same four weights, names and defaults, plus a
+    count of updates), with one difference: the moving statistics start as the plain mean of
+    the batches seen, and only after 1 / (1 - momentum) batches become Keras's exponential
+    average (see `call`). Keras's start at full momentum from mean 0 and variance 1, which
+    a short run (a smoke test, a search trial, a one-epoch first cycle) does not wash out
+    (issue 16). It computes with TensorFlow's fused kernel (`FusedBatchNormV3`), one op
+    forward and one backward; on this CPU that measured no faster than Keras's separate ops
+    (docs/benchmarks.md). Inputs of rank 2 (after a dense layer) are normalized as 1x1 images.
 
     Args:
         momentum: Momentum of the moving mean and variance. Our models use 0.9, not Keras's
