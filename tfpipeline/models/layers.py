@@ -55,6 +55,15 @@ class ClassToken(keras.layers.Layer):
         return (input_shape[0], length, input_shape[2])
 
 
+def random_shift(x: keras.KerasTensor, fraction: float) -> keras.KerasTensor:
+    """Random translations of up to `fraction` of the image size in both directions, padded
+    with black; active only in training, so the exported model sees the image unchanged.
+    0 returns `x` as it is."""
+    if not fraction:
+        return x
+    return keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", name="shift")(x)
+
+
 def normalization(kind: str | None, name: str) -> keras.layers.Layer | None:
     """`"batch"`, `"layer"` or `None` → the matching Keras normalization layer (or none)."""
     if kind in (None, "none"):

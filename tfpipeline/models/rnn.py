@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from tfpipeline.models.layers import image_inputs
+from tfpipeline.models.layers import image_inputs, random_shift
 from tfpipeline.models.space import options
 
 if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
@@ -23,6 +23,7 @@ class Hyperparams:
     layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.1
+    augment: float = 0.0  # max random shift, as a fraction of the image size; 0 disables
     learning_rate: float = 2e-3
     epochs: int = 8
     batch_size: int = 128
@@ -34,6 +35,7 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
         raise ValueError(f"Unknown RNN cell {hp.cell!r}; use one of {sorted(CELLS)}.")
     height, width, channels = input_shape
     images, x = image_inputs(input_shape)
+    x = random_shift(x, hp.augment)
     # Each image row is one time step whose features are the row's pixels (and channels).
     x = keras.layers.Reshape((height, width * channels), name="rows")(x)
     for i in range(hp.layers):

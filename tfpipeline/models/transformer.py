@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from tfpipeline.models.layers import ClassToken, PositionEmbedding, image_inputs
+from tfpipeline.models.layers import ClassToken, PositionEmbedding, image_inputs, random_shift
 from tfpipeline.models.space import options
 
 if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
@@ -26,6 +26,7 @@ class Hyperparams:
     mlp_ratio: int = 2
     dropout: float = 0.1
     pooling: str = "mean"  # "mean" over patches, or "cls" for a class token
+    augment: float = 0.0  # max random shift, as a fraction of the image size; 0 disables
     learning_rate: float = 2e-3
     epochs: int = 12
     batch_size: int = 128
@@ -70,6 +71,7 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
     if hp.pooling not in ("mean", "cls"):
         raise ValueError(f"Unknown pooling {hp.pooling!r}; use 'mean' or 'cls'.")
     images, x = image_inputs(input_shape)
+    x = random_shift(x, hp.augment)
     # A strided convolution is the usual way to cut patches and project them in one step.
     x = keras.layers.Conv2D(hp.embed_dim, hp.patch_size, strides=hp.patch_size, name="patchify")(x)
     num_patches = (height // hp.patch_size) * (width // hp.patch_size)
