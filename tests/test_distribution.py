@@ -279,6 +279,8 @@ def test_two_workers_train_identically_and_only_the_chief_exports(tmp_path, env)
     assert exported_versions(tmp_path / "worker0") == ["1"]
     meta = metadata(tmp_path / "worker0")
     assert meta["distribution"]["weights_sha256"] == digests[0]
+    # A TFDS dataset: every worker reads it whole and keeps its share of each global batch.
+    assert meta["distribution"]["input"]["sharding"] == "data" and "Input: every worker reads" in other
     assert (meta["distribution"]["strategy"], meta["distribution"]["workers"],
             meta["distribution"]["global_batch_size"]) == ("multi_worker", 2, 64)
     assert meta["export"]["verified_test_accuracy"] == meta["metrics"]["test"]["accuracy"] > 0.8

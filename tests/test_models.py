@@ -7,6 +7,7 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfpipeline import models, training
 from tfpipeline.errors import UserError
@@ -80,3 +81,57 @@ def test_unknown_family_is_a_user_error():
 def test_invalid_architecture_is_explained():
     with pytest.raises(ValueError, match="patch_size 5 must divide"):
         models.build("transformer", (28, 28, 1), 10, models.hyperparams("transformer", {"patch_size": 5}))
+
+
+def test_fused_batch_norm_matches_keras_batch_normalization():
+    """Same outputs in training and inference, same moving statistics, same gradients."""
+    from tfpipeline.models.layers import FusedBatchNorm
+
+    rng = np.random.default_rng(0)
+    for shape in ((8, 5, 5, 3), (8, 6)):  # after a conv, after a dense layer
+        x = tf.constant(rng.normal(2.0, 3.0, shape).astype("float32"))
+        ours, theirs = FusedBatchNorm(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+        ours.build(shape), theirs.build(shape)
+        ours.gamma.assign(rng.uniform(0.5, 2.0, shape[-1])), theirs.gamma.assign(ours.gamma)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            a, b = ours(x, training=True), theirs(x, training=True)
+            loss_a, loss_b = tf.reduce_sum(a * a * x), tf.reduce_sum(b * b * x)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        for da, db in zip(tape.gradient(loss_a, [x, ours.gamma, ours.beta]),
+                          tape.gradient(loss_b, [x, theirs.gamma, theirs.beta])):
+            np.testing.assert_allclose(da, db, rtol=1e-3, atol=1e-3)
+        # After its first batch the moving statistics are that batch's (a warmed-up average),
+        # not Keras's 0.9 * (0 or 1) + 0.1 * batch; the variance with Bessel's correction,
+        # which the fused kernel applies and Keras does not.
+        n = np.prod(shape[:-1])
+        batch_mean = (np.asarray(theirs.moving_mean) - 0.0) / 0.1
+        batch_var = (np.asarray(theirs.moving_variance) - 0.9) / 0.1
+        np.testing.assert_allclose(ours.moving_mean, batch_mean, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ours.moving_variance, batch_var * n / (n - 1), rtol=1e-4)
+        for _ in range(30):  # then the momentum takes over: 0.9 of the old, 0.1 of the batch
+            ours(x, training=True)
+        np.testing.assert_allclose(ours.moving_mean, batch_mean, rtol=1e-4, atol=1e-4)
+        assert float(ours.updates_seen) == 31
+        # Inference normalizes with the moving statistics.
+        expected = (x - ours.moving_mean) / np.sqrt(ours.moving_variance + 1e-3) * ours.gamma + ours.beta
+        np.testing.assert_allclose(ours(x, training=False), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(models.FAMILIES))
+def test_shifts_are_an_input_stage_not_part_of_the_model(family):
+    """Each family's `augment` shifts training batches in the input pipeline; the model (and so
+    the export) has no augmentation layer, and 0 turns the stage off."""
+    import tensorflow as tf
+
+    images = np.zeros((4, 28, 28, 1), np.uint8)
+    images[:, 10:18, 10:18] = 255
+    batches = tf.data.Dataset.from_tensor_slices((images, np.zeros(4, np.int32))).batch(4)
+    starts_later = "augment_from_epoch" in {f.name for f in dataclasses.fields(models.family(family).Hyperparams)}
+    hp = models.hyperparams(family, {"augment": 0.2, **({"augment_from_epoch": 0} if starts_later else {})})
+    shifted, _ = next(iter(models.augmentation(family, hp, seed=1).apply(batches)))
+    assert shifted.dtype == tf.uint8 and shifted.shape == images.shape
+    assert not np.array_equal(shifted.numpy(), images)
+    assert not any(isinstance(layer, keras.layers.RandomTranslation)
+                   for layer in models.build(family, (28, 28, 1), 10, hp).layers)
+    assert models.augmentation(family, models.hyperparams(family, {"augment": 0.0}), seed=1).layer is None

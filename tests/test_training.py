@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -96,3 +98,77 @@ def test_a_dataset_that_disagrees_with_the_steps_per_epoch_is_refused():
     assert list(training.endless(train, settings).take(11).as_numpy_iterator())[10].tolist() == list(range(10))
     with pytest.raises(ValueError, match="has 10 batches but the settings say 12 steps per epoch"):
         training.endless(train, training.TrainSettings(epochs=1, batch_size=8, learning_rate=1e-3, steps_per_epoch=12))
+
+
+def test_warm_restart_schedule_settles_after_the_first_cycle_then_restarts():
+    settings = training.TrainSettings(epochs=5, batch_size=32, learning_rate=0.01, steps_per_epoch=100,
+                                      warmup_fraction=0.04, first_cycle_epochs=1)
+    assert training.cycle_epochs(settings) == [1, 4]
+    rate = training.learning_rate_schedule(settings)
+    assert float(rate(0)) == pytest.approx(1e-4)  # warmup from a hundredth of the peak
+    assert float(rate(20)) == pytest.approx(0.01)  # peak after 20 warmup steps
+    assert float(rate(99)) < 1e-4  # the first cycle ends near zero: a settled model after epoch 1
+    assert float(rate(100)) == pytest.approx(0.01)  # the restart
+    assert float(rate(300)) == pytest.approx(0.005, rel=1e-3)  # halfway through the second cycle
+    assert float(rate(499)) < 1e-5
+    one_cycle = dataclasses.replace(settings, first_cycle_epochs=0)
+    assert training.cycle_epochs(one_cycle) == [5]
+    assert float(training.learning_rate_schedule(one_cycle)(100)) < 0.01  # no restart
+
+
+def _tiny_model() -> keras.Model:
+    inputs = keras.Input((1,))
+    return keras.Model(inputs, keras.layers.Dense(1)(inputs))
+
+
+def test_weight_average_warms_up_instead_of_keeping_the_first_steps():
+    """Keras's average keeps m**t of the first step's weights; ours uses min(m, (1+t)/(10+t))."""
+    settings = training.TrainSettings(epochs=1, batch_size=8, learning_rate=0.1, steps_per_epoch=5000,
+                                      warmup_fraction=0.0, ema_momentum=0.99)
+    weight = keras.Variable(np.zeros(1, "float32"))
+    optimizer = training.compile_model(_tiny_model(), settings).optimizer
+    optimizer.build([weight])
+    average, expected = optimizer._model_variables_moving_average[0], 0.0
+    for t in range(40):  # the gradient -1 moves the weight by the same step each time
+        optimizer.apply_gradients([(tf.constant([-1.0]), weight)])
+        momentum = 0.0 if t == 0 else min(0.99, (1 + t) / (10 + t))
+        expected = momentum * expected + (1 - momentum) * float(weight.numpy()[0])
+    assert float(average.numpy()[0]) == pytest.approx(expected, rel=1e-4)
+    # Keras's own rule would still hold 0.99**39 = 68% of the first step's weight.
+    assert float(average.numpy()[0]) > 0.7 * float(weight.numpy()[0])
+
+
+def test_label_smoothing_is_keras_categorical_smoothing_on_integer_labels():
+    from tfpipeline import losses
+
+    logits = tf.constant(np.random.default_rng(0).normal(size=(6, 4)).astype("float32"))
+    labels = tf.constant([0, 3, 1, 2, 2, 0])
+    ours = losses.for_training(0.1)(labels, logits)
+    keras_smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)(
+        tf.one_hot(labels, 4), logits)
+    assert float(ours) == pytest.approx(float(keras_smoothed), rel=1e-6)
+    # Smoothing penalizes overconfidence: confident right answers cost more than without it.
+    confident = 10.0 * tf.one_hot(labels, 4)
+    assert float(losses.for_training(0.1)(labels, confident)) > 10 * float(losses.for_training(0.0)(labels, confident))
+    restored = keras.losses.deserialize(keras.losses.serialize(losses.for_training(0.2)))
+    assert restored.label_smoothing == 0.2
+
+
+def test_augmentation_starts_at_its_epoch_and_leaves_earlier_batches_alone():
+    from tfpipeline.augmentation import Augmentation
+
+    images = np.zeros((4, 12, 12, 1), "uint8")
+    images[:, 4:8, 4:8] = 255
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(4))).batch(4)
+    layer = keras.layers.RandomTranslation(0.3, 0.3, fill_mode="constant", interpolation="nearest", seed=1)
+    augmentation = Augmentation(layer, start_epoch=1)
+    augmented = augmentation.apply(dataset)
+    switch, = augmentation.callbacks()
+    switch.on_epoch_begin(0)
+    first, _ = next(iter(augmented))
+    assert first.dtype == tf.uint8 and np.array_equal(first, images)
+    switch.on_epoch_begin(1)
+    later, _ = next(iter(augmented))
+    assert not np.array_equal(later, images)
+    assert sorted(np.unique(later)) == [0, 255]  # whole-pixel shifts: values stay the image's
+    assert Augmentation().apply(dataset) is dataset and Augmentation().callbacks() == []

@@ -76,6 +76,9 @@ class Datasets:
     # Where decoded examples are kept between epochs (None: in memory, make_pipeline's default).
     # "disk": `load` already cached each split in a file; "none": not cached.
     cache_plan: folders.CachePlan | None = None
+    # A folder dataset's training files and labels, in the order `train` reads them (None for
+    # TFDS): multi-worker training gives each worker its own share of them (tfpipeline.sharding).
+    train_files: tuple[list[str], list[int]] | None = None
 
     def batched(self, batch_size: int, seed: int):
         """`batched` for these datasets: in-memory cache only when the cache plan says so, and a
@@ -238,6 +241,7 @@ def load(
     cache_budget: int | None = None,
     work_dir: str | os.PathLike = "work",
     seed: int = 42,
+    scanner=None,
 ) -> Datasets:
     """Train / validation / test datasets of a TFDS dataset or of a folder of images.
 
@@ -254,12 +258,13 @@ def load(
             disk under `work_dir`, or is not cached. None: `folders.default_cache_budget()`.
         work_dir: the disk cache goes under `<work_dir>/<dataset name>/cache/`.
         seed: fixes which files of a folder go to which split.
+        scanner: for a folder, what checks its files (`folders.index`); None: this process alone.
     """
     if channels not in (None, 1, 3):
         raise UserError(f"--channels must be 1 or 3, got {channels}.")
     budget = folders.default_cache_budget() if cache_budget is None else int(cache_budget)
     if is_folder(name):
-        datasets = _load_folder(name, validation_fraction, quick, image_size, channels, seed)
+        datasets = _load_folder(name, validation_fraction, quick, image_size, channels, seed, scanner)
     else:
         datasets = _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_size, channels)
     spec = datasets.spec
@@ -275,7 +280,7 @@ def load(
     roles = {"train": datasets.train, "validation": datasets.validation, "test": datasets.test}
     if plan.kind == "disk":  # each split's decoded examples in a file (TF writes it on the first full pass)
         roles = {role: ds.cache(str(Path(plan.directory) / role)) for role, ds in roles.items()}
-    return Datasets(spec, roles["train"], roles["validation"], roles["test"], plan)
+    return Datasets(spec, roles["train"], roles["validation"], roles["test"], plan, datasets.train_files)
 
 
 def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_size, channels) -> Datasets:
@@ -328,8 +333,8 @@ def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_siz
     return Datasets(spec, datasets["train"], datasets["validation"], datasets["test"])
 
 
-def _load_folder(path, validation_fraction, quick, image_size, channels, seed) -> Datasets:
-    idx = folders.index(path, validation_fraction=validation_fraction, seed=seed)
+def _load_folder(path, validation_fraction, quick, image_size, channels, seed, scanner=None) -> Datasets:
+    idx = folders.index(path, validation_fraction=validation_fraction, seed=seed, scanner=scanner)
     folders.report_skipped(idx.skipped, idx.root)
     files, labels = dict(idx.files), dict(idx.labels)
     if quick:
@@ -373,7 +378,8 @@ def _load_folder(path, validation_fraction, quick, image_size, channels, seed) -
         },
     )
     made = {role: folders.dataset(files[role], labels[role], size, out_channels) for role in files}
-    return Datasets(spec, made["train"], made["validation"], made["test"])
+    return Datasets(spec, made["train"], made["validation"], made["test"],
+                    train_files=(files["train"], labels["train"]))
 
 
 def shuffle_buffer_for(dataset: tf.data.Dataset, max_bytes: int = SHUFFLE_BUFFER_BYTES) -> int:

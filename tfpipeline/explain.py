@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tfpipeline.errors import UserError
 
-STEPS = 32  # Riemann steps along the path; the sum's error is checked in the tests (completeness)
+STEPS = 64  # Riemann steps along the path; the sum's error is checked in the tests (completeness)
 SAMPLE = 16  # test images shown, the same every run (the first of the test split)
 MISTAKES = 16  # the most confident mistakes shown
 SCALE = 4  # 28-pixel digits become 112 pixels

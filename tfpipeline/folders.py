@@ -165,7 +165,7 @@ def _carve(root: Path, paths, labels, fractions: dict[str, float], seed: int):
     return out
 
 
-def _scan(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def scan(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Decode every file once, in parallel: (indices that decode, their (h, w, c) shapes, c 1
     for an image whose pixels are all gray, else 3).
 
@@ -186,7 +186,7 @@ def _scan(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(good), np.concatenate(shapes)
 
 
-def index(root: str | os.PathLike, *, validation_fraction: float, seed: int) -> FolderIndex:
+def index(root: str | os.PathLike, *, validation_fraction: float, seed: int, scanner=None) -> FolderIndex:
     """Find, check and split the image files of a folder dataset.
 
     Args:
@@ -195,6 +195,8 @@ def index(root: str | os.PathLike, *, validation_fraction: float, seed: int) -> 
             no validation folder) held out for validation; the same share goes to test when
             there is no test folder.
         seed: fixes which files go to which split.
+        scanner: does `scan`'s job (the same arguments and results); None: `scan`. Multi-worker
+            training passes one that shares the work among the workers (`sharding.shared_scan`).
     """
     root = Path(root).expanduser().resolve()
     layout, folders = detect_layout(root)
@@ -234,7 +236,7 @@ def index(root: str | os.PathLike, *, validation_fraction: float, seed: int) -> 
 
     # Every file the loader listed, checked once; what it left out is skipped too.
     all_paths = sorted({p for ps, _ in [base, *read.values()] for p in ps})
-    good, shapes = _scan(all_paths)
+    good, shapes = (scanner or scan)(all_paths)
     good_set = {all_paths[i] for i in good}
     shape_of = {all_paths[i]: s for i, s in zip(good, shapes)}
     skipped = [(p, "does not decode as an image (corrupt, truncated, empty or another format)")
@@ -367,14 +369,23 @@ def cache_key(idx: FolderIndex, size: tuple[int, int], channels: int) -> str:
     return h.hexdigest()[:16]
 
 
-def dataset(paths: list[str], labels: list[int], size: tuple[int, int], channels: int) -> tf.data.Dataset:
-    """Unbatched `(uint8 [H, W, C] image, int32 label)` examples, decoded in a parallel map."""
+def file_list(paths: list[str], labels: list[int]) -> tf.data.Dataset:
+    """`(path, int32 label)` pairs, not yet read: what `decode` maps and a worker shards."""
+    return tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+
+
+def decode(files: tf.data.Dataset, size: tuple[int, int], channels: int) -> tf.data.Dataset:
+    """`file_list` pairs → unbatched `(uint8 [H, W, C] image, int32 label)`, in a parallel map."""
 
     def load(path, label):
         return imaging.prepare(tf.io.read_file(path), size, channels), label
 
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return files.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def dataset(paths: list[str], labels: list[int], size: tuple[int, int], channels: int) -> tf.data.Dataset:
+    """Unbatched `(uint8 [H, W, C] image, int32 label)` examples, decoded in a parallel map."""
+    return decode(file_list(paths, labels), size, channels)
 
 
 def report_skipped(skipped: list[tuple[str, str]], root: Path) -> None:

@@ -58,6 +58,9 @@ def fit(
     Every worker calls this with its own `logdir` and `backup_dir` (the real ones on the
     chief, temporary ones elsewhere: see `Distribution.writable`) and the same global-batch
     datasets; each worker reads only its shard of every batch (auto-shard policy DATA).
+    `train` may instead be a function of a `tf.distribute.InputContext` that gives the
+    worker's own endless, per-replica-batched input (`sharding.training_input`, a folder's
+    files shared among the workers).
     """
     strategy = model.distribute_strategy
     with strategy.scope():
@@ -101,7 +104,10 @@ def fit(
     # An endless training dataset and a fixed number of steps per epoch, as `training.fit`
     # does: tf.distribute then skips, for an infinite dataset, the collective in which the
     # workers agree before every batch whether any of them has data left.
-    train_batches = iter(strategy.experimental_distribute_dataset(training.endless(train, settings)))
+    if isinstance(train, tf.data.Dataset):
+        train_batches = iter(strategy.experimental_distribute_dataset(training.endless(train, settings)))
+    else:  # each worker's own share (tfpipeline.sharding), already endless
+        train_batches = iter(strategy.distribute_datasets_from_function(train))
     dist_validation = strategy.experimental_distribute_dataset(validation) if validation is not None else None
     # Weights and statistics that training does not keep in step across replicas: Keras 3's
     # BatchNormalization updates its moving mean/variance from each replica's own batch.

@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 
 from tfpipeline import data as data_lib
 from tfpipeline import (distribute, evaluation, export, gate, models, multiworker, quantize, runstate,
-                        tensorboard_logs, training)
+                        sharding, tensorboard_logs, training)
 from tfpipeline.config import PipelineConfig
 from tfpipeline.errors import UserError
 
@@ -61,6 +61,7 @@ class _Trained:
     weights_sha256: str
     run_log: tensorboard_logs.RunLog
     recovery: dict | None = None  # what training did after a divergence (training.recovery_of)
+    input_sharding: dict | None = None  # multi-worker: which worker read what (sharding.training_input)
 
 
 def run(config: PipelineConfig) -> PipelineResult:
@@ -84,7 +85,8 @@ def run(config: PipelineConfig) -> PipelineResult:
     datasets = data_lib.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
                              validation_fraction=config.validation_fraction, quick=config.quick,
                              image_size=config.image_size, channels=config.channels,
-                             cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed)
+                             cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed,
+                             scanner=sharding.shared_scan(dist))  # None unless multi-worker
     state = _run_state(config, plan, dist)
     logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)
 
@@ -99,7 +101,8 @@ def run(config: PipelineConfig) -> PipelineResult:
     if not dist.is_chief:
         return PipelineResult(state.run_id, None, None, logdir, float("nan"), {"distribution": {
             **dist.to_json(trained.hp.batch_size, trained.hp.learning_rate),
-            "weights_sha256": trained.weights_sha256, "worker": dist.worker_name}})
+            "weights_sha256": trained.weights_sha256, "worker": dist.worker_name,
+            **({"input": trained.input_sharding} if trained.input_sharding else {})}})
     return _evaluate_and_publish(config, dist, datasets, found, trained, state, logdir, export_base, started)
 
 
@@ -173,8 +176,14 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     if resumed:
         print(f"Resuming interrupted run {state.run_id} from its last saved epoch ({backup}).", flush=True)
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
-    history = fit(model, batches(train, True), validation, settings, logdir=logdir, backup_dir=backup,
-                  extra_callbacks=run_log.callbacks(validation))
+    augmentation = models.augmentation(family, hp, config.seed)
+    train_input, input_sharding = augmentation.apply(batches(train, True)), None
+    if dist.kind == "multi_worker" and trained_on == ["train"]:  # a folder's files: each worker its share
+        train_input, input_sharding = sharding.training_input(
+            datasets, train_input, workers=dist.workers, replicas=dist.replicas, per_replica_batch=hp.batch_size,
+            steps_per_epoch=settings.steps_per_epoch, seed=config.seed, augmentation=augmentation)
+    history = fit(model, train_input, validation, settings, logdir=logdir, backup_dir=backup,
+                  extra_callbacks=[*augmentation.callbacks(), *run_log.callbacks(validation)])
     # Optimizer steps over the whole run, resumed parts included: the schedule's position.
     steps_run = int(model.optimizer.iterations.numpy())
     if dist.kind == "multi_worker":
@@ -184,7 +193,8 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     digest = distribute.weights_digest(model)
     print(f"Final weights sha256 {digest}", flush=True)
     return _Trained(model, family, hp, settings, training.epochs_completed(history), steps_run, resumed,
-                    trained_on, num_train, validation, digest, run_log, training.recovery_of(history))
+                    trained_on, num_train, validation, digest, run_log, training.recovery_of(history),
+                    input_sharding=input_sharding)
 
 
 def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, state, logdir, export_base,
@@ -242,7 +252,8 @@ def _metadata(config, dist, spec, found, trained: _Trained, validation, test_eva
                      "quick": config.quick, "resumed": trained.resumed,
                      "optimizer": training.optimizer_record(trained.settings), "recovery": trained.recovery},
         "distribution": {**dist.to_json(trained.hp.batch_size, trained.hp.learning_rate),
-                         "weights_sha256": trained.weights_sha256},
+                         "weights_sha256": trained.weights_sha256,
+                         **({"input": trained.input_sharding} if trained.input_sharding else {})},
         "metrics": {"validation": validation, "test": test_eval.to_json()},
         "run": {"id": state.run_id, "logdir": str(logdir), **provenance(),
                 "started": started[1].isoformat(timespec="seconds"),

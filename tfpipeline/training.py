@@ -14,11 +14,15 @@ nothing, it raises `TrainingDiverged`, naming both attempts. See docs/divergence
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import sys
 from pathlib import Path
 
 import keras
+import tensorflow as tf
+
+from tfpipeline import losses, optimizers
 
 
 class TrainingDiverged(Exception):
@@ -42,6 +46,13 @@ class TrainSettings:
     learning_rate: float  # peak learning rate, reached after the warmup
     steps_per_epoch: int
     warmup_fraction: float = 0.1  # of all steps, at most one epoch's worth
+    # A warm restart (SGDR): 0, one cosine decay over the whole run; N > 0, a first cosine
+    # cycle of N epochs, then one over the rest. Each cycle ends at a rate near zero, so the
+    # model at the end of the first is already a settled one (see `learning_rate_schedule`).
+    first_cycle_epochs: int = 0
+    beta_1: float = 0.9  # Adam's moment decay rates (Keras's defaults)
+    label_smoothing: float = 0.0  # of the cross-entropy's targets (losses.SparseSmoothedCrossentropy)
+    beta_2: float = 0.999
     # AdamW's decoupled weight decay (Keras's `weight_decay`); 0: plain Adam.
     weight_decay: float = 0.0
     # Gradient clipping, Keras optimizer options (at most one): each variable's gradient is
@@ -72,7 +83,8 @@ def settings_for(hp, num_train_examples: int, **overrides) -> TrainSettings:
         learning_rate=hp.learning_rate,
         steps_per_epoch=-(-num_train_examples // hp.batch_size),
     )
-    for name in ("warmup_fraction", "ema_momentum"):  # a family may set its own
+    # A family may set its own.
+    for name in ("warmup_fraction", "ema_momentum", "first_cycle_epochs", "beta_1", "beta_2", "label_smoothing"):
         if hasattr(hp, name):
             values[name] = getattr(hp, name)
     return TrainSettings(**(values | overrides))
@@ -104,6 +116,10 @@ def optimizer_record(settings: TrainSettings) -> dict:
     return {
         "name": "AdamW" if settings.weight_decay else "Adam",
         "peak_learning_rate": settings.learning_rate,
+        "cycle_epochs": cycle_epochs(settings),
+        "beta_1": settings.beta_1,
+        "beta_2": settings.beta_2,
+        "label_smoothing": settings.label_smoothing,
         "weight_decay": settings.weight_decay,
         "clipnorm": settings.clipnorm,
         "clipvalue": settings.clipvalue,
@@ -111,14 +127,27 @@ def optimizer_record(settings: TrainSettings) -> dict:
     }
 
 
+def cycle_epochs(settings: TrainSettings) -> list[int]:
+    """The lengths, in epochs, of the schedule's cosine cycles: the whole run as one, or with
+    `first_cycle_epochs` N a first cycle of N epochs and a second over the rest."""
+    first, epochs = settings.first_cycle_epochs, settings.epochs
+    return [first, epochs - first] if 0 < first < epochs else [epochs]
+
+
 def learning_rate_schedule(settings: TrainSettings) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warmup to the peak rate, then cosine decay to zero at the last step.
+    """Linear warmup to the peak rate, then cosine decay to zero at the last step; with a
+    warm restart, a cosine decay to zero in each cycle of `cycle_epochs`.
 
     Warmup lets a high peak rate (fast progress) start without wrecking the random initial
-    weights; decaying to zero settles the weights for the last epochs.
+    weights; decaying to zero settles the weights for the last epochs. A restart gives a
+    settled model early too (a one-epoch first cycle: a good model after one epoch), and the
+    long second cycle still trains it to the end.
     """
     total = max(1, settings.epochs * settings.steps_per_epoch)
     warmup = min(settings.steps_per_epoch, int(total * settings.warmup_fraction))
+    cycles = cycle_epochs(settings)
+    if len(cycles) > 1:
+        return CosineCycles(settings.learning_rate, [c * settings.steps_per_epoch for c in cycles], warmup)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=settings.learning_rate / 100 if warmup else settings.learning_rate,
         decay_steps=max(1, total - warmup),
@@ -128,19 +157,56 @@ def learning_rate_schedule(settings: TrainSettings) -> keras.optimizers.schedule
     )
 
 
+@keras.saving.register_keras_serializable(package="tfpipeline")
+class CosineCycles(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup, then cosine decays from the peak rate to zero over cycles of the given
+    lengths, each restarting at the peak (SGDR, Loshchilov & Hutter 2017).
+
+    Keras's `CosineDecayRestarts` has no warmup and only geometric cycle lengths, so a run
+    would end mid-cycle at a high rate unless its epochs happened to be a sum of them.
+
+    Args:
+        peak_learning_rate: The rate at the start of each cycle (after the warmup).
+        cycle_steps: The length of each cycle in steps; they add up to the run's steps.
+        warmup_steps: Steps of linear warmup from a hundredth of the peak, at the start of
+            the first cycle.
+    """
+
+    def __init__(self, peak_learning_rate: float, cycle_steps: list[int], warmup_steps: int = 0):
+        self.peak_learning_rate = peak_learning_rate
+        self.cycle_steps = [int(c) for c in cycle_steps]
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        ends = tf.constant(list(itertools.accumulate(self.cycle_steps)), tf.float32)
+        starts = tf.concat([[float(self.warmup_steps)], ends[:-1]], axis=0)
+        cycle = tf.minimum(tf.reduce_sum(tf.cast(step >= ends, tf.int32)), len(self.cycle_steps) - 1)
+        progress = tf.clip_by_value((step - starts[cycle]) / tf.maximum(ends[cycle] - starts[cycle], 1.0), 0.0, 1.0)
+        cosine = 0.5 * self.peak_learning_rate * (1.0 + tf.cos(math.pi * progress))
+        low = self.peak_learning_rate / 100
+        warming = low + (self.peak_learning_rate - low) * step / max(1, self.warmup_steps)
+        return tf.where(step < self.warmup_steps, warming, cosine)
+
+    def get_config(self):
+        return {"peak_learning_rate": self.peak_learning_rate, "cycle_steps": self.cycle_steps,
+                "warmup_steps": self.warmup_steps}
+
+
 def compile_model(model: keras.Model, settings: TrainSettings) -> keras.Model:
     schedule = learning_rate_schedule(settings)
     momentum = averaging_momentum(settings)
     options = dict(use_ema=True, ema_momentum=momentum) if momentum else {}
     options.update(clipnorm=settings.clipnorm, clipvalue=settings.clipvalue)
+    options.update(beta_1=settings.beta_1, beta_2=settings.beta_2)
     if settings.weight_decay:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay, **options)
+        optimizer = optimizers.AdamW(schedule, weight_decay=settings.weight_decay, **options)
     else:
-        optimizer = keras.optimizers.Adam(schedule, **options)
+        optimizer = optimizers.Adam(schedule, **options)
     model.compile(
         optimizer=optimizer,
         # Models output logits: softmax happens in the loss here and in the export's signature.
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=losses.for_training(settings.label_smoothing),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         steps_per_execution=settings.steps_per_execution or 1,
         jit_compile=settings.jit_compile,

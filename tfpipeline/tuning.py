@@ -121,6 +121,8 @@ class PipelineHyperModel(kt.HyperModel):
     def fit(self, hp, model, *args, callbacks=None, epochs=1, initial_epoch=0, **kwargs):
         family, fhp = self.family_hyperparams(hp)
         train, validation = self.trial_data.pipelines(fhp.batch_size)
+        augmentation = models.augmentation(family, fhp, self.config.seed)
+        train = augmentation.apply(train)
         logdir = self.logdir / "trials" / self.trial_id
         # The row the HParams dashboard shows: the same names as a run's row
         # (tensorboard_logs.run_hparams), plus the trial id; trial_id groups one session per trial.
@@ -133,6 +135,7 @@ class PipelineHyperModel(kt.HyperModel):
             *training.weight_averaging_callbacks(getattr(model.optimizer, "use_ema", False)),
             *(callbacks or []),
             keras.callbacks.TerminateOnNaN(),
+            *augmentation.callbacks(),
             keras.callbacks.TensorBoard(str(logdir), histogram_freq=0, write_graph=False),
             hp_api.KerasCallback(writer, row, trial_id=f"{self.config.dataset}/{self.run_id}/trials/{self.trial_id}"),
         ]

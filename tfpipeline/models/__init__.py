@@ -14,6 +14,7 @@ from typing import Any
 
 import keras
 
+from tfpipeline.augmentation import Augmentation
 from tfpipeline.errors import UserError
 from tfpipeline.models import cnn, mlp, rnn, transformer
 
@@ -45,6 +46,13 @@ def hyperparams(name: str, overrides: dict[str, Any] | None = None):
             value = tuple(value)  # JSON has no tuples
         values[key] = value
     return dataclasses.replace(defaults, **values)
+
+
+def augmentation(name: str, hp, seed: int) -> Augmentation:
+    """The family's training augmentation for `hp` (applied to training batches in the input
+    pipeline, `Augmentation.apply`); one without a layer if the family has none."""
+    make = getattr(family(name), "augmentation", None)
+    return make(hp, seed) if make else Augmentation()
 
 
 def build(name: str, input_shape, num_classes: int, hp=None) -> keras.Model:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
+
+from tfpipeline.augmentation import Augmentation
 
 
 def image_inputs(input_shape: tuple[int, ...]) -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -55,13 +58,87 @@ class ClassToken(keras.layers.Layer):
         return (input_shape[0], length, input_shape[2])
 
 
-def random_shift(x: keras.KerasTensor, fraction: float) -> keras.KerasTensor:
-    """Random translations of up to `fraction` of the image size in both directions, padded
-    with black; active only in training, so the exported model sees the image unchanged.
-    0 returns `x` as it is."""
+@keras.saving.register_keras_serializable(package="tfpipeline")
+class FusedBatchNorm(keras.layers.Layer):
+    """Batch normalization over the last axis whose moving statistics warm up.
+
+    The same normalization as `keras.layers.BatchNormalization` (batch statistics in
+    training, moving statistics otherwise; the same four weights, names and defaults, plus a
+    count of updates), with one difference: the moving statistics start as the plain mean of
+    the batches seen, and only after 1 / (1 - momentum) batches become Keras's exponential
+    average (see `call`). Keras's start at full momentum from mean 0 and variance 1, which
+    a short run (a smoke test, a search trial, a one-epoch first cycle) does not wash out
+    (issue 16). It computes with TensorFlow's fused kernel (`FusedBatchNormV3`), one op
+    forward and one backward; on this CPU that measured no faster than Keras's separate ops
+    (docs/benchmarks.md). Inputs of rank 2 (after a dense layer) are normalized as 1x1 images.
+
+    Args:
+        momentum: Momentum of the moving mean and variance. Our models use 0.9, not Keras's
+            0.99, so the moving statistics keep up with short runs.
+        epsilon: Added to the variance to avoid dividing by zero.
+    """
+
+    def __init__(self, momentum: float = 0.9, epsilon: float = 1e-3, **kwargs):
+        # Not autocast: under a mixed-precision policy the kernel takes bfloat16/float16
+        # activations with float32 scale, offset and statistics.
+        super().__init__(autocast=False, **kwargs)
+        self.momentum, self.epsilon = momentum, epsilon
+
+    def build(self, input_shape):
+        channels = (input_shape[-1],)
+        self.gamma = self.add_weight(name="gamma", shape=channels, initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=channels, initializer="zeros")
+        self.moving_mean = self.add_weight(name="moving_mean", shape=channels, initializer="zeros", trainable=False)
+        self.moving_variance = self.add_weight(
+            name="moving_variance", shape=channels, initializer="ones", trainable=False
+        )
+        self.updates_seen = self.add_weight(name="updates_seen", shape=(), initializer="zeros", trainable=False)
+
+    def call(self, inputs, training=False):
+        dtype = inputs.dtype if inputs.dtype in (tf.bfloat16, tf.float16) else tf.float32
+        x = tf.cast(inputs, dtype)
+        flat = len(x.shape) == 2
+        if flat:
+            x = x[:, None, None, :]
+        if training:
+            # Factor 1: the kernel returns this batch's statistics, which we average ourselves.
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=self.epsilon, is_training=True, exponential_avg_factor=1.0,
+            )
+            # A moving average that warms up: the plain mean of the batches seen so far until
+            # it has seen 1 / (1 - momentum) of them. Keras's starts at full momentum from
+            # mean 0 and variance 1, so after a short run (a smoke test's dozen steps, a
+            # search trial) the statistics are still mostly those made-up values, and the
+            # model scores near chance in inference while training well.
+            self.updates_seen.assign_add(1.0)
+            factor = tf.maximum(1.0 - self.momentum, 1.0 / self.updates_seen)
+            self.moving_mean.assign(self.moving_mean + factor * (mean - self.moving_mean))
+            self.moving_variance.assign(self.moving_variance + factor * (variance - self.moving_variance))
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=self.epsilon, is_training=False,
+            )
+        return y[:, 0, 0, :] if flat else y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+
+
+def shift_augmentation(fraction: float, seed: int) -> Augmentation:
+    """Random translations of up to `fraction` of the image size in both directions (black
+    shifted in), for a family's `augmentation(hp, seed)`: a stage of the training input
+    pipeline from the first epoch on, so the exported model never contains it. Sub-pixel
+    shifts (Keras's bilinear default), as the MLP, RNN and Transformer defaults were measured
+    with. 0: no augmentation."""
     if not fraction:
-        return x
-    return keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", name="shift")(x)
+        return Augmentation()
+    return Augmentation(keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", seed=seed,
+                                                       name="shift"))
 
 
 def normalization(kind: str | None, name: str) -> keras.layers.Layer | None:

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from tfpipeline.models.layers import image_inputs, normalization, random_shift
+from tfpipeline.augmentation import Augmentation
+from tfpipeline.models.layers import image_inputs, normalization, shift_augmentation
 from tfpipeline.models.space import options
 
 if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
@@ -36,7 +37,6 @@ class Hyperparams:
 def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras.Model:
     hp = hp or Hyperparams()
     images, x = image_inputs(input_shape)
-    x = random_shift(x, hp.augment)
     x = keras.layers.Flatten(name="flatten")(x)
     for i in range(hp.layers):
         x = keras.layers.Dense(hp.units, use_bias=hp.normalization == "none", name=f"dense_{i}")(x)
@@ -48,6 +48,11 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
             x = keras.layers.Dropout(hp.dropout, name=f"dropout_{i}")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(images, logits, name="mlp")
+
+
+def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
+    """Random shifts of up to `hp.augment` of the image size, in the input pipeline."""
+    return shift_augmentation(hp.augment, seed)
 
 
 def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:

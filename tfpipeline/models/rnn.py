@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from tfpipeline.models.layers import image_inputs, random_shift
+from tfpipeline.augmentation import Augmentation
+from tfpipeline.models.layers import image_inputs, shift_augmentation
 from tfpipeline.models.space import options
 
 if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
@@ -42,7 +43,6 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
         raise ValueError(f"Unknown RNN cell {hp.cell!r}; use one of {sorted(CELLS)}.")
     height, width, channels = input_shape
     images, x = image_inputs(input_shape)
-    x = random_shift(x, hp.augment)
     # Each image row is one time step whose features are the row's pixels (and channels).
     x = keras.layers.Reshape((height, width * channels), name="rows")(x)
     for i in range(hp.layers):
@@ -54,6 +54,11 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
         x = keras.layers.Dropout(hp.dropout, name="dropout")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(images, logits, name="rnn")
+
+
+def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
+    """Random shifts of up to `hp.augment` of the image size, in the input pipeline."""
+    return shift_augmentation(hp.augment, seed)
 
 
 def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:

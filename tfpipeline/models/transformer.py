@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from tfpipeline.models.layers import ClassToken, PositionEmbedding, image_inputs, random_shift
+from tfpipeline.augmentation import Augmentation
+from tfpipeline.models.layers import ClassToken, PositionEmbedding, image_inputs, shift_augmentation
 from tfpipeline.models.space import options
 
 if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
@@ -81,7 +82,6 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
     if hp.pooling not in ("mean", "cls"):
         raise ValueError(f"Unknown pooling {hp.pooling!r}; use 'mean' or 'cls'.")
     images, x = image_inputs(input_shape)
-    x = random_shift(x, hp.augment)
     # A strided convolution is the usual way to cut patches and project them in one step.
     x = keras.layers.Conv2D(hp.embed_dim, hp.patch_size, strides=hp.patch_size, name="patchify")(x)
     num_patches = (height // hp.patch_size) * (width // hp.patch_size)
@@ -101,6 +101,11 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
         x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(images, logits, name="transformer")
+
+
+def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
+    """Random shifts of up to `hp.augment` of the image size, in the input pipeline."""
+    return shift_augmentation(hp.augment, seed)
 
 
 def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:

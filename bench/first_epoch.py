@@ -1,0 +1,69 @@
+"""How robust is 99% after the first epoch? The default CNN's first epoch over several seeds.
+
+    python -m bench.first_epoch [--seeds 5]
+
+Each seed trains the model `pipelines.mnist` exports, with its real settings (the first
+learning-rate cycle of the full run's schedule, the weight average, the input pipeline), for
+its first epoch only, and scores the averaged weights on the 10,000 test images, as
+`python -m bench` does for seed 0. Prints each seed's test accuracy and training seconds,
+their mean and spread; writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+
+import keras
+
+from bench.speed import RESULTS
+from bench.timing import TimeToAccuracy, machine
+from tfpipeline import data, evaluation, models, training
+
+
+class _StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
+
+
+def first_epoch(datasets, test_images, test_labels, seed: int) -> dict:
+    keras.utils.set_random_seed(seed)
+    hp = models.hyperparams("cnn")
+    settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0, early_stopping_patience=0)
+    augmentation = models.augmentation("cnn", hp, seed)
+    train = augmentation.apply(data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=seed))
+    model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
+    timer = TimeToAccuracy(test_images, test_labels)
+    training.fit(model, train, None, settings, extra_callbacks=[*augmentation.callbacks(), timer, _StopAfterFirstEpoch()])
+    return {"seed": seed, **timer.epochs[0]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.first_epoch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
+    args = parser.parse_args(argv)
+    datasets = data.load("mnist")
+    test_images, test_labels = evaluation.collect(data.make_pipeline(datasets.test, batch_size=1000, training=False, seed=0))
+    runs = []
+    for seed in range(args.seeds):
+        print(f"seed {seed}:", flush=True)
+        runs.append(first_epoch(datasets, test_images, test_labels, seed))
+    accuracies = [r["test_accuracy"] for r in runs]
+    result = {"machine": machine(), "started": dt.datetime.now().isoformat(timespec="seconds"), "runs": runs,
+              "mean": statistics.mean(accuracies), "stdev": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
+              "min": min(accuracies), "max": max(accuracies),
+              "seeds_at_or_above_99": sum(a >= 0.99 for a in accuracies)}
+    print(f"\ntest accuracy after epoch 1 over {len(runs)} seeds: mean {result['mean']:.2%}, "
+          f"stdev {result['stdev']:.2%}, min {result['min']:.2%}, max {result['max']:.2%}; "
+          f"{result['seeds_at_or_above_99']} of {len(runs)} at 99% or more")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"first-epoch-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
