@@ -116,3 +116,22 @@ def test_fused_batch_norm_matches_keras_batch_normalization():
         # Inference normalizes with the moving statistics.
         expected = (x - ours.moving_mean) / np.sqrt(ours.moving_variance + 1e-3) * ours.gamma + ours.beta
         np.testing.assert_allclose(ours(x, training=False), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(models.FAMILIES))
+def test_shifts_are_an_input_stage_not_part_of_the_model(family):
+    """Each family's `augment` shifts training batches in the input pipeline; the model (and so
+    the export) has no augmentation layer, and 0 turns the stage off."""
+    import tensorflow as tf
+
+    images = np.zeros((4, 28, 28, 1), np.uint8)
+    images[:, 10:18, 10:18] = 255
+    batches = tf.data.Dataset.from_tensor_slices((images, np.zeros(4, np.int32))).batch(4)
+    starts_later = "augment_from_epoch" in {f.name for f in dataclasses.fields(models.family(family).Hyperparams)}
+    hp = models.hyperparams(family, {"augment": 0.2, **({"augment_from_epoch": 0} if starts_later else {})})
+    shifted, _ = next(iter(models.augmentation(family, hp, seed=1).apply(batches)))
+    assert shifted.dtype == tf.uint8 and shifted.shape == images.shape
+    assert not np.array_equal(shifted.numpy(), images)
+    assert not any(isinstance(layer, keras.layers.RandomTranslation)
+                   for layer in models.build(family, (28, 28, 1), 10, hp).layers)
+    assert models.augmentation(family, models.hyperparams(family, {"augment": 0.0}), seed=1).layer is None
