@@ -18,9 +18,9 @@ import statistics
 
 import keras
 
-from bench.speed import RESULTS
-from bench.timing import TimeToAccuracy, machine
-from tfpipeline import data, evaluation, models, training
+from bench.speed import RESULTS, fit_default_cnn
+from bench.timing import machine
+from tfpipeline import data, evaluation
 
 
 class _StopAfterFirstEpoch(keras.callbacks.Callback):
@@ -29,14 +29,7 @@ class _StopAfterFirstEpoch(keras.callbacks.Callback):
 
 
 def first_epoch(datasets, test_images, test_labels, seed: int) -> dict:
-    keras.utils.set_random_seed(seed)
-    hp = models.hyperparams("cnn")
-    settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0, early_stopping_patience=0)
-    augmentation = models.augmentation("cnn", hp, seed)
-    train = augmentation.apply(data.make_pipeline(datasets.train, batch_size=hp.batch_size, training=True, seed=seed))
-    model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
-    timer = TimeToAccuracy(test_images, test_labels)
-    training.fit(model, train, None, settings, extra_callbacks=[*augmentation.callbacks(), timer, _StopAfterFirstEpoch()])
+    _, _, timer = fit_default_cnn(datasets, test_images, test_labels, seed, extra_callbacks=[_StopAfterFirstEpoch()])
     return {"seed": seed, **timer.epochs[0]}
 
 

@@ -160,7 +160,7 @@ def _input_fn(datasets: data.Datasets, shards: ShardPlan, seed: int,
         print(f"Input: worker {i} of {n} reads {len(names):,} of the {len(paths):,} training files, its "
               f"tf.data shard (sha256 of their names {names_digest(names)})"
               + (f", {repeated} of them a second time" if 0 < repeated <= len(names) else
-                 f", repeated to fill" if repeated else "")
+                 ", repeated to fill" if repeated else "")
               + f": {shards.examples_per_worker:,} examples, {shards.batches_per_worker} batches of {batch} "
               "per epoch, as on every worker.", flush=True)
         examples = folders.decode(share.repeat().take(shards.examples_per_worker), (height, width), channels)
