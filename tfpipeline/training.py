@@ -51,8 +51,8 @@ class TrainSettings:
     # model at the end of the first is already a settled one (see `learning_rate_schedule`).
     first_cycle_epochs: int = 0
     beta_1: float = 0.9  # Adam's moment decay rates (Keras's defaults)
-    label_smoothing: float = 0.0  # of the cross-entropy's targets (losses.SparseSmoothedCrossentropy)
     beta_2: float = 0.999
+    label_smoothing: float = 0.0  # of the cross-entropy's targets (losses.SparseSmoothedCrossentropy)
     # AdamW's decoupled weight decay (Keras's `weight_decay`); 0: plain Adam.
     weight_decay: float = 0.0
     # Gradient clipping, Keras optimizer options (at most one): each variable's gradient is
@@ -197,8 +197,8 @@ def compile_model(model: keras.Model, settings: TrainSettings) -> keras.Model:
     schedule = learning_rate_schedule(settings)
     momentum = averaging_momentum(settings)
     options = dict(use_ema=True, ema_momentum=momentum) if momentum else {}
-    options.update(clipnorm=settings.clipnorm, clipvalue=settings.clipvalue)
-    options.update(beta_1=settings.beta_1, beta_2=settings.beta_2)
+    options.update(clipnorm=settings.clipnorm, clipvalue=settings.clipvalue,
+                   beta_1=settings.beta_1, beta_2=settings.beta_2)
     if settings.weight_decay:
         optimizer = optimizers.AdamW(schedule, weight_decay=settings.weight_decay, **options)
     else:

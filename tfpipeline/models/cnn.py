@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import keras
 
 from tfpipeline.augmentation import Augmentation
-from tfpipeline.models.layers import FusedBatchNorm, image_inputs
+from tfpipeline.models.layers import FusedBatchNorm, image_inputs, shift_augmentation
 from tfpipeline.models.space import ints, joined, options
 
 if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
@@ -108,11 +108,7 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
 def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
     """Random shifts of up to `hp.augment` of the image size (whole pixels, zeros shifted in)
     from epoch `hp.augment_from_epoch` on, in the input pipeline, not the model."""
-    if not hp.augment:
-        return Augmentation()
-    layer = keras.layers.RandomTranslation(hp.augment, hp.augment, fill_mode="constant", interpolation="nearest",
-                                           seed=seed, name="shift")
-    return Augmentation(layer, start_epoch=hp.augment_from_epoch)
+    return shift_augmentation(hp.augment, seed, start_epoch=hp.augment_from_epoch, interpolation="nearest")
 
 
 def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:

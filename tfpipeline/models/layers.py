@@ -129,16 +129,19 @@ class FusedBatchNorm(keras.layers.Layer):
         return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
 
 
-def shift_augmentation(fraction: float, seed: int) -> Augmentation:
+def shift_augmentation(fraction: float, seed: int, *, start_epoch: int = 0,
+                       interpolation: str = "bilinear") -> Augmentation:
     """Random translations of up to `fraction` of the image size in both directions (black
     shifted in), for a family's `augmentation(hp, seed)`: a stage of the training input
-    pipeline from the first epoch on, so the exported model never contains it. Sub-pixel
-    shifts (Keras's bilinear default), as the MLP, RNN and Transformer defaults were measured
-    with. 0: no augmentation."""
+    pipeline from epoch `start_epoch` on, so the exported model never contains it.
+    `interpolation`: Keras's bilinear default (sub-pixel shifts, as the MLP, RNN and
+    Transformer defaults were measured with) or "nearest" (whole pixels, the CNN's).
+    0: no augmentation."""
     if not fraction:
         return Augmentation()
-    return Augmentation(keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", seed=seed,
-                                                       name="shift"))
+    layer = keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", interpolation=interpolation,
+                                           seed=seed, name="shift")
+    return Augmentation(layer, start_epoch=start_epoch)
 
 
 def normalization(kind: str | None, name: str) -> keras.layers.Layer | None:
