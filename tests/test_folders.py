@@ -203,8 +203,8 @@ def test_families_build_on_colour_64x64(family):
 def test_cnn_downsamples_and_transformer_patches_follow_the_input():
     from tfpipeline.models import cnn, transformer
 
-    assert cnn.block_filters((28, 28, 1), cnn.Hyperparams()) == (24, 32)  # MNIST: the two blocks it names
-    assert cnn.block_filters((64, 64, 3), cnn.Hyperparams()) == (24, 32, 64)
+    assert cnn.block_filters((28, 28, 1), cnn.Hyperparams()) == (16, 32)  # MNIST: the two blocks it names
+    assert cnn.block_filters((64, 64, 3), cnn.Hyperparams()) == (16, 32, 64)
     assert [transformer.auto_patch_size(s, s) for s in (28, 32, 64)] == [4, 4, 8]
     assert [transformer.auto_patch_size(s, s, grid=4) for s in (28, 32, 64)] == [7, 8, 16]
     with pytest.raises(ValueError, match="patch size"):
