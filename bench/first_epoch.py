@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.first_epoch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
     args = parser.parse_args(argv)
-    datasets = data.load("mnist")
+    datasets = data.load("mnist").decode_into_memory()  # as pipelines.mnist and bench.speed do
     test_images, test_labels = evaluation.collect(data.make_pipeline(datasets.test, batch_size=1000, training=False, seed=0))
     runs = []
     for seed in range(args.seeds):

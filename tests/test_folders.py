@@ -302,3 +302,34 @@ def test_search_spaces_follow_the_input_size(family):
         if family == "transformer":  # every patch size offered divides the input
             for patch in hp.space[[p.name for p in hp.space].index("patch_size")].values:
                 assert shape[0] % patch == 0 and shape[1] % patch == 0
+
+
+def test_decode_into_memory_reads_the_files_once(tmp_path):
+    """After `decode_into_memory`, every split is served from memory: the same examples in the
+    same seeded order as decoding on the fly, even once the files are gone."""
+    root = flat_folder(tmp_path / "shapes", per_class=12)
+    datasets = data.load(str(root), image_size=(16, 16), work_dir=tmp_path / "work")
+    on_the_fly = {role: [b for b in datasets.batched(8, 3)(getattr(datasets, role), role == "train")]
+                  for role in ("train", "validation", "test")}
+    in_memory = datasets.decode_into_memory(verbose=0)
+    assert in_memory.in_memory and not datasets.in_memory
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.unlink()
+    for role, expected in on_the_fly.items():
+        got = list(in_memory.batched(8, 3)(getattr(in_memory, role), role == "train"))
+        assert len(got) == len(expected), role
+        for (x, y), (ex, ey) in zip(got, expected):
+            np.testing.assert_array_equal(x.numpy(), ex.numpy())
+            np.testing.assert_array_equal(y.numpy(), ey.numpy())
+    # A search trial's share and the final fit's train + validation also read memory.
+    assert sum(int(x.shape[0]) for x, _ in in_memory.batched(8, 3)(in_memory.train.take(10), True)) == 10
+    both = in_memory.train.concatenate(in_memory.validation)
+    assert sum(1 for _ in both) == in_memory.spec.num_examples["train"] + in_memory.spec.num_examples["validation"]
+
+
+def test_decode_into_memory_leaves_a_disk_cached_dataset_alone(tmp_path):
+    root = flat_folder(tmp_path / "shapes", per_class=6)
+    datasets = data.load(str(root), image_size=(16, 16), cache_budget=1, work_dir=tmp_path / "work")
+    assert datasets.cache_plan.kind == "disk"
+    assert datasets.decode_into_memory(verbose=0) is datasets

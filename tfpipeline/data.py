@@ -22,6 +22,7 @@ import json
 import os
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -79,14 +80,44 @@ class Datasets:
     # A folder dataset's training files and labels, in the order `train` reads them (None for
     # TFDS): multi-worker training gives each worker its own share of them (tfpipeline.sharding).
     train_files: tuple[list[str], list[int]] | None = None
+    # True once `decode_into_memory` has filled each split's memory cache.
+    in_memory: bool = False
 
-    def batched(self, batch_size: int, seed: int):
-        """`batched` for these datasets: in-memory cache only when the cache plan says so, and a
-        shuffle buffer of at most a quarter of the cache budget."""
+    def batched(self, batch_size: int, seed: int, *, own_splits: bool = True):
+        """`batched` for these datasets: in-memory cache only when the cache plan says so (and
+        the split is not in memory already), and a shuffle buffer of at most a quarter of the
+        cache budget. `own_splits=False` for a dataset made from these, such as a worker's share
+        of the files (`tfpipeline.sharding`): it is cached as the plan says."""
         plan = self.cache_plan
         memory = plan is None or plan.kind == "memory"
         budget = plan.budget_bytes if plan else 4 * SHUFFLE_BUFFER_BYTES
-        return batched(batch_size, seed, cache=memory, shuffle_buffer_bytes=min(SHUFFLE_BUFFER_BYTES, budget // 4))
+        cache = memory and not (own_splits and self.in_memory)
+        return batched(batch_size, seed, cache=cache, shuffle_buffer_bytes=min(SHUFFLE_BUFFER_BYTES, budget // 4))
+
+    def decode_into_memory(self, verbose: int = 1) -> Datasets:
+        """These datasets with every split decoded now, once, into its memory cache, when the
+        cache plan keeps them in memory (else unchanged).
+
+        Without it the first epoch decodes as it trains: the two cores then share decoding
+        with the first training steps, and each search trial, which builds its own pipeline,
+        decodes its share of the training split again. Read from memory, the first epoch
+        trains at the speed of the others, as a model given NumPy arrays does.
+        """
+        if self.in_memory or (self.cache_plan is not None and self.cache_plan.kind != "memory"):
+            return self
+        total = sum(self.spec.num_examples.values())
+        if verbose:
+            print(f"Decoding the {total:,} images of {self.spec.name} into memory "
+                  f"({total * _example_bytes(self.spec.input_shape) / 2**20:,.1f} MiB)...", flush=True)
+        progress = keras.utils.Progbar(total, verbose=verbose, unit_name="image")
+        splits = {}
+        for role in ("train", "validation", "test"):
+            splits[role] = getattr(self, role).cache()
+            # One full pass completes the cache; every later iterator of `splits[role]`,
+            # and of datasets made from it (`take`, `concatenate`), reads memory.
+            for images, _ in splits[role].batch(1024).prefetch(tf.data.AUTOTUNE):
+                progress.add(int(images.shape[0]))
+        return dataclasses.replace(self, **splits, in_memory=True)
 
 
 def resolve_manual_dir(manual_dir: str | os.PathLike | None) -> Path | None:

@@ -166,7 +166,7 @@ def _input_fn(datasets: data.Datasets, shards: ShardPlan, seed: int,
         examples = folders.decode(share.repeat().take(shards.examples_per_worker), (height, width), channels)
         if cache is not None and cache.kind == "disk":  # this worker's share only, in a file of its own
             examples = examples.cache(str(Path(cache.directory) / f"train-worker{i}-of-{n}"))
-        batches = datasets.batched(batch, seed)(examples, True)  # memory cache when the plan says so
+        batches = datasets.batched(batch, seed, own_splits=False)(examples, True)  # memory cache if the plan says so
         if int(batches.cardinality()) != shards.batches_per_worker:
             raise ValueError(f"Worker {i}'s share makes {int(batches.cardinality())} batches per epoch, "
                              f"not the planned {shards.batches_per_worker}.")
