@@ -125,17 +125,17 @@ def test_weight_average_warms_up_instead_of_keeping_the_first_steps():
     """Keras's average keeps m**t of the first step's weights; ours uses min(m, (1+t)/(10+t))."""
     settings = training.TrainSettings(epochs=1, batch_size=8, learning_rate=0.1, steps_per_epoch=5000,
                                       warmup_fraction=0.0, ema_momentum=0.99)
-    weight = keras.Variable(np.zeros(1, "float32"))
-    optimizer = training.compile_model(_tiny_model(), settings).optimizer
-    optimizer.build([weight])
+    model = training.compile_model(_tiny_model(), settings)  # builds the optimizer for its variables
+    optimizer, (weight, bias) = model.optimizer, model.trainable_variables
+    weight.assign(np.zeros((1, 1), "float32"))
     average, expected = optimizer._model_variables_moving_average[0], 0.0
     for t in range(40):  # the gradient -1 moves the weight by the same step each time
-        optimizer.apply_gradients([(tf.constant([-1.0]), weight)])
+        optimizer.apply_gradients([(tf.constant([[-1.0]]), weight), (tf.constant([-1.0]), bias)])
         momentum = 0.0 if t == 0 else min(0.99, (1 + t) / (10 + t))
-        expected = momentum * expected + (1 - momentum) * float(weight.numpy()[0])
-    assert float(average.numpy()[0]) == pytest.approx(expected, rel=1e-4)
+        expected = momentum * expected + (1 - momentum) * float(weight.numpy()[0, 0])
+    assert float(average.numpy()[0, 0]) == pytest.approx(expected, rel=1e-4)
     # Keras's own rule would still hold 0.99**39 = 68% of the first step's weight.
-    assert float(average.numpy()[0]) > 0.7 * float(weight.numpy()[0])
+    assert float(average.numpy()[0, 0]) > 0.7 * float(weight.numpy()[0, 0])
 
 
 def test_label_smoothing_is_keras_categorical_smoothing_on_integer_labels():
