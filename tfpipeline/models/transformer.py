@@ -1,4 +1,4 @@
-"""Transformer (ViT-style): patch embedding, learned positions, pre-norm encoder blocks."""
+"""Transformer (ViT-style): a convolutional stem embeds patches, learned positions, pre-norm encoder blocks."""
 
 from __future__ import annotations
 
