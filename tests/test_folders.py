@@ -209,6 +209,12 @@ def test_cnn_downsamples_and_transformer_patches_follow_the_input():
     assert [transformer.auto_patch_size(s, s, grid=4) for s in (28, 32, 64)] == [7, 8, 16]
     with pytest.raises(ValueError, match="patch size"):
         transformer.auto_patch_size(31, 31)
+    # The convolutional stem halves the image per factor 2 of the patch size, then takes the
+    # odd remainder in one step: the same token grid as a patchify of that size.
+    assert [transformer.stem_strides(p) for p in (4, 8, 7, 12, 1)] == [[2, 2], [2, 2, 2], [7], [2, 2, 3], []]
+    for shape, tokens in (((28, 28, 1), 49), ((32, 32, 3), 64), ((64, 64, 3), 64), ((64, 48, 3), 48)):
+        model = transformer.build(shape, 3)
+        assert model.get_layer("patches").output.shape == (None, tokens, transformer.Hyperparams().embed_dim)
 
 
 # --- serving_bytes -------------------------------------------------------------------------

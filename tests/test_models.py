@@ -17,7 +17,7 @@ TINY = {
     "mlp": {"units": 32, "layers": 2, "normalization": "batch"},
     "cnn": {"filters": [8, 16], "batch_norm": True, "dense_units": 16, "augment": 0.05},
     "rnn": {"units": 16, "layers": 2, "bidirectional": True, "cell": "gru"},
-    "transformer": {"embed_dim": 16, "num_heads": 2, "layers": 1, "patch_size": 7, "pooling": "cls"},
+    "transformer": {"embed_dim": 16, "num_heads": 2, "layers": 1, "stem_filters": 8, "pooling": "cls"},
 }
 
 
@@ -81,6 +81,19 @@ def test_unknown_family_is_a_user_error():
 def test_invalid_architecture_is_explained():
     with pytest.raises(ValueError, match="patch_size 5 must divide"):
         models.build("transformer", (28, 28, 1), 10, models.hyperparams("transformer", {"patch_size": 5}))
+
+
+def test_transformer_embeds_patches_with_a_stem_or_a_linear_patchify():
+    def convs(overrides):
+        model = models.build("transformer", (28, 28, 1), 10, models.hyperparams("transformer", overrides))
+        return [(layer.kernel_size, layer.strides, layer.filters) for layer in model.layers
+                if isinstance(layer, keras.layers.Conv2D)]
+
+    # Two overlapping 3x3 convolutions of stride 2 to the 7x7 grid of 4x4-pixel patches...
+    assert convs({"stem_filters": 24}) == [((3, 3), (2, 2), 24), ((3, 3), (2, 2), 64)]
+    # ...or ViT's single convolution whose kernel is its stride.
+    assert convs({"stem_filters": 0}) == [((4, 4), (4, 4), 64)]
+    assert convs({"stem_filters": 24, "patch_size": 7}) == [((7, 7), (7, 7), 64)]  # no factor 2 to halve by
 
 
 def test_fused_batch_norm_matches_keras_batch_normalization():
