@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import keras
@@ -109,7 +110,9 @@ class Datasets:
         if verbose:
             print(f"Decoding the {total:,} images of {self.spec.name} into memory "
                   f"({total * _example_bytes(self.spec.input_shape) / 2**20:,.1f} MiB)...", flush=True)
-        progress = keras.utils.Progbar(total, verbose=verbose, unit_name="image")
+        # A bar redrawn in place on a terminal; one line at the end in a log file.
+        progress = keras.utils.Progbar(total, verbose=0 if not verbose else 1 if sys.stdout.isatty() else 2,
+                                       unit_name="image")
         splits = {}
         for role in ("train", "validation", "test"):
             splits[role] = getattr(self, role).cache()

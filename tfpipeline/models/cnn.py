@@ -18,11 +18,13 @@ if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
 # Defaults measured on MNIST on a 2-core CPU (docs/benchmarks.md, "What we tried"). The aim
 # is a good model after one epoch and a better one at the end, at the least compute per
 # image. The recipe follows tuomaso/train_mnist_fast: narrow 5x5 convs, pooling before
-# batch norm and ReLU, no dropout, batch 256, Adam at 0.01 with short memories
-# (betas 0.7, 0.9). On top: a first learning-rate cycle of one epoch that decays to zero, so
-# the model is settled after epoch 1, then a warm restart and one long cycle; an average of
-# the recent weights, which is what is evaluated and exported; label smoothing; random
-# shifts of up to 10%, computed in the input pipeline, from the second cycle on.
+# batch norm and ReLU, no dropout, Adam with short memories (betas 0.7, 0.9). Its batch of
+# 256 at 0.01 becomes 512 at 0.015: on this CPU the larger batch trains more images per
+# second, for the same final accuracy. On top: a first learning-rate cycle of one epoch
+# that decays to zero, so the model is settled after epoch 1, then a warm restart and one
+# long cycle; an average of the recent weights, which is what is evaluated and exported;
+# label smoothing; random shifts of up to 10%, computed in the input pipeline, from the
+# second cycle on.
 @dataclasses.dataclass
 class Hyperparams:
     # One conv block per entry, each halving the resolution. Multiples of 16: oneDNN's fast
@@ -42,7 +44,7 @@ class Hyperparams:
     dense_units: int = 256  # 0: straight from the last block to the logits
     augment: float = 0.1  # max random shift, as a fraction of the image size; 0 disables
     augment_from_epoch: int = 1  # 0-based: the one-epoch first cycle sees the digits as they are
-    learning_rate: float = 1e-2
+    learning_rate: float = 1.5e-2
     beta_1: float = 0.7
     beta_2: float = 0.9
     warmup_fraction: float = 0.015  # of the run: a fifth of the first epoch
@@ -50,7 +52,7 @@ class Hyperparams:
     label_smoothing: float = 0.1
     ema_momentum: float = 0.99  # evaluate and export the average of the recent weights
     epochs: int = 15
-    batch_size: int = 256
+    batch_size: int = 512
 
 
 #: Blocks are added (each with twice the last block's filters) until the map is this small.
