@@ -79,9 +79,10 @@ def test_auto_search_tries_two_families_and_exports_the_best(auto_run):
     best, _ = tuning.choose(search["trials"], search["validation_examples"])
     assert search["best"]["trial_id"] == best["trial_id"] and metadata["model"]["family"] == best["family"]
     assert search["selection"] and search["selection"] in proc.stdout
-    # The best was retrained on train+validation for the epochs where it peaked.
-    assert metadata["training"]["epochs_run"] == best["epochs"]
-    assert metadata["training"]["steps_run"] == best["epochs"] * metadata["training"]["steps_per_epoch"]
+    # The best was retrained on train+validation for the epochs its Hyperband round scheduled.
+    assert best["epochs_scheduled"] in (1, 2) and search["best"]["epochs_scheduled"] == best["epochs_scheduled"]
+    assert metadata["training"]["epochs_run"] == best["epochs_scheduled"]
+    assert metadata["training"]["steps_run"] == best["epochs_scheduled"] * metadata["training"]["steps_per_epoch"]
     assert metadata["training"]["examples"] == 4000 and metadata["training"]["trained_on"] == ["train", "validation"]
     assert search["tuner"] == "hyperband" and search["max_epochs"] == 2 and search["factor"] == 2
     assert search["search_examples"] == 900

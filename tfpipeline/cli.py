@@ -300,7 +300,7 @@ def search_summary(metadata: dict) -> str:
         return ""
     best = search["best"]
     return (f"\n  search          {search['tuner']}: {search['trials_completed']} trials completed; trained trial "
-            f"{best['trial_id']} ({best['family']}, validation accuracy {best['score']:.2%}, {best['epochs']} epochs): "
+            f"{best['trial_id']} ({best['family']}, validation accuracy {best['score']:.2%}, peaked at epoch {best['epochs']}): "
             f"{search['selection']}"
             f"\n  trials table    {search['trials_csv']}  (curves: {search['trials_logdir']})")
 

@@ -213,6 +213,9 @@ def trial_records(oracle, hypermodel: PipelineHyperModel, auto: bool) -> list[di
             "score": trial.score,
             "epochs": int(epochs) if epochs is not None else None,  # where the score was reached
             "epochs_trained": int(_metric(trial, "epochs") or 0) or None,
+            # Hyperband: the epochs its round was given, which its learning-rate schedule spans
+            # (early stopping may end it sooner); other tuners give every trial max_epochs.
+            "epochs_scheduled": values.get("tuner/epochs"),
             "seconds": _metric(trial, "seconds"),
             "val_loss": _metric(trial, "val_loss"),
             "continues": values.get("tuner/trial_id"),  # Hyperband: the trial this round continued
@@ -223,7 +226,7 @@ def trial_records(oracle, hypermodel: PipelineHyperModel, auto: bool) -> list[di
 
 def write_csv(records: list[dict], path: Path) -> None:
     names = sorted({name for r in records for name in r["hyperparameters"]})
-    columns = ["trial_id", "status", "family", "score", "epochs", "epochs_trained", "seconds", "val_loss", "continues"]
+    columns = ["trial_id", "status", "family", "score", "epochs", "epochs_trained", "epochs_scheduled", "seconds", "val_loss", "continues"]
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -283,7 +286,7 @@ class SearchResult:
     """What the search found (on a distributed search's worker: only which trials it ran)."""
 
     family: str | None
-    hyperparams: Any  # the family's Hyperparams, epochs set to where the best trial peaked
+    hyperparams: Any  # the family's Hyperparams, epochs set to those the chosen trial was scheduled for
     best: dict | None  # the best trial's record
     records: list[dict]
     info: dict  # budget, families, where things went: the metadata's "search" block
@@ -292,7 +295,9 @@ class SearchResult:
     def to_json(self) -> dict:
         best = None if self.best is None else {
             "trial_id": self.best["trial_id"], "family": self.family, "score": self.best["score"],
-            "epochs": self.best["epochs"], "hyperparameters": self.best["hyperparameters"]}
+            "epochs": self.best["epochs"], "epochs_trained": self.best["epochs_trained"],
+            "epochs_scheduled": self.best.get("epochs_scheduled"),
+            "hyperparameters": self.best["hyperparameters"]}
         return {**self.info, "best": best, "trials": self.records}
 
 
@@ -364,8 +369,8 @@ def _worker_result(tuner, info: dict) -> SearchResult:
 
 def _best(tuner, hypermodel: PipelineHyperModel, auto: bool, info: dict, directory: Path,
           epochs: int | None) -> SearchResult:
-    """The chosen trial's family and hyperparameters (`choose`), for the epochs at which it
-    peaked (or `epochs`, the user's --epochs), and the table of every trial."""
+    """The chosen trial's family and hyperparameters (`choose`), for the epochs it was
+    scheduled for (or `epochs`, the user's --epochs), and the table of every trial."""
     records = trial_records(tuner.oracle, hypermodel, auto)
     completed = [r for r in records if r["status"] == "COMPLETED"]
     if not completed:
@@ -379,7 +384,11 @@ def _best(tuner, hypermodel: PipelineHyperModel, auto: bool, info: dict, directo
           f"{info['seconds_this_session']:.0f} s this session.\n{_table(records, best['trial_id'])}\n"
           f"Trials table: {csv_path}\nChosen: trial {best['trial_id']}, {selection}.", flush=True)
     family, fhp = hypermodel.family_hyperparams(tuner.oracle.trials[best["trial_id"]].hyperparameters.copy())
-    fhp = dataclasses.replace(fhp, epochs=epochs or best["epochs"] or info["max_epochs"])
+    # The epochs the trial was scheduled for, not the epoch of its best score nor where early
+    # stopping ended it: each trial's learning rate decays to zero over its scheduled epochs,
+    # so a trial stopped or peaking midway had not settled, and epoch-to-epoch differences on a
+    # few thousand validation images are mostly noise (docs/tuning.md, "Retrain").
+    fhp = dataclasses.replace(fhp, epochs=epochs or best.get("epochs_scheduled") or info["max_epochs"])
     info = {**info, "trials_csv": str(csv_path), "trials_completed": len(completed), "selection": selection,
             "epochs_from": "--epochs" if epochs else f"trial {best['trial_id']}"}
     return SearchResult(family, fhp, best, records, info)
