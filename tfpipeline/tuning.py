@@ -384,10 +384,8 @@ def _best(tuner, hypermodel: PipelineHyperModel, auto: bool, info: dict, directo
           f"{info['seconds_this_session']:.0f} s this session.\n{_table(records, best['trial_id'])}\n"
           f"Trials table: {csv_path}\nChosen: trial {best['trial_id']}, {selection}.", flush=True)
     family, fhp = hypermodel.family_hyperparams(tuner.oracle.trials[best["trial_id"]].hyperparameters.copy())
-    # The epochs the trial was scheduled for, not the epoch of its best score nor where early
-    # stopping ended it: each trial's learning rate decays to zero over its scheduled epochs,
-    # so a trial stopped or peaking midway had not settled, and epoch-to-epoch differences on a
-    # few thousand validation images are mostly noise (docs/tuning.md, "Retrain").
+    # The epochs its schedule spans, not those of its best score or of its early stop: a trial
+    # stopped or peaking midway had not settled (docs/tuning.md, "Retrain").
     fhp = dataclasses.replace(fhp, epochs=epochs or best.get("epochs_scheduled") or info["max_epochs"])
     info = {**info, "trials_csv": str(csv_path), "trials_completed": len(completed), "selection": selection,
             "epochs_from": "--epochs" if epochs else f"trial {best['trial_id']}"}
