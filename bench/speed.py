@@ -167,9 +167,7 @@ def main(argv=None) -> int:
     # Decoded into memory before any clock starts, as `pipelines.mnist` does and as the
     # reference gets its NumPy arrays.
     datasets = data.load("mnist", data_dir=args.data_dir, manual_dir=args.manual_dir).decode_into_memory()
-    test_images, test_labels = evaluation.collect(
-        data.make_pipeline(datasets.test, batch_size=1000, training=False, seed=0)
-    )
+    test_images, test_labels = evaluation.collect(datasets.batched(1000, 0)(datasets.test, False))
     result: dict = {"machine": machine(), "started": dt.datetime.now().isoformat(timespec="seconds")}
     result["machine"]["matmul_flops"] = round(matmul_flops_per_second())
 

@@ -88,7 +88,7 @@ def run(config: PipelineConfig) -> PipelineResult:
                              cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed,
                              scanner=sharding.shared_scan(dist))  # None unless multi-worker
     if dist.kind != "multi_worker":  # each worker decodes only what it reads (tfpipeline.sharding)
-        datasets = datasets.decode_into_memory(verbose=1 if config.verbose is None else min(config.verbose, 1))
+        datasets = datasets.decode_into_memory(verbose=1 if config.verbose is None else config.verbose)
     state = _run_state(config, plan, dist)
     logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)
 

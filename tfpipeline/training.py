@@ -212,8 +212,8 @@ def compile_model(model: keras.Model, settings: TrainSettings) -> keras.Model:
         jit_compile=settings.jit_compile,
     )
     # Create the optimizer's slots (Adam's moments, the weight average) now, eagerly. Left to
-    # Keras, they are created inside the trace of the first training step, where each
-    # variable's initializer becomes a function of its own: about 0.4 s of the first step.
+    # Keras, they are created inside the trace of the first training step, and tf.function
+    # traces a function that creates variables twice (docs/benchmarks.md, round three).
     optimizer.build(model.trainable_variables)
     return model
 

@@ -296,7 +296,7 @@ class SearchResult:
         best = None if self.best is None else {
             "trial_id": self.best["trial_id"], "family": self.family, "score": self.best["score"],
             "epochs": self.best["epochs"], "epochs_trained": self.best["epochs_trained"],
-            "epochs_scheduled": self.best.get("epochs_scheduled"),
+            "epochs_scheduled": self.best["epochs_scheduled"],
             "hyperparameters": self.best["hyperparameters"]}
         return {**self.info, "best": best, "trials": self.records}
 
@@ -386,7 +386,7 @@ def _best(tuner, hypermodel: PipelineHyperModel, auto: bool, info: dict, directo
     family, fhp = hypermodel.family_hyperparams(tuner.oracle.trials[best["trial_id"]].hyperparameters.copy())
     # The epochs its schedule spans, not those of its best score or of its early stop: a trial
     # stopped or peaking midway had not settled (docs/tuning.md, "Retrain").
-    fhp = dataclasses.replace(fhp, epochs=epochs or best.get("epochs_scheduled") or info["max_epochs"])
+    fhp = dataclasses.replace(fhp, epochs=epochs or best["epochs_scheduled"] or info["max_epochs"])
     info = {**info, "trials_csv": str(csv_path), "trials_completed": len(completed), "selection": selection,
             "epochs_from": "--epochs" if epochs else f"trial {best['trial_id']}"}
     return SearchResult(family, fhp, best, records, info)

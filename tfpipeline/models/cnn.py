@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
 @dataclasses.dataclass
 class Hyperparams:
     # One conv block per entry, each halving the resolution. Multiples of 16: oneDNN's fast
-    # convolutions on this AVX-512 CPU work on blocks of 16 channels, and 16 first filters
-    # train 1.6x faster per image than tuomaso's 24, for the same accuracy.
+    # convolutions on this AVX-512 CPU work on blocks of 16 channels, so 16 first filters train
+    # much faster per image than tuomaso's 24, for the same accuracy (docs/benchmarks.md).
     filters: tuple[int, ...] = (16, 32)
     convs_per_block: int = 1
     kernel_size: int = 5
@@ -120,9 +120,8 @@ def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hy
     """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
 
     Widths are multiples of 16 (see `Hyperparams.filters`) and stop at 32,64: wider blocks
-    cost ~2x per epoch for no gain on 28x28 digits. Larger
-    or colour inputs also try three blocks from the start (`block_filters` adds blocks
-    anyway until the maps are small).
+    cost ~2x per epoch for no gain on 28x28 digits. Larger or colour inputs also try three
+    blocks from the start (`block_filters` adds blocks anyway until the maps are small).
     """
     d = Hyperparams()
     larger = max(input_shape[:2]) > 32 or input_shape[2] > 1
