@@ -100,6 +100,7 @@ def fit(
     )
     steps_per_call = settings.steps_per_execution or STEPS_PER_CALL
     train_steps, test_step = _step_functions(model, strategy)
+    trainable = len(model.trainable_variables)
     fetch = tf.function(lambda iterator: iterator.get_next())
     # An endless training dataset and a fixed number of steps per epoch, as `training.fit`
     # does: tf.distribute then skips, for an infinite dataset, the collective in which the
@@ -119,6 +120,9 @@ def fit(
     for epoch in range(initial_epoch, settings.epochs):
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
+        if len(model.trainable_variables) != trainable:  # layers frozen or thawed (freezing.FrozenStart)
+            trainable = len(model.trainable_variables)
+            train_steps, test_step = _step_functions(model, strategy)
         for begin in range(0, settings.steps_per_epoch, steps_per_call):
             end = min(begin + steps_per_call, settings.steps_per_epoch) - 1  # as `fit` reports them
             callbacks.on_train_batch_begin(begin)

@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from tfpipeline import losses, optimizers
+from tfpipeline.freezing import FrozenStart
 
 
 class TrainingDiverged(Exception):
@@ -65,6 +66,9 @@ class TrainSettings:
     # earlier in training. 0 disables it.
     ema_momentum: float = 0.0
     early_stopping_patience: int = 4
+    # Layers (by name) that do not train in the first `frozen_epochs` epochs (`freezing`).
+    frozen_layers: tuple[str, ...] = ()
+    frozen_epochs: int = 0
     # Training steps per compiled call. None: each loop's own default, 1 for Keras's `fit`
     # (its per-call cost is small next to a step) and `multiworker.STEPS_PER_CALL` for the
     # multi-worker loop. Callbacks see one batch per call, as `fit` does.
@@ -87,6 +91,8 @@ def settings_for(hp, num_train_examples: int, **overrides) -> TrainSettings:
     for name in ("warmup_fraction", "ema_momentum", "first_cycle_epochs", "beta_1", "beta_2", "label_smoothing"):
         if hasattr(hp, name):
             values[name] = getattr(hp, name)
+    if getattr(hp, "frozen_layers", ()):
+        values.update(frozen_layers=hp.frozen_layers, frozen_epochs=hp.frozen_stem_epochs)
     return TrainSettings(**(values | overrides))
 
 
@@ -254,6 +260,9 @@ def make_callbacks(
     report_resume: bool = True,
 ) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if settings.frozen_layers and settings.frozen_epochs:
+        # First, so every callback after it sees the model with all its layers trainable.
+        callbacks.insert(0, FrozenStart(settings.frozen_layers, settings.frozen_epochs))
     if backup_dir is not None:
         # Saves model, optimizer (and so the schedule's step) and epoch after every epoch;
         # deleted when training finishes, so only an interrupted run leaves it behind.

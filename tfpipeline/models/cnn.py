@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import keras
 
 from tfpipeline.augmentation import Augmentation
-from tfpipeline.models.layers import FusedBatchNorm, image_inputs, shift_augmentation
+from tfpipeline.models.layers import CosineFilters, FusedBatchNorm, image_inputs, shift_augmentation
 from tfpipeline.models.space import ints, joined, options
 
 if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
 # that decays to zero, so the model is settled after epoch 1, then a warm restart and one
 # long cycle; an average of the recent weights, which is what is evaluated and exported;
 # label smoothing; random shifts of up to 10%, computed in the input pipeline, from the
-# second cycle on.
+# second cycle on; a first conv of fixed cosine patterns that trains only from the second
+# cycle on.
 @dataclasses.dataclass
 class Hyperparams:
     # One conv block per entry, each halving the resolution. Multiples of 16: oneDNN's fast
@@ -44,6 +45,13 @@ class Hyperparams:
     dense_units: int = 256  # 0: straight from the last block to the logits
     augment: float = 0.1  # max random shift, as a fraction of the image size; 0 disables
     augment_from_epoch: int = 1  # 0-based: the one-epoch first cycle sees the digits as they are
+    # The first conv starts as fixed cosine patterns at every orientation (`CosineFilters`)
+    # and, with its batch norm, does not train for this many epochs (the first learning-rate
+    # cycle): the backward pass then stops at the second conv, whose input gradient is the
+    # step's most expensive op, and that cycle trains much faster per image, as accurately
+    # (docs/benchmarks.md); then the whole network trains. 0: the first conv trains from the
+    # start, from Keras's default initialization.
+    frozen_stem_epochs: int = 1
     learning_rate: float = 1.5e-2
     beta_1: float = 0.7
     beta_2: float = 0.9
@@ -53,6 +61,14 @@ class Hyperparams:
     ema_momentum: float = 0.99  # evaluate and export the average of the recent weights
     epochs: int = 15
     batch_size: int = 512
+
+
+    @property
+    def frozen_layers(self) -> tuple[str, ...]:
+        """The layers `frozen_stem_epochs` keeps from training: the first conv, its batch norm."""
+        if not self.frozen_stem_epochs:
+            return ()
+        return ("conv0_0", "bn0_0") if self.batch_norm else ("conv0_0",)
 
 
 #: Blocks are added (each with twice the last block's filters) until the map is this small.
@@ -85,8 +101,10 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
     for b, filters in enumerate(block_filters(input_shape, hp)):
         for c in range(hp.convs_per_block):
             # No bias before batch norm: its shift makes the bias redundant.
+            stem = b == 0 and c == 0 and hp.frozen_stem_epochs > 0
             x = keras.layers.Conv2D(
-                filters, hp.kernel_size, padding=hp.padding, use_bias=not hp.batch_norm, name=f"conv{b}_{c}"
+                filters, hp.kernel_size, padding=hp.padding, use_bias=not hp.batch_norm, name=f"conv{b}_{c}",
+                kernel_initializer=CosineFilters() if stem else "glorot_uniform",
             )(x)
             if c == hp.convs_per_block - 1:
                 # The block's last conv is pooled *before* batch norm and ReLU: both act per

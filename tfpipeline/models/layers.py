@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfpipeline.augmentation import Augmentation
@@ -56,6 +57,46 @@ class ClassToken(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         length = None if input_shape[1] is None else input_shape[1] + 1
         return (input_shape[0], length, input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="tfpipeline")
+class CosineFilters(keras.initializers.Initializer):
+    """A convolution kernel of fixed, smooth filters: the lowest-frequency 2D cosine (DCT-II)
+    patterns of the kernel's window, each once as it is and once negated.
+
+    A first layer that starts from these and does not train for a while (the CNN's
+    `frozen_stem_epochs`) already sees edges and strokes at every orientation, the way a
+    whitened first layer does in the CIFAR-10 speedruns (KellerJordan/cifar10-airbench);
+    with both signs, the ReLU after it keeps the information of each pattern. Patterns are
+    taken in order of frequency, over the window and, for several input channels, over the
+    channels too (the first is the channels' mean). Output channels beyond twice the number
+    of patterns get Keras's default `glorot_uniform`.
+
+    Args:
+        seed: Seed of the `glorot_uniform` filters, if any are needed.
+    """
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        rows, cols, channels, filters = shape
+
+        def cosines(n: int) -> np.ndarray:  # DCT-II basis, one pattern per row, unit norm
+            basis = np.cos(np.pi * (np.arange(n) + 0.5)[None, :] * np.arange(n)[:, None] / n)
+            return basis / np.linalg.norm(basis, axis=1, keepdims=True)
+
+        r, c, ch = cosines(rows), cosines(cols), cosines(channels)
+        order = sorted(np.ndindex(rows, cols, channels), key=lambda f: (sum(f), f))
+        patterns = [np.einsum("i,j,k->ijk", r[a], c[b], ch[d]) for a, b, d in order[: filters // 2]]
+        kernel = np.stack(patterns + [-p for p in patterns], axis=-1)
+        if kernel.shape[-1] < filters:
+            rest = keras.initializers.GlorotUniform(self.seed)((rows, cols, channels, filters - kernel.shape[-1]))
+            kernel = np.concatenate([kernel, keras.ops.convert_to_numpy(rest)], axis=-1)
+        return keras.ops.convert_to_tensor(kernel, dtype=dtype or "float32")
+
+    def get_config(self):
+        return {"seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package="tfpipeline")
