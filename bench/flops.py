@@ -5,9 +5,9 @@
 `matmul_flops_per_second` times a large fp32 `tf.matmul` (2·n³ FLOPs each), the practical
 ceiling of these cores for dense arithmetic. `train_step_flops` counts the floating-point
 operations of one training step (forward, loss and gradients) from the step's own TensorFlow
-graph, with TensorFlow's profiler (`tf.compat.v1.profiler`, the ops' registered FLOP
-statistics: convolutions, their two backprop kernels, matmuls and the elementwise ops that
-register one). The optimizer's update and the weight average are not in it; they are a few
+graph, pruned to the ops its gradients depend on (as TensorFlow prunes it when it runs), with
+TensorFlow's profiler (`tf.compat.v1.profiler`, the ops' registered FLOP statistics:
+convolutions, their backprop kernels, matmuls and the elementwise ops that register one). The optimizer's update and the weight average are not in it; they are a few
 elementwise ops per weight, small next to the convolutions.
 """
 
@@ -53,9 +53,17 @@ def train_step_flops(model: keras.Model, batch_size: int) -> int:
 
     spec = tf.TensorSpec((batch_size, *model.input_shape[1:]), model.inputs[0].dtype)
     graph = step.get_concrete_function(spec, tf.TensorSpec((batch_size,), tf.int32)).graph
+    # Only the ops the gradients need: a conv's gradient function adds both backprop kernels,
+    # and the one whose result nothing uses (the input gradient of a first conv, or of any
+    # conv below frozen layers) is pruned when the function runs, so it must not count.
+    needed = tf.compat.v1.graph_util.extract_sub_graph(graph.as_graph_def(add_shapes=True),
+                                                       [tensor.op.name for tensor in graph.outputs])
+    pruned = tf.Graph()
+    with pruned.as_default():
+        tf.graph_util.import_graph_def(needed, name="")
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
-    return int(tf.compat.v1.profiler.profile(graph, options=options).total_float_ops)
+    return int(tf.compat.v1.profiler.profile(pruned, options=options).total_float_ops)
 
 
 def main(argv=None) -> int:
