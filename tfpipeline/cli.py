@@ -125,6 +125,7 @@ def _what(parser: argparse.ArgumentParser, dataset: str) -> None:
 
 
 def _how(parser: argparse.ArgumentParser, dataset: str) -> None:
+    from tfpipeline import config
     how = parser.add_argument_group("how to train (default: the family's own settings, or the search's best)")
     how.add_argument("--epochs", type=argtypes.positive_int, help="number of epochs")
     how.add_argument("--batch-size", type=argtypes.positive_int,
@@ -145,6 +146,9 @@ def _how(parser: argparse.ArgumentParser, dataset: str) -> None:
     how.add_argument("--cache-budget", type=argtypes.byte_size, metavar="SIZE",
                      help="decoded examples up to SIZE (e.g. 2G) are cached in memory; a larger dataset is "
                           "cached on disk under --work-dir, or not at all (default: a quarter of the RAM)")
+    how.add_argument("--ensemble", type=argtypes.positive_int, metavar="N",
+                     help="train N models (seeds --seed, --seed+1, ...) and export one that averages their "
+                          f"probabilities (default: {config.TUNED_ENSEMBLE} after a search, 1 with --no-tune or --quick)")
     how.add_argument("--quick", action="store_true",
                      help="small subset and one epoch (unless --epochs), no search (unless --tune): a smoke test")
 
@@ -264,6 +268,7 @@ def config_from_args(args: argparse.Namespace):
         max_regression=args.max_regression, force_publish=args.force_publish,
         clipnorm=args.clipnorm, clipvalue=args.clipvalue, weight_decay=args.weight_decay,
         export_tflite=args.export_tflite, max_quantization_drop=args.max_quantization_drop,
+        ensemble=args.ensemble,
     )
 
 
@@ -274,13 +279,22 @@ def summary(result) -> str:
         f"""\
 
         Done in {wall:.0f} s.
-          test accuracy   {test['accuracy']:.2%} on {result.metadata['dataset']['num_examples']['test']:,} images
+          test accuracy   {test['accuracy']:.2%} on {result.metadata['dataset']['num_examples']['test']:,} images{ensemble_summary(result.metadata)}
           exported model  {result.export_path}  (reloaded and verified with tf.saved_model.load)
           metadata        {result.metadata_path}{tflite_summary(result.metadata)}
           metrics         {result.logdir / 'metrics.json'}
           inspect it      tensorboard --logdir {result.logdir.parent}
           serve it        python -m tfpipeline.serve --model-name {result.metadata['dataset']['name']} --model-base-path {result.export_path.parent}"""
     ) + search_summary(result.metadata)
+
+
+def ensemble_summary(metadata: dict) -> str:
+    """An ensemble's line: how many models it averages and what each scored alone."""
+    members = metadata.get("model", {}).get("ensemble")
+    if not members:
+        return ""
+    alone = ", ".join(f"{m['test_accuracy']:.2%}" for m in members)
+    return f"\n          ensemble        the average of {len(members)} models (seeds {members[0]['seed']}-{members[-1]['seed']}), alone: {alone}"
 
 
 def tflite_summary(metadata: dict) -> str:

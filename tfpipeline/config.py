@@ -27,6 +27,9 @@ QUICK_MAX_EPOCHS, QUICK_FRACTION, QUICK_TRIALS = 2, 1.0, 3
 # The promotion gate's default tolerance, in percentage points of test accuracy: about the
 # binomial noise (one standard error) of a 10,000-image test split near 99%.
 DEFAULT_MAX_REGRESSION = 0.1
+# Models the tuned run trains with the chosen hyperparameters and averages (tfpipeline/ensemble.py):
+# the search's spare time buys the accuracy a single model no longer gains (docs/benchmarks.md).
+TUNED_ENSEMBLE = 3
 
 
 @dataclasses.dataclass
@@ -115,6 +118,8 @@ class PipelineConfig:
             off (weight decay 0: Adam; above 0: AdamW).
         export_tflite, max_quantization_drop: also publish the int8 model_int8.tflite, checked by
             LiteRT, unless it loses more than that many points of test accuracy (tfpipeline/quantize.py).
+        ensemble: models trained (seeds seed, seed+1, ...) and exported as one that averages their
+            probabilities (tfpipeline/ensemble.py). None: `TUNED_ENSEMBLE` after a search, else 1.
     """
 
     dataset: str = "mnist"
@@ -152,6 +157,7 @@ class PipelineConfig:
     weight_decay: float | None = None
     export_tflite: bool = False
     max_quantization_drop: float = 0.5
+    ensemble: int | None = None
 
     @property
     def dataset_name(self) -> str:
@@ -169,8 +175,12 @@ class PipelineConfig:
             raise UserError(f"--channels must be 1 or 3, got {self.channels}.")
         if self.cache_budget is not None and (not isinstance(self.cache_budget, int) or self.cache_budget < 0):
             raise UserError(f"--cache-budget must be 0 or a number of bytes, got {self.cache_budget}.")
-        for name in ("epochs", "batch_size", "cpu_devices"):
+        for name in ("epochs", "batch_size", "cpu_devices", "ensemble"):
             _check_positive_int(name, getattr(self, name))
+        if (self.ensemble or 1) > 1 and any(what.startswith("TF_CONFIG") for what in self._distributed()):
+            raise UserError(f"--ensemble {self.ensemble} trains several models one after another, which the "
+                            "multi-worker loop (TF_CONFIG) does not do yet. Train one model on the workers "
+                            "(drop --ensemble), or train the ensemble on one machine.")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UserError(f"--learning-rate must be a positive number, got {self.learning_rate}.")
         if self.model != "auto":
@@ -190,6 +200,12 @@ class PipelineConfig:
         if self.export_tflite:
             quantize.check_available()  # before any training time is spent
         self.search.validate()
+
+    def members(self, tuned: bool) -> int:
+        """How many models the training stage trains and averages (`ensemble`)."""
+        if self.ensemble is not None:
+            return self.ensemble
+        return TUNED_ENSEMBLE if tuned and not self.quick else 1
 
     def search_plan(self) -> SearchSettings | None:
         """The search this run does, or None to train the family's defaults (printing why,

@@ -42,10 +42,16 @@ def float_input_model(model: keras.Model) -> keras.Model:
 
     The models take uint8 pixels (`models.layers.image_inputs`), and Keras casts whatever a
     functional model is called with to its input's dtype, which stops any gradient. Reusing
-    every layer (not a copy) on a float input keeps exactly the exported computation.
+    every layer (not a copy) on a float input keeps exactly the exported computation. The
+    members of an ensemble (tfpipeline/ensemble.py) are models on uint8 pixels themselves, so
+    each is taken on a float input too.
     """
+    def reuse(layer):
+        nested = isinstance(layer, keras.Model) and layer.inputs and layer.inputs[0].dtype != "float32"
+        return float_input_model(layer) if nested else layer
+
     pixels = keras.Input(shape=model.input_shape[1:], dtype="float32", name="pixels")
-    return keras.models.clone_model(model, input_tensors=pixels, clone_function=lambda layer: layer)
+    return keras.models.clone_model(model, input_tensors=pixels, clone_function=reuse)
 
 
 def integrated_gradients(model: keras.Model, images: np.ndarray, classes: np.ndarray | None = None,
@@ -169,20 +175,22 @@ def load_exported(version_dir: Path) -> keras.Model:
     The SavedModel's signature takes uint8 only (no gradient reaches it); the rebuilt model
     computes the same function and can be fed float pixels.
     """
-    from tfpipeline import models
+    from tfpipeline import ensemble, models
 
     version_dir = Path(version_dir)
     try:
         metadata = json.loads((version_dir / "metadata.json").read_text())
         family, hyperparameters = metadata["model"]["family"], metadata["model"]["hyperparameters"]
         num_classes = len(metadata["dataset"]["class_names"])
+        members = int(metadata["model"].get("members", 1))
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"--explain needs the version's metadata.json (written by the pipeline's export); "
                         f"cannot read it in {version_dir}: {exc}") from None
     loaded = tf.saved_model.load(str(version_dir))
     serve = loaded.signatures["serving_default"]
     (spec,) = serve.structured_input_signature[1].values()
-    model = models.build(family, tuple(spec.shape[1:]), num_classes, models.hyperparams(family, hyperparameters))
+    hp = models.hyperparams(family, hyperparameters)
+    model = ensemble.combine([models.build(family, tuple(spec.shape[1:]), num_classes, hp) for _ in range(members)])
     # Keras's exporter saves the model's variables in `model.variables` order. Names agree but
     # for the number Keras appends to auto-named ones (dropout's seed_generator_22 in one
     # process is seed_generator_3 in another), so compare them without it, and the shapes.

@@ -26,8 +26,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfpipeline import data as data_lib
-from tfpipeline import (distribute, evaluation, export, gate, models, multiworker, quantize, runstate,
-                        sharding, tensorboard_logs, training)
+from tfpipeline import (distribute, ensemble, evaluation, export, gate, models, multiworker, quantize,
+                        runstate, sharding, tensorboard_logs, training)
 from tfpipeline.config import PipelineConfig
 from tfpipeline.errors import UserError
 
@@ -62,6 +62,7 @@ class _Trained:
     run_log: tensorboard_logs.RunLog
     recovery: dict | None = None  # what training did after a divergence (training.recovery_of)
     input_sharding: dict | None = None  # multi-worker: which worker read what (sharding.training_input)
+    members: list[dict] | None = None  # an ensemble's members (seed, epochs, steps), None for one model
 
 
 def run(config: PipelineConfig) -> PipelineResult:
@@ -147,7 +148,9 @@ def _family_hyperparams(config: PipelineConfig):
 def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data_lib.Datasets, found,
            state: runstate.RunState, logdir: Path) -> _Trained:
     """Build, compile and fit the model: the family's defaults, or the search's best trial on
-    train + validation (no split is left to stop on: it trains the epochs the search found)."""
+    train + validation (no split is left to stop on: it trains the epochs the search found).
+    With `config.members(...)` above 1, that many are trained, each with its own seed, and
+    combined into one model that averages their probabilities (tfpipeline/ensemble.py)."""
     family, hp = (found.family, found.hyperparams) if found else (config.model, _family_hyperparams(config))
     print(dist.describe(hp.batch_size, hp.learning_rate), flush=True)
     spec = datasets.spec
@@ -155,8 +158,8 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     if found:
         train, trained_on = datasets.train.concatenate(datasets.validation), ["train", "validation"]
     num_train = sum(spec.num_examples[role] for role in trained_on)
-    batches = datasets.batched(dist.global_batch(hp.batch_size), config.seed)
-    validation = None if found else batches(datasets.validation, False)
+    validation = None if found else datasets.batched(dist.global_batch(hp.batch_size), config.seed)(
+        datasets.validation, False)
     # Global batch and scaled learning rate: steps per epoch and the schedule follow from them.
     global_hp = dataclasses.replace(hp, batch_size=dist.global_batch(hp.batch_size),
                                     learning_rate=dist.learning_rate(hp.learning_rate))
@@ -167,36 +170,64 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     if found:
         keras.backend.clear_session()  # the trials' graphs and models
         keras.utils.set_random_seed(config.seed)
-    with dist.strategy.scope():  # model, optimizer and metric variables: one copy per replica
-        model = training.compile_model(models.build(family, spec.input_shape, spec.num_classes, hp), settings)
-    # HParams session now (a failed run still gets its row); images and summary at the end.
-    run_log = tensorboard_logs.RunLog(logdir, dataclasses.replace(config, model=family), hp, model,
-                                      spec.class_names, settings.epochs * settings.steps_per_epoch)
+    logs: dict[str, tensorboard_logs.RunLog] = {}
+
+    def build(member: int) -> keras.Model:
+        if member:  # the first member is the single model a run without an ensemble trains
+            keras.utils.set_random_seed(config.seed + member)
+        with dist.strategy.scope():  # model, optimizer and metric variables: one copy per replica
+            model = training.compile_model(models.build(family, spec.input_shape, spec.num_classes, hp), settings)
+        if not member:  # HParams session now (a failed run still gets its row); images and summary at the end.
+            logs["run"] = tensorboard_logs.RunLog(logdir, dataclasses.replace(config, model=family), hp, model,
+                                                  spec.class_names, settings.epochs * settings.steps_per_epoch)
+        return model
+
+    def fit(member: int) -> tuple[keras.Model, dict]:
+        model = build(member)
+        return model, _fit_member(member, model, config, dist, datasets, family, hp, settings, train, trained_on,
+                                  validation, state, logdir, logs["run"])
+
+    members, records = ensemble.train_members(config.members(tuned=found is not None), fit, build, state.run_dir)
+    if dist.kind == "multi_worker":
+        # Evaluate and export a single-device copy: it runs on this machine alone, with no
+        # collective the other workers would have to join (reading the weights is the last).
+        members = [distribute.local_copy(model) for model in members]
+    model = ensemble.combine(members)
+    digest = distribute.weights_digest(model)
+    print(f"Final weights sha256 {digest}", flush=True)
+    first = records[0]
+    return _Trained(model, family, hp, settings, first["epochs_run"], first["steps_run"],
+                    any(r["resumed"] or r.get("loaded", False) for r in records), trained_on, num_train, validation,
+                    digest, logs["run"], first["recovery"], input_sharding=first["input_sharding"],
+                    members=records if len(records) > 1 else None)
+
+
+def _fit_member(member: int, model, config, dist, datasets, family, hp, settings, train, trained_on, validation,
+                state, logdir, run_log) -> dict:
+    """Fit one model (one member of an ensemble, with its own seed for the data order and the
+    augmentation); returns its record for the metadata."""
+    seed = config.seed + member
     backup = state.run_dir / runstate.key("train", {"family": family, "hp": dataclasses.asdict(hp),
-                                                     "distribution": dist.identity()})
+                                                     "distribution": dist.identity(),
+                                                     **({"member": member} if member else {})})
     resumed = backup.exists()
     if resumed:
         print(f"Resuming interrupted run {state.run_id} from its last saved epoch ({backup}).", flush=True)
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
-    augmentation = models.augmentation(family, hp, config.seed)
+    batches = datasets.batched(dist.global_batch(hp.batch_size), seed)
+    augmentation = models.augmentation(family, hp, seed)
     train_input, input_sharding = augmentation.apply(batches(train, True)), None
     if dist.kind == "multi_worker" and trained_on == ["train"]:  # a folder's files: each worker its share
         train_input, input_sharding = sharding.training_input(
             datasets, train_input, workers=dist.workers, replicas=dist.replicas, per_replica_batch=hp.batch_size,
-            steps_per_epoch=settings.steps_per_epoch, seed=config.seed, augmentation=augmentation)
-    history = fit(model, train_input, validation, settings, logdir=logdir, backup_dir=backup,
-                  extra_callbacks=[*augmentation.callbacks(), *run_log.callbacks(validation)])
-    # Optimizer steps over the whole run, resumed parts included: the schedule's position.
-    steps_run = int(model.optimizer.iterations.numpy())
-    if dist.kind == "multi_worker":
-        # Evaluate and export a single-device copy: it runs on this machine alone, with no
-        # collective the other workers would have to join (reading the weights is the last).
-        model = distribute.local_copy(model)
-    digest = distribute.weights_digest(model)
-    print(f"Final weights sha256 {digest}", flush=True)
-    return _Trained(model, family, hp, settings, training.epochs_completed(history), steps_run, resumed,
-                    trained_on, num_train, validation, digest, run_log, training.recovery_of(history),
-                    input_sharding=input_sharding)
+            steps_per_epoch=settings.steps_per_epoch, seed=seed, augmentation=augmentation)
+    history = fit(model, train_input, validation, settings, logdir=logdir if not member else logdir / f"member{member}",
+                  backup_dir=backup,
+                  extra_callbacks=[*augmentation.callbacks(), *(run_log.callbacks(validation) if not member else [])])
+    return {"seed": seed, "epochs_run": training.epochs_completed(history),
+            # Optimizer steps over the whole run, resumed parts included: the schedule's position.
+            "steps_run": int(model.optimizer.iterations.numpy()), "resumed": resumed,
+            "recovery": training.recovery_of(history), "input_sharding": input_sharding}
 
 
 def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, state, logdir, export_base,
@@ -206,6 +237,9 @@ def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, stat
     spec = datasets.spec
     test_images, test_labels = evaluation.collect(datasets.batched(1000, config.seed)(datasets.test, False))
     test_eval = evaluation.evaluate(trained.model, test_images, test_labels, spec.class_names)
+    for i, member in enumerate(trained.members or []):  # each alone, to show what averaging added
+        member["test_accuracy"] = evaluation.evaluate(trained.model.get_layer(f"member{i}"), test_images,
+                                                      test_labels, spec.class_names).accuracy
     if found:
         validation = {"accuracy": found.best["score"], "loss": found.best["val_loss"],
                       "source": f"search: trial {found.best['trial_id']} before the training on train + validation"}
@@ -234,6 +268,7 @@ def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, stat
             path = export.hold(candidate, metadata, state.run_id)
             metadata_path = path / "metadata.json"
     trained.run_log.finish(test_images, test_labels, test_eval.predictions, metadata, path, model=trained.model)
+    ensemble.discard(state.run_dir)  # the members are in the export now
     state.finish()  # the next run of this command starts anew
     result = PipelineResult(state.run_id, path, metadata_path, logdir, test_eval.accuracy, metadata)
     if not decision.publish:
@@ -247,7 +282,8 @@ def _metadata(config, dist, spec, found, trained: _Trained, validation, test_eva
     metadata = {
         "dataset": spec.to_json(),
         "model": {"family": trained.family, "hyperparameters": dataclasses.asdict(trained.hp),
-                  "parameters": trained.model.count_params()},
+                  "parameters": trained.model.count_params(), "members": len(trained.members or [None]),
+                  **({"ensemble": trained.members} if trained.members else {})},
         "training": {"epochs_requested": trained.hp.epochs, "epochs_run": trained.epochs_run,
                      "steps_per_epoch": trained.settings.steps_per_epoch, "steps_run": trained.steps_run,
                      "trained_on": trained.trained_on, "examples": trained.examples, "seed": config.seed, "deterministic": config.deterministic,

@@ -1,0 +1,89 @@
+"""An ensemble: models of one architecture trained apart, with their own seeds, served as one.
+
+Averaging the class probabilities of a few independently trained models is the most reliable
+way to add accuracy once a single model has stopped improving (docs/benchmarks.md measures it
+for the CNN). The members are trained one after another by the same training code as a single
+model; `combine` then makes one functional Keras model of them whose output is the log of the
+average probability. That output is read as logits, like any single model's
+(softmax(log p) = p), so evaluation, the export and its signatures, the gate and serving need
+nothing of their own.
+
+A finished member's weights are kept in the run's state folder until the run ends, so an
+interrupted run resumes at the member it was training (`train_members`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="tfpipeline")
+class ProbabilityAverage(keras.layers.Layer):
+    """The log of the mean of the members' softmax probabilities, computed from their logits
+    (log-sum-exp of their log-probabilities, minus log N: no probability underflows)."""
+
+    def call(self, inputs):
+        stacked = keras.ops.stack([keras.ops.log_softmax(x, axis=-1) for x in inputs], axis=0)
+        return keras.ops.logsumexp(stacked, axis=0) - math.log(len(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+def combine(members: list[keras.Model]) -> keras.Model:
+    """One model over the same `images` input that averages the members' probabilities; a
+    single member is returned as it is."""
+    if len(members) == 1:
+        return members[0]
+    for i, member in enumerate(members):
+        member.name = f"member{i}"  # the functional model needs unique layer names
+    images = keras.Input(shape=members[0].input_shape[1:], dtype=members[0].inputs[0].dtype, name="images")
+    logits = ProbabilityAverage(name="average", dtype="float32")([member(images) for member in members])
+    return keras.Model(images, logits, name="ensemble")
+
+
+def train_members(count: int, train: Callable[[int], tuple[keras.Model, dict]],
+                  build: Callable[[int], keras.Model], store: Path) -> tuple[list[keras.Model], list[dict]]:
+    """Train members 0..count-1 with `train(i) -> (model, record)`, keeping each finished one
+    in `store` (`member<i>.weights.h5` and its record as JSON) when there are several; a member
+    found there is rebuilt with `build(i)` and loaded instead of trained again."""
+    models, records = [], []
+    for i in range(count):
+        weights, record_file = store / f"member{i}.weights.h5", store / f"member{i}.json"
+        if count > 1 and weights.exists() and record_file.exists():
+            model = build(i)
+            model.load_weights(weights)
+            record = {**json.loads(record_file.read_text()), "loaded": True}
+            print(f"Member {i + 1} of {count}: trained before this run was interrupted; loaded from {weights}.",
+                  flush=True)
+        else:
+            if count > 1:
+                print(f"Member {i + 1} of {count}:", flush=True)
+            model, record = train(i)
+            if count > 1:
+                store.mkdir(parents=True, exist_ok=True)
+                # Weights, then the record, each written aside and renamed: a kill leaves either
+                # the finished member or nothing of it, never half a file.
+                partial = weights.with_name(f".{weights.stem}.partial.weights.h5")
+                model.save_weights(partial)
+                os.replace(partial, weights)
+                partial_record = record_file.with_suffix(".partial")
+                partial_record.write_text(json.dumps(record))
+                os.replace(partial_record, record_file)
+        models.append(model)
+        records.append(record)
+    return models, records
+
+
+def discard(store: Path) -> None:
+    """Delete the finished members `train_members` kept in `store`: the run is over."""
+    for path in store.glob("member*.weights.h5"):
+        path.unlink(missing_ok=True)
+    for path in store.glob("member*.json"):
+        path.unlink(missing_ok=True)
