@@ -34,6 +34,11 @@ def frozen(model: keras.Model, names: tuple[str, ...]):
             layer.trainable = trainable
 
 
+def callbacks(names: tuple[str, ...], epochs: int) -> list[keras.callbacks.Callback]:
+    """`[FrozenStart(names, epochs)]`, or none when there is nothing to freeze."""
+    return [FrozenStart(names, epochs)] if names and epochs else []
+
+
 class FrozenStart(keras.callbacks.Callback):
     """Keeps the layers `names` from training in epochs 0..`epochs`-1 of `model.fit`.
 

@@ -22,8 +22,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfpipeline import losses, optimizers
-from tfpipeline.freezing import FrozenStart
+from tfpipeline import freezing, losses, optimizers
 
 
 class TrainingDiverged(Exception):
@@ -259,10 +258,9 @@ def make_callbacks(
     extra: list[keras.callbacks.Callback] | None = None,
     report_resume: bool = True,
 ) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
-    if settings.frozen_layers and settings.frozen_epochs:
-        # First, so every callback after it sees the model with all its layers trainable.
-        callbacks.insert(0, FrozenStart(settings.frozen_layers, settings.frozen_epochs))
+    # First, so every callback after it sees the model with all its layers trainable.
+    callbacks: list[keras.callbacks.Callback] = [*freezing.callbacks(settings.frozen_layers, settings.frozen_epochs),
+                                                 keras.callbacks.TerminateOnNaN()]
     if backup_dir is not None:
         # Saves model, optimizer (and so the schedule's step) and epoch after every epoch;
         # deleted when training finishes, so only an interrupted run leaves it behind.

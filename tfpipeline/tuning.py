@@ -45,7 +45,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp_api
 
 from tfpipeline import data as data_lib
-from tfpipeline import models, tensorboard_logs, training
+from tfpipeline import freezing, models, tensorboard_logs, training
 from tfpipeline.oracles import FAMILY, OBJECTIVE, make_tuner
 from tfpipeline.config import PipelineConfig, SearchSettings
 from tfpipeline.errors import UserError
@@ -130,8 +130,9 @@ class PipelineHyperModel(kt.HyperModel):
                                            dataclasses.replace(fhp, epochs=epochs), model.count_params())
         row["trial"] = self.trial_id
         writer = tf.summary.create_file_writer(str(logdir))  # ours to close: the callback only drops it
-        callbacks = [
-            # First, so the tuner's best-epoch checkpoint and early stopping see averaged weights.
+        callbacks = [  # a frozen start as the final training has; then the weight average, so
+            # the tuner's best-epoch checkpoint and early stopping see averaged weights.
+            *freezing.callbacks(getattr(fhp, "frozen_layers", ()), getattr(fhp, "frozen_stem_epochs", 0)),
             *training.weight_averaging_callbacks(getattr(model.optimizer, "use_ema", False)),
             *(callbacks or []),
             keras.callbacks.TerminateOnNaN(),
