@@ -82,6 +82,8 @@ def test_an_ensemble_on_several_workers_is_refused(monkeypatch):
                                                 "task": {"type": "worker", "index": 0}}))
     with pytest.raises(UserError, match="--ensemble 2"):
         PipelineConfig(ensemble=2, tune=False).validate()
+    with pytest.raises(UserError, match="--ensemble 3"):
+        PipelineConfig(ensemble=3, tune=False, strategy="multi_worker").validate()
     with pytest.raises(UserError, match="--ensemble must be a positive whole number"):
         PipelineConfig(ensemble=0).validate()
 

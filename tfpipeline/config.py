@@ -177,10 +177,11 @@ class PipelineConfig:
             raise UserError(f"--cache-budget must be 0 or a number of bytes, got {self.cache_budget}.")
         for name in ("epochs", "batch_size", "cpu_devices", "ensemble"):
             _check_positive_int(name, getattr(self, name))
-        if (self.ensemble or 1) > 1 and any(what.startswith("TF_CONFIG") for what in self._distributed()):
+        multi_worker = self.strategy == "multi_worker" or (self.strategy == "auto" and self._tf_config_workers() > 1)
+        if (self.ensemble or 1) > 1 and multi_worker:
             raise UserError(f"--ensemble {self.ensemble} trains several models one after another, which the "
-                            "multi-worker loop (TF_CONFIG) does not do yet. Train one model on the workers "
-                            "(drop --ensemble), or train the ensemble on one machine.")
+                            "multi-worker loop (TF_CONFIG, --strategy multi_worker) does not do yet. Train one "
+                            "model on the workers (drop --ensemble), or train the ensemble on one machine.")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UserError(f"--learning-rate must be a positive number, got {self.learning_rate}.")
         if self.model != "auto":
@@ -236,12 +237,14 @@ class PipelineConfig:
                             "every family is searched. Choose a --model to pin them.")
         return self.search
 
+    @staticmethod
+    def _tf_config_workers() -> int:
+        cluster = distribute.parse_tf_config(os.environ.get(distribute.ENV_TF_CONFIG))
+        return cluster.workers if cluster is not None else 1
+
     def _distributed(self) -> list[str]:
         """What makes this run distribute its training, as the user would name it."""
-        workers = 1
-        if self.strategy == "auto":
-            cluster = distribute.parse_tf_config(os.environ.get(distribute.ENV_TF_CONFIG))
-            workers = cluster.workers if cluster is not None else 1
+        workers = self._tf_config_workers() if self.strategy == "auto" else 1
         return [what for what, on in (("--strategy", self.strategy not in ("auto", "default")),
                                       ("--cpu-devices", self.cpu_devices is not None),
                                       (f"TF_CONFIG with {workers} workers", workers > 1)) if on]
