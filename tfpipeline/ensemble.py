@@ -22,6 +22,8 @@ from pathlib import Path
 
 import keras
 
+from tfpipeline import runstate
+
 
 @keras.saving.register_keras_serializable(package="tfpipeline")
 class ProbabilityAverage(keras.layers.Layer):
@@ -54,28 +56,27 @@ def train_members(count: int, train: Callable[[int], tuple[keras.Model, dict]],
     in `store` (`member<i>.weights.h5` and its record as JSON) when there are several; a member
     found there is rebuilt with `build(i)` and loaded instead of trained again."""
     models, records = [], []
+    keep = count > 1
     for i in range(count):
         weights, record_file = store / f"member{i}.weights.h5", store / f"member{i}.json"
-        if count > 1 and weights.exists() and record_file.exists():
+        if keep and weights.exists() and record_file.exists():
             model = build(i)
             model.load_weights(weights)
             record = {**json.loads(record_file.read_text()), "loaded": True}
             print(f"Member {i + 1} of {count}: trained before this run was interrupted; loaded from {weights}.",
                   flush=True)
         else:
-            if count > 1:
+            if keep:
                 print(f"Member {i + 1} of {count}:", flush=True)
             model, record = train(i)
-            if count > 1:
+            if keep:
                 store.mkdir(parents=True, exist_ok=True)
                 # Weights, then the record, each written aside and renamed: a kill leaves either
                 # the finished member or nothing of it, never half a file.
                 partial = weights.with_name(f".{weights.stem}.partial.weights.h5")
                 model.save_weights(partial)
                 os.replace(partial, weights)
-                partial_record = record_file.with_suffix(".partial")
-                partial_record.write_text(json.dumps(record))
-                os.replace(partial_record, record_file)
+                runstate.write_json(record_file, record)
         models.append(model)
         records.append(record)
     return models, records

@@ -6,7 +6,6 @@ trial's memory is freed before the next.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 import time
@@ -16,22 +15,10 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+from tfpipeline.runstate import write_json
+
 FAMILY = "family"  # the hyperparameter that picks the family with --model auto
 OBJECTIVE = "val_accuracy"
-
-
-def _write_json(path: str, state: dict) -> None:
-    """Write-then-rename: a kill in the middle leaves the previous file, never a cut one.
-
-    KerasTuner truncates its state files and then writes them (oracle.json, trial.json,
-    tuner0.json); a kill -9 in between would leave a search that cannot be reloaded.
-    """
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _StartFromDefaults:
@@ -80,12 +67,12 @@ class _StartFromDefaults:
         super().set_state(state)
         self._starts_done = list(state.get("starts_done", []))
 
-    # Atomic saves (see _write_json); the same files and paths as KerasTuner 1.4's own.
+    # Atomic saves (runstate.write_json); the same files and paths as KerasTuner 1.4's own.
     def save(self):
-        _write_json(self._get_oracle_fname(), self.get_state())
+        write_json(self._get_oracle_fname(), self.get_state())
 
     def _save_trial(self, trial):
-        _write_json(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
+        write_json(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
 
 
 class HyperbandOracle(_StartFromDefaults, kt.oracles.HyperbandOracle):
@@ -117,7 +104,7 @@ class _TrialHooks:
     def save(self):  # as BaseTuner.save, written atomically
         if not self._is_worker():
             self.oracle.save()
-        _write_json(self._get_tuner_fname(), self.get_state())
+        write_json(self._get_tuner_fname(), self.get_state())
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)

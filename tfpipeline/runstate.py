@@ -85,6 +85,21 @@ def resolve(state_dir: Path, new_id: str, *, overwrite: bool = False, follower: 
     return RunState(run_id, state_dir, created)
 
 
+def write_json(path: str | Path, state: dict) -> None:
+    """Write-then-rename: a kill in the middle leaves the previous file (or none), never a cut one.
+
+    KerasTuner truncates its state files and then writes them (oracle.json, trial.json,
+    tuner0.json); a kill -9 in between would leave a search that cannot be reloaded
+    (tfpipeline/oracles.py saves them with this instead).
+    """
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def new_run_id(name: str | None, model: str, tuned: bool) -> str:
     """Readable: the time and the family (`20261201-210455-cnn`, `...-auto-tuned`)."""
     return name or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{model}{'-tuned' if tuned else ''}"
