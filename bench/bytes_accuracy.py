@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline import folders
+from tfpipeline.data import folders
 
 
 def main(argv: list[str] | None = None) -> int:

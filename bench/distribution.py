@@ -51,7 +51,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfpipeline import data, distribute, models, multiworker, training
+from tfpipeline import data, distribute, models, training
+from tfpipeline.distribute import multiworker
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

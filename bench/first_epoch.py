@@ -20,7 +20,8 @@ import keras
 
 from bench.speed import RESULTS, fit_default_cnn
 from bench.timing import machine
-from tfpipeline import data, evaluation
+from tfpipeline import data
+from tfpipeline.report import evaluation
 
 
 class _StopAfterFirstEpoch(keras.callbacks.Callback):

@@ -103,8 +103,8 @@ def find_or_build_model(base: Path, workdir: Path) -> tuple[Path, str]:
     if versions:
         return base, f"{base} (version {max(versions)})"
     from tfpipeline.export import write_savedmodel
+    from tfpipeline.export.warmup import write_warmup_requests
     from tfpipeline.models import cnn
-    from tfpipeline.warmup import write_warmup_requests
 
     built = workdir / "mnist" / "1"
     write_savedmodel(cnn.build((28, 28, 1), 10), (28, 28, 1), built)

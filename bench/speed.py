@@ -33,7 +33,9 @@ import keras  # noqa: E402
 from bench import reference  # noqa: E402
 from bench.flops import matmul_flops_per_second, train_step_flops  # noqa: E402
 from bench.timing import TimeToAccuracy, machine  # noqa: E402
-from tfpipeline import data, evaluation, freezing, models, training  # noqa: E402
+from tfpipeline import data, models, training  # noqa: E402
+from tfpipeline.report import evaluation
+from tfpipeline.training import freezing
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

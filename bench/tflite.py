@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from tfpipeline import quantize
+    from tfpipeline.export import tflite as quantize
 
     version = args.version_dir or latest_version(ROOT / "exported" / "mnist")
     images = read_idx(MNIST / "t10k-images-idx3-ubyte.gz")[..., np.newaxis][: args.limit]

@@ -3,7 +3,7 @@
     python -m bench.tuning_memory [--trials 12] [--tuner random] [--baseline]
 
 KerasTuner searches are known to grow in memory trial after trial (keras-tuner issues #395,
-#873). This runs a real search through `tfpipeline.tuning` (its tuner, oracle, hypermodel,
+#873). This runs a real search through `tfpipeline.tuning.engine` (its tuner, oracle, hypermodel,
 per-trial TensorBoard and HParams logging) over a tiny MLP on synthetic 28x28 images, and
 reads the process's resident memory (VmRSS) after every trial. The figure that matters is
 the growth from trial 3 (once every code path has been traced) to trial 10.

@@ -45,7 +45,7 @@ def export_version(base: Path, version: int, seed: int = 0, warmup_images=None) 
     tmp = base / f".tmp-{version}"
     write_savedmodel(tiny_model(seed), SHAPE, tmp)
     if warmup_images is not None:
-        from tfpipeline.warmup import write_warmup_requests
+        from tfpipeline.export.warmup import write_warmup_requests
 
         write_warmup_requests(tmp, warmup_images)
     final = base / str(version)

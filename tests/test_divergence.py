@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpipeline import models, multiworker, training
+from tfpipeline import models, training
+from tfpipeline.distribute import multiworker
 from tfpipeline.errors import UserError
 
 # On the tiny quadrant data with the MLP (seed 0, no warmup): 0.02 explodes within the first

@@ -8,9 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from tfpipeline import ensemble, pipeline
+from tfpipeline import pipeline
 from tfpipeline.config import TUNED_ENSEMBLE, PipelineConfig
 from tfpipeline.errors import UserError
+from tfpipeline.training import ensemble
 
 
 def _member(seed: int) -> keras.Model:

@@ -16,7 +16,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import ROOT, quadrant_images
-from tfpipeline import explain, export, models, predict, training
+from tfpipeline import export, models, predict, training
+from tfpipeline.report import explain
 
 HP = {"filters": [8, 16], "dense_units": 32, "augment": 0.0}
 MASKED = int(0.1 * 28 * 28)  # 10% of the pixels

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from folder_factory import CLASSES, add_broken, flat_folder, split_folder, write_images
 from PIL import Image
 
-from folder_factory import CLASSES, add_broken, flat_folder, split_folder, write_images
-from tfpipeline import argtypes, data, export, folders, imaging, models
+from tfpipeline import argtypes, data, export, models
+from tfpipeline.data import folders, imaging
 from tfpipeline.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline import freezing, models, training
+from tfpipeline import models, training
 from tfpipeline.models.layers import CosineFilters
+from tfpipeline.training import freezing
 
 
 def test_cosine_filters_are_orthonormal_patterns_in_both_signs():

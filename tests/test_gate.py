@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tfpipeline import evaluation, export, gate, models
+from tfpipeline import export, models
 from tfpipeline.errors import UserError
+from tfpipeline.export import gate
 from tfpipeline.pipeline import PipelineConfig, run
+from tfpipeline.report import evaluation
 
 TINY = {"model": "mlp", "hparams": {"units": 64}, "quick": True, "histogram_freq": 0, "verbose": 0}
 

@@ -82,8 +82,8 @@ def test_the_cycle_check_finds_a_cycle():
 
 
 def test_wiring_modules_stay_short():
-    assert len((PACKAGE / "tuning.py").read_text().splitlines()) <= 450
-    for name in ("pipeline.py", "tuning.py", "cli.py"):
+    assert len((PACKAGE / "tuning" / "engine.py").read_text().splitlines()) <= 450
+    for name in ("pipeline.py", "tuning/engine.py", "cli.py"):
         tree = ast.parse((PACKAGE / name).read_text())
         long = [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]

@@ -15,7 +15,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import ROOT, quadrant_images
-from tfpipeline import export, models, quantize, training
+from tfpipeline import export, models, training
+from tfpipeline.export import tflite as quantize
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from serving_helpers import (ROOT, Server, env as _env, export_version, random_images,
-                             start_server, stop_server)
+from serving_helpers import ROOT, Server, export_version, random_images, start_server, stop_server
+from serving_helpers import env as _env
 
 pytestmark = pytest.mark.slow
 

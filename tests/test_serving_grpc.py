@@ -21,15 +21,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                     get_model_status_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_log_pb2, prediction_service_pb2_grpc)
+from serving_helpers import ROOT, SHAPE, env, export_version, random_images, start_server, stop_server, tiny_model
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
 
-from serving_helpers import (ROOT, SHAPE, env, export_version, random_images, start_server,
-                             stop_server, tiny_model)
 from tfpipeline.export import write_savedmodel
-from tfpipeline.warmup import read_warmup_requests, warmup_path, write_warmup_requests
+from tfpipeline.export.warmup import read_warmup_requests, warmup_path, write_warmup_requests
 
 pytestmark = pytest.mark.slow
 

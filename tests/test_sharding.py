@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from folder_factory import add_broken, split_folder
+
 from tests.conftest import ROOT, free_ports
-from tfpipeline import data, folders, imaging, sharding
+from tfpipeline import data
+from tfpipeline.data import folders, imaging
+from tfpipeline.distribute import sharding
 from tfpipeline.errors import UserError
 
 INPUT_LINE = re.compile(r"Input: worker (\d) of 2 reads (\d+) of the (\d+) training files, its tf.data shard "

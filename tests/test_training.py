@@ -139,7 +139,7 @@ def test_weight_average_warms_up_instead_of_keeping_the_first_steps():
 
 
 def test_label_smoothing_is_keras_categorical_smoothing_on_integer_labels():
-    from tfpipeline import losses
+    from tfpipeline.training import losses
 
     logits = tf.constant(np.random.default_rng(0).normal(size=(6, 4)).astype("float32"))
     labels = tf.constant([0, 3, 1, 2, 2, 0])
@@ -155,7 +155,7 @@ def test_label_smoothing_is_keras_categorical_smoothing_on_integer_labels():
 
 
 def test_augmentation_starts_at_its_epoch_and_leaves_earlier_batches_alone():
-    from tfpipeline.augmentation import Augmentation
+    from tfpipeline.data.augmentation import Augmentation
 
     images = np.zeros((4, 12, 12, 1), "uint8")
     images[:, 4:8, 4:8] = 255

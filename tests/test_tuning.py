@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, free_ports, run_cli
-from tfpipeline import models
 from tests.test_tensorboard import SESSION_GROUPS_QUERY, Board
-from tfpipeline import cli, config, tuning
+from tfpipeline import cli, config, models, tuning
 from tfpipeline.config import PipelineConfig, SearchSettings
 from tfpipeline.errors import UserError
 

@@ -353,9 +353,9 @@ def main(argv: list[str] | None = None, dataset: str | None = "mnist") -> int:
 
     from tfpipeline.errors import UserError
     from tfpipeline.export import ExportVerificationError
-    from tfpipeline.gate import HeldBack
+    from tfpipeline.export.gate import HeldBack
+    from tfpipeline.export.tflite import QuantizationError
     from tfpipeline.pipeline import run
-    from tfpipeline.quantize import QuantizationError
     from tfpipeline.training import TrainingDiverged
 
     try:

@@ -11,8 +11,9 @@ import dataclasses
 import os
 from typing import Any
 
-from tfpipeline import distribute, models, quantize, training
+from tfpipeline import distribute, models, training
 from tfpipeline.errors import UserError
+from tfpipeline.export import tflite as quantize
 
 TUNERS = ("hyperband", "random", "bayesian")
 

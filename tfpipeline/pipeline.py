@@ -26,10 +26,15 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfpipeline import data as data_lib
-from tfpipeline import (distribute, ensemble, evaluation, export, gate, models, multiworker, quantize,
-                        runstate, sharding, tensorboard_logs, training)
+from tfpipeline import distribute, export, models, runstate, training
 from tfpipeline.config import PipelineConfig
+from tfpipeline.distribute import multiworker, sharding
 from tfpipeline.errors import UserError
+from tfpipeline.export import gate
+from tfpipeline.export import tflite as quantize
+from tfpipeline.report import evaluation
+from tfpipeline.report import tensorboard as tensorboard_logs
+from tfpipeline.training import ensemble
 
 __all__ = ["PipelineConfig", "PipelineResult", "run"]
 
@@ -88,7 +93,7 @@ def run(config: PipelineConfig) -> PipelineResult:
                              image_size=config.image_size, channels=config.channels,
                              cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed,
                              scanner=sharding.shared_scan(dist))  # None unless multi-worker
-    if dist.kind != "multi_worker":  # each worker decodes only what it reads (tfpipeline.sharding)
+    if dist.kind != "multi_worker":  # each worker decodes only what it reads (tfpipeline.distribute.sharding)
         datasets = datasets.decode_into_memory(verbose=1 if config.verbose is None else config.verbose)
     state = _run_state(config, plan, dist)
     logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)

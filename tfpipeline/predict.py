@@ -337,7 +337,7 @@ class TFLiteFileModel:
     """`model_int8.tflite` (--export-tflite) run by the LiteRT interpreter; no TensorFlow."""
 
     def __init__(self, path: Path):
-        from tfpipeline.quantize import LiteRTModel
+        from tfpipeline.export.tflite import LiteRTModel
 
         if not path.is_file():
             raise UserError(f"TFLite model {path} does not exist (--export-tflite writes <version>/model_int8.tflite)")
@@ -367,7 +367,7 @@ def explain_image(model_dir: Path | None, image_path: Path, out: Path) -> str:
     versions = discover_versions(model_dir)
     version_dir = versions[max(versions)] if versions else model_dir
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfpipeline import explain
+    from tfpipeline.report import explain
 
     model = explain.load_exported(version_dir)
     height, width, channels = model.input_shape[1:]

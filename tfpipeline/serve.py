@@ -27,7 +27,6 @@ from tfpipeline.argtypes import boolean, non_negative_float, non_negative_int, p
 from tfpipeline.errors import UserError
 from tfpipeline.serving.versions import discover_versions
 
-
 DEFAULT_BATCH_THREADS = min(2, os.cpu_count() or 1)
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_BATCH_TIMEOUT_MICROS = 2000

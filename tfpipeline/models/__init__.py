@@ -14,7 +14,7 @@ from typing import Any
 
 import keras
 
-from tfpipeline.augmentation import Augmentation
+from tfpipeline.data.augmentation import Augmentation
 from tfpipeline.errors import UserError
 from tfpipeline.models import cnn, mlp, rnn, transformer
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from tfpipeline.augmentation import Augmentation
+from tfpipeline.data.augmentation import Augmentation
 from tfpipeline.models.layers import CosineFilters, FusedBatchNorm, image_inputs, shift_augmentation
 from tfpipeline.models.space import ints, joined, options
 
@@ -135,7 +135,7 @@ def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
 
 
 def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
+    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default.
 
     Widths are multiples of 16 (see `Hyperparams.filters`) and stop at 32,64: wider blocks
     cost ~2x per epoch for no gain on 28x28 digits. Larger or colour inputs also try three

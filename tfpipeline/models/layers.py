@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline.augmentation import Augmentation
+from tfpipeline.data.augmentation import Augmentation
 
 
 def image_inputs(input_shape: tuple[int, ...]) -> tuple[keras.KerasTensor, keras.KerasTensor]:

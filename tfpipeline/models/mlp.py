@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from tfpipeline.augmentation import Augmentation
+from tfpipeline.data.augmentation import Augmentation
 from tfpipeline.models.layers import image_inputs, normalization, shift_augmentation
 from tfpipeline.models.space import options
 
@@ -56,7 +56,7 @@ def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
 
 
 def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
+    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default.
 
     Larger inputs (more than MNIST's 784 values) also try 2048 units: the first layer then
     still narrows the input at most ~6x.

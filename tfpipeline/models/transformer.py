@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from tfpipeline.augmentation import Augmentation
+from tfpipeline.data.augmentation import Augmentation
 from tfpipeline.models.layers import ClassToken, PositionEmbedding, image_inputs, shift_augmentation
 from tfpipeline.models.space import options
 
@@ -145,7 +145,7 @@ def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
 
 
 def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
+    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default.
 
     Powers of two for embed_dim and num_heads keep every pair divisible. The patch sizes are
     those of a 7x7 (the default) and a 4x4 grid over the input (4 and 7 on 28x28), so each

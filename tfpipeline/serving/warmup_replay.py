@@ -1,7 +1,7 @@
 """Load a version and replay its warm-up file before it may be served.
 
 The loader VersionManager calls: `load_servable`, then every PredictLog of the version's
-`assets.extra/tf_serving_warmup_requests` (tfpipeline.warmup) is run through its signature.
+`assets.extra/tf_serving_warmup_requests` (tfpipeline.export.warmup) is run through its signature.
 The version stays LOADING meanwhile and becomes AVAILABLE only once all have run; a record
 that does not match the model fails the load, as in TF Serving.
 """
@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from tfpipeline.warmup import read_warmup_requests
+from tfpipeline.export.warmup import read_warmup_requests
 
 from .errors import RequestError
 from .servable import Servable, load_servable

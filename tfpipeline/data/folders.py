@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline import imaging
+from tfpipeline.data import imaging
 from tfpipeline.errors import UserError
 
 #: Split folder names the split layout recognises, by role.

@@ -45,11 +45,13 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp_api
 
 from tfpipeline import data as data_lib
-from tfpipeline import freezing, models, tensorboard_logs, training
-from tfpipeline.oracles import FAMILY, OBJECTIVE, make_tuner
+from tfpipeline import models, training
 from tfpipeline.config import PipelineConfig, SearchSettings
 from tfpipeline.errors import UserError
+from tfpipeline.report import tensorboard as tensorboard_logs
 from tfpipeline.runstate import RunState
+from tfpipeline.training import freezing
+from tfpipeline.tuning.oracles import FAMILY, OBJECTIVE, make_tuner
 
 ENV_TUNER_ID, ENV_ORACLE_IP, ENV_ORACLE_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
 TRIAL_PATIENCE = 3  # early stopping inside a trial, on validation accuracy

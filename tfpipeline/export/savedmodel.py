@@ -1,7 +1,7 @@
 """Verified, versioned, atomic SavedModel export in TF Serving's layout.
 
     exported/<dataset>/<N>/            the SavedModel (saved_model.pb, variables/)
-    exported/<dataset>/<N>/assets.extra/tf_serving_warmup_requests   (tfpipeline.warmup)
+    exported/<dataset>/<N>/assets.extra/tf_serving_warmup_requests   (tfpipeline.export.warmup)
     exported/<dataset>/<N>/metadata.json
 
 Two signatures: `serving_default` takes `images`, uint8 `[-1, H, W, C]` pixels; `serving_bytes`
@@ -33,9 +33,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline import imaging
+from tfpipeline.data import imaging
 from tfpipeline.errors import UserError
-from tfpipeline.warmup import write_warmup_requests
+from tfpipeline.export.warmup import write_warmup_requests
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"

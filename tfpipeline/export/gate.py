@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline import evaluation, export
+from tfpipeline import export
 from tfpipeline.errors import UserError
+from tfpipeline.report import evaluation
 
 
 class HeldBack(Exception):

@@ -41,8 +41,8 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 from tensorboard.plugins.hparams import api as hp_api
 
-from tfpipeline import evaluation, explain
 from tfpipeline.errors import UserError
+from tfpipeline.report import evaluation, explain
 
 SAMPLE_IMAGES = 40  # the fixed test sample shown with its predictions: 8 columns x 5 rows
 GRID_COLUMNS = 8

@@ -40,7 +40,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline import data, folders
+from tfpipeline import data
+from tfpipeline.data import folders
 from tfpipeline.errors import UserError
 
 #: What `distribution.input` says for a dataset every worker reads whole (TFDS).

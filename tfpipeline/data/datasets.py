@@ -2,7 +2,7 @@
 `tf.data` pipelines.
 
 `load(name_or_path)` takes a TFDS catalog name or an existing folder (class-per-folder images,
-read by `tfpipeline.folders`); everything after that is the same for both.
+read by `tfpipeline.data.folders`); everything after that is the same for both.
 
 TFDS does the downloading, checksum checking and parsing of the published files; this
 module only decides which slices to read and how to feed them to Keras quickly:
@@ -29,7 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
-from tfpipeline import folders, imaging
+from tfpipeline.data import folders, imaging
 from tfpipeline.errors import UserError
 
 #: Environment variable naming the folder of manually downloaded files (the `--manual-dir` flag).
@@ -79,7 +79,7 @@ class Datasets:
     # "disk": `load` already cached each split in a file; "none": not cached.
     cache_plan: folders.CachePlan | None = None
     # A folder dataset's training files and labels, in the order `train` reads them (None for
-    # TFDS): multi-worker training gives each worker its own share of them (tfpipeline.sharding).
+    # TFDS): multi-worker training gives each worker its own share of them (tfpipeline.distribute.sharding).
     train_files: tuple[list[str], list[int]] | None = None
     # True once `decode_into_memory` has filled each split's memory cache.
     in_memory: bool = False
@@ -88,7 +88,7 @@ class Datasets:
         """`batched` for these datasets: in-memory cache only when the cache plan says so (and
         the split is not in memory already), and a shuffle buffer of at most a quarter of the
         cache budget. `own_splits=False` for a dataset made from these, such as a worker's share
-        of the files (`tfpipeline.sharding`): it is cached as the plan says."""
+        of the files (`tfpipeline.distribute.sharding`): it is cached as the plan says."""
         plan = self.cache_plan
         memory = plan is None or plan.kind == "memory"
         budget = plan.budget_bytes if plan else 4 * SHUFFLE_BUFFER_BYTES
@@ -281,7 +281,7 @@ def load(
 
     Args:
         name: a TFDS catalog name (prepared with TFDS, once) or a folder path (see
-            `tfpipeline.folders` for the layouts).
+            `tfpipeline.data.folders` for the layouts).
         data_dir, manual_dir: TFDS's data folder and its folder of downloaded files.
         validation_fraction: share of the training data held out for validation.
         quick: read a small subset of train and validation (a smoke test).

@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfpipeline import freezing, losses, optimizers
+from tfpipeline.training import freezing, losses, optimizers
 
 
 class TrainingDiverged(Exception):

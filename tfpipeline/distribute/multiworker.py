@@ -107,7 +107,7 @@ def fit(
     # workers agree before every batch whether any of them has data left.
     if isinstance(train, tf.data.Dataset):
         train_batches = iter(strategy.experimental_distribute_dataset(training.endless(train, settings)))
-    else:  # each worker's own share (tfpipeline.sharding), already endless
+    else:  # each worker's own share (tfpipeline.distribute.sharding), already endless
         train_batches = iter(strategy.distribute_datasets_from_function(train))
     dist_validation = strategy.experimental_distribute_dataset(validation) if validation is not None else None
     # Weights and statistics that training does not keep in step across replicas: Keras 3's

@@ -175,7 +175,8 @@ def load_exported(version_dir: Path) -> keras.Model:
     The SavedModel's signature takes uint8 only (no gradient reaches it); the rebuilt model
     computes the same function and can be fed float pixels.
     """
-    from tfpipeline import ensemble, models
+    from tfpipeline import models
+    from tfpipeline.training import ensemble
 
     version_dir = Path(version_dir)
     try:

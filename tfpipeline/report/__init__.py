@@ -1,0 +1,2 @@
+"""The report stage: evaluation, TensorBoard and explanations.
+"""
