@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfpipeline import errors
 from tfpipeline import models, training
 from tfpipeline.distribute import multiworker
 from tfpipeline.errors import UserError
@@ -52,7 +53,7 @@ def test_a_diverging_run_rolls_back_once_and_recovers(tiny_images, capsys):
 
 
 def test_a_run_that_diverges_again_gives_up_naming_what_it_tried(tiny_images, capsys):
-    with pytest.raises(training.TrainingDiverged) as info:
+    with pytest.raises(errors.TrainingDiverged) as info:
         _run(tiny_images, HOPELESS_RATE)
     message = str(info.value)
     assert message.count("the training loss reached") == 2  # both attempts
@@ -123,7 +124,7 @@ def test_the_rollback_goes_to_the_last_good_epoch(tiny_images):
 def test_a_retry_that_learns_nothing_is_no_recovery(tiny_images):
     """Finite but dead (constant logits: the loss of guessing): given up, not published."""
     model, poison, settings, train = _poisoned_mlp(tiny_images, epochs=2)
-    with pytest.raises(training.TrainingDiverged, match=r"the retry learned nothing: its training loss ended at 1.386"):
+    with pytest.raises(errors.TrainingDiverged, match=r"the retry learned nothing: its training loss ended at 1.386"):
         training.fit(model, train, None, settings, extra_callbacks=[PoisonEpoch(poison, epoch=1, dead_retry=True)])
 
 
@@ -156,7 +157,7 @@ def test_bad_optimizer_options_are_user_errors(options, phrase):
 def test_multi_worker_loop_refuses_to_retry_and_says_what_to_run(tiny_images):
     """The multi-worker loop (run here under the default strategy, as one worker) detects the
     same divergence but does not roll back: its message gives the retry to run by hand."""
-    with pytest.raises(training.TrainingDiverged) as info:
+    with pytest.raises(errors.TrainingDiverged) as info:
         _run(tiny_images, HOPELESS_RATE, fit=lambda m, t, v, s: multiworker.fit(m, t, v, s))
     message = str(info.value)
     assert "does not roll back and retry" in message

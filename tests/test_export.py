@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfpipeline import errors
 from tfpipeline import export, models
 from tfpipeline.errors import UserError
 
@@ -65,7 +66,7 @@ def test_versions_count_up_and_ignore_other_folders(trained, tmp_path):
 def test_failed_verification_publishes_nothing(trained, tmp_path):
     model, images, labels, accuracy = trained
     base = tmp_path / "m"
-    with pytest.raises(export.ExportVerificationError, match="reloaded SavedModel"):
+    with pytest.raises(errors.ExportVerificationError, match="reloaded SavedModel"):
         export.export_verified(model, (28, 28, 1), base, images, labels, accuracy - 0.25, {})
     assert list(base.iterdir()) == []
 

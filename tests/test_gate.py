@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
+from tfpipeline import errors
 from tfpipeline import export, models
 from tfpipeline.errors import UserError
 from tfpipeline.export import gate
@@ -54,7 +55,7 @@ def test_first_version_always_publishes(first):
 @pytest.mark.slow
 def test_worse_model_is_held_back_and_kept(base_copy, first, data_dir, manual_dir):
     _, published = first
-    with pytest.raises(gate.HeldBack) as held:
+    with pytest.raises(errors.HeldBack) as held:
         run(_config(base_copy, data_dir, manual_dir, epochs=1, learning_rate=1e-5, run_name="worse"))
     decision = held.value.decision
     assert not decision.publish and decision.reason == "regression"

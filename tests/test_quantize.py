@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import ROOT, quadrant_images
+from tfpipeline import errors
 from tfpipeline import export, models, training
 from tfpipeline.export import tflite as quantize
 
@@ -69,7 +70,7 @@ def test_a_drop_past_the_limit_publishes_nothing(trained, tmp_path):
     # Calibrated on black images only, every activation range is wrong: accuracy collapses.
     black = np.zeros((20, 28, 28, 1), np.uint8)
     base = tmp_path / "exported"
-    with pytest.raises(quantize.QuantizationError, match="--max-quantization-drop is 0.5"):
+    with pytest.raises(errors.QuantizationError, match="--max-quantization-drop is 0.5"):
         _export(trained, base, calibration=black)
     assert list(base.iterdir()) == []  # no version, no temporary folder, no .tflite
 

@@ -11,7 +11,6 @@ from tfpipeline.export.savedmodel import (  # noqa: F401
     TMP_PREFIX,
     Candidate,
     ExportResult,
-    ExportVerificationError,
     bytes_serving_function,
     check_bytes_signature,
     encode_png,

@@ -17,17 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline import export
-from tfpipeline.errors import UserError
+from tfpipeline.errors import HeldBack, UserError
 from tfpipeline.report import evaluation
-
-
-class HeldBack(Exception):
-    """The gate held the new version back: `decision` says why, `candidate` is where the
-    verified export was kept, `result` the run's `PipelineResult`."""
-
-    def __init__(self, decision: "Decision", candidate: Path, result=None):
-        super().__init__(decision.message())
-        self.decision, self.candidate, self.result = decision, candidate, result
 
 
 @dataclasses.dataclass
@@ -68,6 +59,12 @@ class Decision:
         return {"not worse": f"Promotion gate passed: {text}.",
                 "forced": f"Promotion gate overridden by --force-publish: {text}.",
                 "regression": f"Promotion gate held the new version back: {text}."}[self.reason]
+
+    def refusal(self) -> str:
+        """Why the gate held the candidate back, in one or two sentences (for the exit message)."""
+        return (f"The new version's test accuracy is {self.candidate_accuracy:.2%}; the latest published version "
+                f"{self.baseline_version} scores {self.baseline_accuracy:.2%} on the same test split "
+                f"({self.delta:+.2f} points; --max-regression allows -{self.max_regression:g}).")
 
     def per_class_lines(self) -> list[str]:
         """One line per class: its accuracy change, largest drops first."""

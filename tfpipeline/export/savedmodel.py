@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline.data import imaging
-from tfpipeline.errors import UserError
+from tfpipeline.errors import ExportVerificationError, UserError
 from tfpipeline.export.warmup import write_warmup_requests
 
 SIGNATURE = "serving_default"
@@ -45,10 +45,6 @@ BYTES_INPUT_NAME = "image_bytes"
 BYTES_CHECK_EXAMPLES = 16
 TMP_PREFIX = ".tmp-"
 HELD_DIR = "candidates"  # versions the promotion gate held back, by run id
-
-
-class ExportVerificationError(Exception):
-    """The reloaded SavedModel does not reproduce the in-memory model; nothing was published."""
 
 
 @dataclasses.dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfpipeline.errors import UserError
+from tfpipeline.errors import QuantizationError, UserError
 
 FILENAME = "model_int8.tflite"
 SIGNATURE = "serving_default"
@@ -31,10 +31,6 @@ SIGNATURE = "serving_default"
 # activation's int8 range; a few hundred cover MNIST's range of digits (docs/tflite.md).
 CALIBRATION_EXAMPLES = 500
 _BATCH = 500  # test images per LiteRT call
-
-
-class QuantizationError(Exception):
-    """The int8 model lost more accuracy than allowed; nothing was published."""
 
 
 @dataclasses.dataclass

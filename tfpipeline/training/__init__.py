@@ -6,7 +6,6 @@ from tfpipeline.training.loop import (  # noqa: F401
     RETRY_CLIPNORM,
     CosineCycles,
     DivergenceWatch,
-    TrainingDiverged,
     TrainSettings,
     averaging_momentum,
     check_finite,

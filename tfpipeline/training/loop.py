@@ -22,11 +22,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from tfpipeline.errors import TrainingDiverged
 from tfpipeline.training import freezing, losses, optimizers
-
-
-class TrainingDiverged(Exception):
-    """The loss became NaN or infinite (or exploded); the model must not be exported."""
 
 
 # A training loss this many times that of guessing uniformly (ln of the number of classes) is
