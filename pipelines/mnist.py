@@ -1,8 +1,13 @@
-"""MNIST end to end: `python -m pipelines.mnist --help`."""
+"""MNIST end to end: `python -m pipelines.mnist --help` (or `tfpipeline-mnist`)."""
 
 import sys
 
-from tfpipeline.cli import main
+from tfpipeline import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(argv, dataset="mnist")
+
 
 if __name__ == "__main__":
-    sys.exit(main(dataset="mnist"))
+    sys.exit(main())

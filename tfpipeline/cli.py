@@ -7,20 +7,27 @@ User mistakes end with one clear paragraph and a non-zero exit status, not a tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import sys
 import textwrap
 
-from tfpipeline import argtypes
+from tfpipeline import argtypes, config
+from tfpipeline.errors import (
+    EXIT_DIVERGED,
+    EXIT_EXPORT_FAILED,
+    EXIT_HELD_BACK,
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    exit_on_error,
+)
 
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-EXIT_USER_ERROR = 2
-EXIT_DIVERGED = 3
-EXIT_EXPORT_FAILED = 4
-EXIT_HELD_BACK = 5  # the promotion gate kept the new version back (nothing published)
-EXIT_INTERRUPTED = 130
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(config.PipelineConfig)}
+EXIT_STATUS = (f"exit status: 0 published, {EXIT_USER_ERROR} a usage or input mistake, {EXIT_DIVERGED} training "
+               f"diverged,\n{EXIT_EXPORT_FAILED} export verification failed, {EXIT_HELD_BACK} held back by the "
+               f"promotion gate, {EXIT_INTERRUPTED} interrupted.\n")
 
 
 def families(text: str) -> tuple[str, ...]:
@@ -63,10 +70,8 @@ def build_parser(dataset: str | None = "mnist") -> argparse.ArgumentParser:
             offline: put the dataset's published files in a folder and pass --manual-dir DIR
             (or set {ENV_MANUAL_DIR}); TFDS checks their checksums and prepares them once.
             Re-running a command that was interrupted resumes it (search and training).
-            exit status: 0 published, {EXIT_USER_ERROR} a usage or input mistake, {EXIT_DIVERGED} training diverged,
-            {EXIT_EXPORT_FAILED} export verification failed, {EXIT_HELD_BACK} held back by the promotion gate,
-            {EXIT_INTERRUPTED} interrupted."""
-        ),
+            """
+        ) + EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for add in (_what, _how, _distribution, _search, _gate, _where, _tensorboard):
@@ -87,16 +92,14 @@ def _images_parser() -> argparse.ArgumentParser:
             serving_bytes signature takes JPEG/PNG files."""
         ),
         epilog=textwrap.dedent(
-            f"""\
+            """\
             examples:
               python -m pipelines.images --dataset photos/                       # search, train the best
               python -m pipelines.images --dataset photos/ --no-tune --image-size 64x64
               python -m pipelines.images --dataset photos/ --quick               # smoke test
               python -m tfpipeline.predict cat.jpg --model-dir exported/photos   # classify a file
-            exit status: 0 published, {EXIT_USER_ERROR} a usage or input mistake, {EXIT_DIVERGED} training diverged,
-            {EXIT_EXPORT_FAILED} export verification failed, {EXIT_HELD_BACK} held back by the promotion gate,
-            {EXIT_INTERRUPTED} interrupted."""
-        ),
+            """
+        ) + EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for add in (_what, _how, _distribution, _search, _gate, _where, _tensorboard):
@@ -114,41 +117,42 @@ def _what(parser: argparse.ArgumentParser, dataset: str) -> None:
     what.add_argument("--image-size", type=argtypes.image_size, metavar="HxW",
                       help="the model's input size; images are resized to it (default: the dataset's own; a "
                            "folder: the median size, longer side at most 64, sides multiples of 4)")
-    what.add_argument("--channels", type=int, choices=[1, 3],
+    what.add_argument("--channels", type=int,
                       help="1 (grayscale) or 3 (RGB) input channels (default: the dataset's own; a folder: 3 "
                            "if any training image has a pixel that is not gray)")
-    what.add_argument("--model", default="cnn", choices=[*FAMILIES, "auto"],
-                      help="model family, or auto: the search chooses the family too (default: cnn)")
+    what.add_argument("--model", default=_DEFAULTS["model"], choices=[*FAMILIES, "auto"],
+                      help=f"model family, or auto: the search chooses the family too (default: {_DEFAULTS['model']})")
     what.add_argument("--hparam", type=argtypes.key_value, action="append", default=[], metavar="KEY=VALUE",
                       help="set one of the family's hyperparameters (repeatable; pinned during a search); "
                            "see tfpipeline/models/")
 
 
 def _how(parser: argparse.ArgumentParser, dataset: str) -> None:
-    from tfpipeline import config
     how = parser.add_argument_group("how to train (default: the family's own settings, or the search's best)")
-    how.add_argument("--epochs", type=argtypes.positive_int, help="number of epochs")
-    how.add_argument("--batch-size", type=argtypes.positive_int,
+    how.add_argument("--epochs", type=int, help="number of epochs")
+    how.add_argument("--batch-size", type=int,
                      help="batch size per replica; each step trains on this x replicas (the global batch)")
-    how.add_argument("--learning-rate", type=argtypes.positive_float,
+    how.add_argument("--learning-rate", type=float,
                      help="peak learning rate (warmup, then cosine decay), for one replica: see --lr-scaling")
-    how.add_argument("--clipnorm", type=argtypes.positive_float, metavar="N",
+    how.add_argument("--clipnorm", type=float, metavar="N",
                      help="clip each weight's gradient to this L2 norm (Keras optimizer clipnorm); default: off")
-    how.add_argument("--clipvalue", type=argtypes.positive_float, metavar="V",
+    how.add_argument("--clipvalue", type=float, metavar="V",
                      help="clip every gradient value to [-V, V] (Keras optimizer clipvalue); default: off")
-    how.add_argument("--weight-decay", type=argtypes.non_negative_float, metavar="W",
+    how.add_argument("--weight-decay", type=float, metavar="W",
                      help="decoupled weight decay: trains with AdamW instead of Adam (default: 0, Adam)")
-    how.add_argument("--seed", type=int, default=42, help="seed for weights and data order (default: 42)")
+    how.add_argument("--seed", type=int, default=_DEFAULTS["seed"],
+                     help=f"seed for weights and data order (default: {_DEFAULTS['seed']})")
     how.add_argument("--deterministic", action="store_true", help="also make TF ops deterministic (slower)")
-    how.add_argument("--validation-fraction", type=argtypes.open_fraction, default=0.1, metavar="F",
+    how.add_argument("--validation-fraction", type=float, default=_DEFAULTS["validation_fraction"], metavar="F",
                      help="share of the training data held out for validation (a folder without test/ also "
-                          "holds out as much for test; default: 0.1)")
+                          f"holds out as much for test; default: {_DEFAULTS['validation_fraction']})")
     how.add_argument("--cache-budget", type=argtypes.byte_size, metavar="SIZE",
                      help="decoded examples up to SIZE (e.g. 2G) are cached in memory; a larger dataset is "
                           "cached on disk under --work-dir, or not at all (default: a quarter of the RAM)")
-    how.add_argument("--ensemble", type=argtypes.positive_int, metavar="N",
+    how.add_argument("--ensemble", type=int, metavar="N",
                      help="train N models (seeds --seed, --seed+1, ...) and export one that averages their "
-                          f"probabilities (default: {config.TUNED_ENSEMBLE} after a search, 1 with --no-tune or --quick)")
+                          f"probabilities (default: {config.TUNED_ENSEMBLE} after a search, 1 with --no-tune or "
+                          "--quick)")
     how.add_argument("--quick", action="store_true",
                      help="small subset and one epoch (unless --epochs), no search (unless --tune): a smoke test")
 
@@ -159,18 +163,18 @@ def _distribution(parser: argparse.ArgumentParser, dataset: str) -> None:
         "Several machines: start the same command on each, with TF_CONFIG naming them all\n"
         "(Kubeflow TFJob and Vertex AI set it); see docs/distributed.md.",
     )
-    dist.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multi_worker"],
+    from tfpipeline.distribute import LR_SCALING, STRATEGIES
+
+    dist.add_argument("--strategy", default=_DEFAULTS["strategy"], choices=STRATEGIES,
                       help="auto (default): multi_worker when TF_CONFIG names several workers, else mirrored "
                            "when several GPUs (or --cpu-devices N > 1) are there, else default (one device)")
-    dist.add_argument("--cpu-devices", type=argtypes.positive_int, metavar="N",
+    dist.add_argument("--cpu-devices", type=int, metavar="N",
                       help="split the CPU into N logical devices, so mirrored trains N replicas without GPUs")
-    dist.add_argument("--lr-scaling", default="linear", choices=["linear", "sqrt", "none"],
+    dist.add_argument("--lr-scaling", default=_DEFAULTS["lr_scaling"], choices=LR_SCALING,
                       help="peak learning rate x replicas (linear, default), x sqrt(replicas), or unchanged")
 
 
 def _search(parser: argparse.ArgumentParser, dataset: str) -> None:
-    from tfpipeline import config
-
     group = parser.add_argument_group(
         "hyperparameter search (KerasTuner)",
         textwrap.fill(  # the parser keeps descriptions as written (RawDescriptionHelpFormatter)
@@ -185,16 +189,16 @@ def _search(parser: argparse.ArgumentParser, dataset: str) -> None:
     group.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
                        help="search first (the default for a full run), or --no-tune: train the family's defaults")
     group.add_argument("--tuner", choices=config.TUNERS, help="search algorithm (default: hyperband)")
-    group.add_argument("--max-trials", type=argtypes.positive_int, metavar="N",
+    group.add_argument("--max-trials", type=int, metavar="N",
                        help=f"number of trials (random, bayesian; default {config.DEFAULT_TRIALS}) or a cap on "
                             "Hyperband's")
-    group.add_argument("--max-epochs", type=argtypes.positive_int, metavar="N",
+    group.add_argument("--max-epochs", type=int, metavar="N",
                        help=f"epochs of the longest trial (default {config.DEFAULT_MAX_EPOCHS}; --quick: "
                             f"{config.QUICK_MAX_EPOCHS})")
-    group.add_argument("--factor", type=argtypes.at_least(2, "each round keeps 1/factor of the trials"),
+    group.add_argument("--factor", type=int,
                        metavar="N", help="Hyperband: keep 1/N of the trials per round, each N times longer "
                                          f"(default {config.DEFAULT_FACTOR})")
-    group.add_argument("--search-fraction", type=argtypes.fraction, metavar="F",
+    group.add_argument("--search-fraction", type=float, metavar="F",
                        help=f"share of the training split the trials train on (default {config.DEFAULT_FRACTION}; "
                             f"--quick: {config.QUICK_FRACTION}); the final training uses all of it")
     group.add_argument("--families", type=families, metavar="A,B",
@@ -204,17 +208,15 @@ def _search(parser: argparse.ArgumentParser, dataset: str) -> None:
 
 
 def _gate(parser: argparse.ArgumentParser, dataset: str) -> None:
-    from tfpipeline.config import DEFAULT_MAX_REGRESSION
-
     group = parser.add_argument_group(
         "promotion gate",
         "Before publishing, the new version is scored against the latest published version under the\n"
         "same export base, on the same test split. It is held back (kept under <base>/candidates/,\n"
         f"exit status {EXIT_HELD_BACK}) if its test accuracy is lower by more than --max-regression.",
     )
-    group.add_argument("--max-regression", type=argtypes.non_negative_float, default=DEFAULT_MAX_REGRESSION,
-                       metavar="POINTS", help="percentage points of test accuracy a new version may lose "
-                                              f"(default {DEFAULT_MAX_REGRESSION}: about the noise of 10,000 images)")
+    group.add_argument("--max-regression", type=float, default=_DEFAULTS["max_regression"], metavar="POINTS",
+                       help="percentage points of test accuracy a new version may lose "
+                            f"(default {_DEFAULTS['max_regression']})")
     group.add_argument("--force-publish", action="store_true", help="publish even if the gate would hold it back")
 
 
@@ -222,25 +224,33 @@ def _where(parser: argparse.ArgumentParser, dataset: str) -> None:
     from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR
 
     where = parser.add_argument_group("where things go")
-    where.add_argument("--data-dir", help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
-    where.add_argument("--manual-dir", help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")
-    where.add_argument("--export-dir", default="exported", help="SavedModel root; versions go to <dir>/<dataset>/<N> (default: exported)")
+    where.add_argument("--data-dir",
+                       help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
+    where.add_argument("--manual-dir",
+                       help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")
+    where.add_argument("--export-dir", default=_DEFAULTS["export_dir"],
+                       help=f"SavedModel root; versions go to <dir>/<dataset>/<N> (default: {_DEFAULTS['export_dir']})")
     where.add_argument("--export-tflite", action="store_true",
                        help="also write <version>/model_int8.tflite: int8 post-training quantization, checked with "
                             "the LiteRT interpreter on the test split (needs pip install 'tfpipeline[tflite]')")
-    where.add_argument("--max-quantization-drop", type=argtypes.non_negative_float, default=0.5, metavar="POINTS",
+    where.add_argument("--max-quantization-drop", type=float, default=_DEFAULTS["max_quantization_drop"],
+                       metavar="POINTS",
                        help="with --export-tflite: fail the export if the int8 model's test accuracy is more than "
-                            "this many percentage points below the float model's (default: 0.5)")
-    where.add_argument("--logdir", default="runs", help="TensorBoard root; runs go to <dir>/<dataset>/<run-id> (default: runs)")
-    where.add_argument("--work-dir", default="work", help="checkpoints that let an interrupted run resume (default: work)")
+                            f"this many percentage points below the float model's "
+                            f"(default: {_DEFAULTS['max_quantization_drop']})")
+    where.add_argument("--logdir", default=_DEFAULTS["logdir"],
+                       help=f"TensorBoard root; runs go to <dir>/<dataset>/<run-id> (default: {_DEFAULTS['logdir']})")
+    where.add_argument("--work-dir", default=_DEFAULTS["work_dir"],
+                       help=f"checkpoints that let an interrupted run resume (default: {_DEFAULTS['work_dir']})")
     where.add_argument("--run-name", help="run id for the logs (default: time and model family)")
 
 
 def _tensorboard(parser: argparse.ArgumentParser, dataset: str) -> None:
     board = parser.add_argument_group("TensorBoard (tensorboard --logdir <logdir>)")
-    board.add_argument("--histogram-freq", type=argtypes.non_negative_int, default=1, metavar="N",
-                       help="weight histograms every N epochs; 0 turns them off (default: 1)")
-    board.add_argument("--image-freq", type=argtypes.non_negative_int, default=0, metavar="N",
+    board.add_argument("--histogram-freq", type=int, default=_DEFAULTS["histogram_freq"], metavar="N",
+                       help="weight histograms every N epochs; 0 turns them off "
+                            f"(default: {_DEFAULTS['histogram_freq']})")
+    board.add_argument("--image-freq", type=int, default=_DEFAULTS["image_freq"], metavar="N",
                        help="also log validation prediction images and confusion matrix every N epochs "
                             "(default: 0, only the test ones at the end; not with a search, whose final "
                             "training has no validation split)")
@@ -273,19 +283,23 @@ def config_from_args(args: argparse.Namespace):
 
 
 def summary(result) -> str:
-    test = result.metadata["metrics"]["test"]
-    wall = result.metadata["run"]["wall_seconds"]
+    """What a published (or held-back) run prints last: the figures and where everything went."""
+    metadata = result.metadata
+    test = metadata["metrics"]["test"]
+    examples = metadata["dataset"]["num_examples"]["test"]
+    serve = (f"python -m tfpipeline.serve --model-name {metadata['dataset']['name']} "
+             f"--model-base-path {result.export_path.parent}")
     return textwrap.dedent(
         f"""\
 
-        Done in {wall:.0f} s.
-          test accuracy   {test['accuracy']:.2%} on {result.metadata['dataset']['num_examples']['test']:,} images{ensemble_summary(result.metadata)}
+        Done in {metadata['run']['wall_seconds']:.0f} s.
+          test accuracy   {test['accuracy']:.2%} on {examples:,} examples{ensemble_summary(metadata)}
           exported model  {result.export_path}  (reloaded and verified with tf.saved_model.load)
-          metadata        {result.metadata_path}{tflite_summary(result.metadata)}
+          metadata        {result.metadata_path}{tflite_summary(metadata)}
           metrics         {result.logdir / 'metrics.json'}
           inspect it      tensorboard --logdir {result.logdir.parent}
-          serve it        python -m tfpipeline.serve --model-name {result.metadata['dataset']['name']} --model-base-path {result.export_path.parent}"""
-    ) + search_summary(result.metadata)
+          serve it        {serve}"""
+    ) + search_summary(metadata)
 
 
 def ensemble_summary(metadata: dict) -> str:
@@ -294,7 +308,8 @@ def ensemble_summary(metadata: dict) -> str:
     if not members:
         return ""
     alone = ", ".join(f"{m['test_accuracy']:.2%}" for m in members)
-    return f"\n          ensemble        the average of {len(members)} models (seeds {members[0]['seed']}-{members[-1]['seed']}), alone: {alone}"
+    seeds = f"{members[0]['seed']}-{members[-1]['seed']}"
+    return f"\n          ensemble        the average of {len(members)} models (seeds {seeds}), alone: {alone}"
 
 
 def tflite_summary(metadata: dict) -> str:
@@ -314,7 +329,8 @@ def search_summary(metadata: dict) -> str:
         return ""
     best = search["best"]
     return (f"\n  search          {search['tuner']}: {search['trials_completed']} trials completed; trained trial "
-            f"{best['trial_id']} ({best['family']}, validation accuracy {best['score']:.2%}, peaked at epoch {best['epochs']}): "
+            f"{best['trial_id']} ({best['family']}, validation accuracy {best['score']:.2%}, "
+            f"peaked at epoch {best['epochs']}): "
             f"{search['selection']}"
             f"\n  trials table    {search['trials_csv']}  (curves: {search['trials_logdir']})")
 
@@ -328,57 +344,15 @@ def worker_summary(result) -> str:
             "and exports the model.")
 
 
-def held_back(exc) -> int:
-    """The gate's refusal: per-class changes, then one paragraph naming both accuracies."""
-    decision = exc.decision
-    print("\nTest accuracy by class, new version against the latest published one:", file=sys.stderr)
-    print("\n".join(decision.per_class_lines()), file=sys.stderr)
-    return fail(
-        f"Not published. The new version's test accuracy is {decision.candidate_accuracy:.2%}; the latest "
-        f"published version {decision.baseline_version} scores {decision.baseline_accuracy:.2%} on the same "
-        f"test split ({decision.delta:+.2f} points; --max-regression allows -{decision.max_regression:g}). "
-        f"The verified candidate is kept at {exc.candidate}. Run again with --force-publish to publish anyway.",
-        EXIT_HELD_BACK)
-
-
-def fail(message: str, code: int) -> int:
-    # Never break inside a word: paths (pytest-of-root, my-data/...) must stay copyable.
-    print(textwrap.fill(f"error: {message}", width=100, break_on_hyphens=False, break_long_words=False),
-          file=sys.stderr)
-    return code
-
-
 def main(argv: list[str] | None = None, dataset: str | None = "mnist") -> int:
     args = build_parser(dataset).parse_args(argv)  # exits 2 with a usage message on bad flags
 
-    from tfpipeline.errors import UserError
-    from tfpipeline.export import ExportVerificationError
-    from tfpipeline.export.gate import HeldBack
-    from tfpipeline.export.tflite import QuantizationError
     from tfpipeline.pipeline import run
-    from tfpipeline.training import TrainingDiverged
 
-    try:
+    def work() -> int:
         result = run(config_from_args(args))
-    except UserError as exc:
-        return fail(str(exc), EXIT_USER_ERROR)
-    except HeldBack as exc:
-        return held_back(exc)
-    except TrainingDiverged as exc:
-        return fail(
-            f"Training diverged: {exc}. Nothing was exported. Try a lower --learning-rate "
-            "(or --clipnorm, or a smaller --batch-size).",
-            EXIT_DIVERGED,
-        )
-    except ExportVerificationError as exc:
-        return fail(f"Export failed verification: {exc}. Nothing was published.", EXIT_EXPORT_FAILED)
-    except QuantizationError as exc:
-        return fail(f"The int8 TFLite export failed its check: {exc}. Nothing was published.", EXIT_EXPORT_FAILED)
-    except KeyboardInterrupt:
-        return fail(
-            "Interrupted. Nothing half-written was published; run the same command again to "
-            "resume from the last finished epoch.",
-            EXIT_INTERRUPTED,
-        )
-    print(summary(result) if result.export_path is not None else worker_summary(result))
-    return 0
+        print(summary(result) if result.export_path is not None else worker_summary(result))
+        return 0
+
+    return exit_on_error(work, interrupted="Interrupted. Nothing half-written was published; run the same command "
+                                           "again to resume from the last finished epoch.")

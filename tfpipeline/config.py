@@ -8,12 +8,11 @@ programs build them directly and get the same defaults and the same refusals.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
-from tfpipeline import distribute, models, training
 from tfpipeline.errors import UserError
-from tfpipeline.export import tflite as quantize
 
 TUNERS = ("hyperband", "random", "bayesian")
 
@@ -85,6 +84,8 @@ class SearchSettings:
         if self.search_fraction is not None and not 0 < self.search_fraction <= 1:
             raise UserError(f"--search-fraction must be in (0, 1], got {self.search_fraction}.")
         if self.families is not None:
+            from tfpipeline import models
+
             if not self.families:
                 raise UserError("--families is empty; name at least one of " + ", ".join(models.FAMILIES) + ".")
             for name in self.families:
@@ -172,35 +173,27 @@ class PipelineConfig:
         return {key: getattr(self, key) for key in ("image_size", "channels") if getattr(self, key) is not None}
 
     def validate(self) -> None:
-        if self.channels not in (None, 1, 3):
-            raise UserError(f"--channels must be 1 or 3, got {self.channels}.")
-        if self.cache_budget is not None and (not isinstance(self.cache_budget, int) or self.cache_budget < 0):
-            raise UserError(f"--cache-budget must be 0 or a number of bytes, got {self.cache_budget}.")
-        for name in ("epochs", "batch_size", "cpu_devices", "ensemble"):
-            _check_positive_int(name, getattr(self, name))
+        """Check every value and combination; raises `UserError` naming the flag, the value and the fix."""
+        from tfpipeline import distribute, models, training
+        from tfpipeline.export import tflite
+
+        for name, rule in _RULES.items():
+            _check(name, getattr(self, name), rule)
+        _check("strategy", self.strategy, _one_of(*distribute.STRATEGIES))
+        _check("lr_scaling", self.lr_scaling, _one_of(*distribute.LR_SCALING))
+        if self.profile_batches and self.profile_batches[1] < self.profile_batches[0]:
+            start, end = self.profile_batches
+            raise UserError(f"--profile-batches needs 1 <= START <= END (batches count from 1), got {start},{end}.")
         multi_worker = self.strategy == "multi_worker" or (self.strategy == "auto" and self._tf_config_workers() > 1)
         if (self.ensemble or 1) > 1 and multi_worker:
             raise UserError(f"--ensemble {self.ensemble} trains several models one after another, which the "
                             "multi-worker loop (TF_CONFIG, --strategy multi_worker) does not do yet. Train one "
                             "model on the workers (drop --ensemble), or train the ensemble on one machine.")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise UserError(f"--learning-rate must be a positive number, got {self.learning_rate}.")
         if self.model != "auto":
             models.hyperparams(self.model, self.pinned())  # unknown family, --hparam names → UserError
-        for name in ("histogram_freq", "image_freq"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be 0 or a positive whole number, got {value}.")
-        if self.profile_batches:
-            start, end = self.profile_batches
-            if start < 1 or end < start:
-                raise UserError(f"--profile-batches needs 1 <= START <= END (batches count from 1), got {start},{end}.")
-        if not self.max_regression >= 0:
-            raise UserError(f"--max-regression must be 0 or a positive number of points, got {self.max_regression}.")
         training.check_optimizer_options(self.clipnorm, self.clipvalue, self.weight_decay)
-        quantize.check_max_drop(self.max_quantization_drop)
         if self.export_tflite:
-            quantize.check_available()  # before any training time is spent
+            tflite.check_available()  # before any training time is spent
         self.search.validate()
 
     def members(self, tuned: bool) -> int:
@@ -240,6 +233,8 @@ class PipelineConfig:
 
     @staticmethod
     def _tf_config_workers() -> int:
+        from tfpipeline import distribute
+
         cluster = distribute.parse_tf_config(os.environ.get(distribute.ENV_TF_CONFIG))
         return cluster.workers if cluster is not None else 1
 
@@ -258,6 +253,58 @@ class PipelineConfig:
             if getattr(self, key) is not None:
                 fixed[key] = getattr(self, key)
         return fixed
+
+
+# The range of each checked field: a predicate and what it says when the value is outside.
+# Flags are parsed by type only (tfpipeline/cli.py); these rules are the one place ranges live.
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _non_negative_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _non_negative(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+
+
+def _one_of(*allowed):
+    rule = lambda value: value in allowed
+    return rule, f"must be one of {', '.join(map(str, allowed))}"
+
+
+_RULES = {
+    "epochs": (_positive_int, "must be a positive whole number"),
+    "batch_size": (_positive_int, "must be a positive whole number"),
+    "cpu_devices": (_positive_int, "must be a positive whole number"),
+    "ensemble": (_positive_int, "must be a positive whole number"),
+    "learning_rate": (_positive, "must be a positive finite number"),
+    "clipnorm": (_positive, "must be a positive finite number"),
+    "clipvalue": (_positive, "must be a positive finite number"),
+    "weight_decay": (_non_negative, "must be 0 or a positive finite number"),
+    "validation_fraction": (lambda v: isinstance(v, (int, float)) and 0 < v < 1,
+                            "must be between 0 and 1 (exclusive)"),
+    "channels": _one_of(1, 3),
+    "cache_budget": (_non_negative_int, "must be 0 or a number of bytes"),
+    "histogram_freq": (_non_negative_int, "must be 0 or a positive whole number"),
+    "image_freq": (_non_negative_int, "must be 0 or a positive whole number"),
+    "profile_batches": (lambda v: len(v) == 2 and all(_positive_int(b) for b in v),
+                        "needs two batch numbers START,END counted from 1"),
+    "max_regression": (_non_negative, "must be 0 or a positive number of points"),
+    "max_quantization_drop": (_non_negative, "must be 0 or a positive number of points"),
+}
+
+
+def _check(name: str, value, rule) -> None:
+    """Raise `UserError` naming the flag when `value` (None: not set) breaks `rule`."""
+    ok, says = rule
+    if value is not None and not ok(value):
+        raise UserError(f"--{name.replace('_', '-')} {says}, got {value}.")
 
 
 def _check_positive_int(name: str, value) -> None:

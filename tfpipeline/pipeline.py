@@ -29,7 +29,7 @@ from tfpipeline import data as data_lib
 from tfpipeline import distribute, export, models, runstate, training
 from tfpipeline.config import PipelineConfig
 from tfpipeline.distribute import multiworker, sharding
-from tfpipeline.errors import UserError
+from tfpipeline.errors import HeldBack, UserError
 from tfpipeline.export import gate
 from tfpipeline.export import tflite as quantize
 from tfpipeline.report import evaluation
@@ -277,7 +277,7 @@ def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, stat
     state.finish()  # the next run of this command starts anew
     result = PipelineResult(state.run_id, path, metadata_path, logdir, test_eval.accuracy, metadata)
     if not decision.publish:
-        raise gate.HeldBack(decision, path, result)
+        raise HeldBack(decision, path, result)
     return result
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline import export
-from tfpipeline.errors import HeldBack, UserError
+from tfpipeline.errors import UserError
 from tfpipeline.report import evaluation
 
 

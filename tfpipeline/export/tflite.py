@@ -57,11 +57,6 @@ def check_available() -> None:
         ) from None
 
 
-def check_max_drop(value: float) -> None:
-    if not (value >= 0 and np.isfinite(value)):
-        raise UserError(f"--max-quantization-drop must be 0 or a positive number of percentage points, got {value}.")
-
-
 def settings_for(config, train) -> TFLiteSettings | None:
     """The settings for a pipeline config (None without --export-tflite): the first
     `CALIBRATION_EXAMPLES` images of the (unbatched) training split calibrate."""
