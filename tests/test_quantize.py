@@ -107,4 +107,5 @@ def test_predict_explains_a_missing_tflite_file(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tfpipeline.predict", "--tflite", str(tmp_path / "no.tflite"),
                            str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    stderr = " ".join(proc.stderr.split())  # one wrapped paragraph
+    assert proc.returncode == 2 and "does not exist" in stderr and "Traceback" not in stderr

@@ -3,14 +3,15 @@
     exported/<dataset>/<N>/model_int8.tflite     (TF Serving ignores it: it only loads the SavedModel)
 
 `write_verified` converts the SavedModel that `export.staged` has just written and verified
-(still in its hidden candidate folder, before the gate and `export.publish`) with `tf.lite.TFLiteConverter.from_saved_model`:
-weights and activations in int8, calibrated on a representative sample of the training split
-(what the input spec's `calibration` yields for it); the model's input (uint8 pixels for
-images) and float32 probabilities / int64 classes outputs stay as they are, so the .tflite
-takes the same input as the SavedModel's `serving_default`. An input kind whose
-`tflite_refusal` says why it cannot be converted is refused before training. The file is
-then run by the LiteRT interpreter (`ai-edge-litert`, the runtime a device uses, not
-TensorFlow's converter-side copy) on the whole test split. Its accuracy, size and drop against
+(still in its hidden candidate folder, before the gate and `export.publish`) with
+`tf.lite.TFLiteConverter.from_saved_model`: weights and activations in int8, calibrated on a
+representative sample of the training split (what the input spec's `calibration` yields for
+it); the model's input (uint8 pixels for images) and float32 probabilities / int64 classes
+outputs stay as they are, so the .tflite takes the same input as the SavedModel's
+`serving_default`. An input kind whose `tflite_refusal` says why it cannot be converted is
+refused before training. The file is then run by the LiteRT interpreter (`ai-edge-litert`,
+the runtime a device uses, not TensorFlow's converter-side copy; `serving.clients.LiteRTModel`,
+as `predict --tflite` runs it) on the whole test split. Its accuracy, size and drop against
 the float SavedModel go into metadata.json (export.tflite); a drop above `max_drop_points`
 raises `QuantizationError`, and the candidate, .tflite included, is discarded: nothing is
 published. See docs/tflite.md.

@@ -143,7 +143,7 @@ def _predict(model: keras.Model, examples) -> np.ndarray:
     return np.asarray(model.predict(examples, batch_size=1000, verbose=0)).argmax(axis=-1)
 
 
-def write_prediction_images(spec: InputSpec, split: str, examples, labels, predictions, class_names,
+def write_prediction_images(spec: InputSpec, split: str, examples, labels, predictions, class_names, *,
                             step: int) -> None:
     """The input spec's samples with their predictions (for images: `predictions` and
     `mistakes`) and `confusion_matrix`, to the default writer (the split's own folder, so the
