@@ -189,14 +189,14 @@ def bytes_serving_function(pixels, input_shape):
     """
     import tensorflow as tf
 
-    from tfpipeline.data import imaging
+    from tfpipeline.data.imaging import prepare  # the module alone: data's hub imports this one
 
     height, width, channels = (int(d) for d in input_shape)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=names.IMAGE_BYTES_INPUT)])
     def serve_bytes(image_bytes):
         images = tf.map_fn(
-            lambda encoded: imaging.prepare(encoded, (height, width), channels),
+            lambda encoded: prepare(encoded, (height, width), channels),
             image_bytes,
             fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8),
         )

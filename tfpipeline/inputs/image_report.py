@@ -113,7 +113,7 @@ def float_input_model(model: keras.Model) -> keras.Model:
     The models take uint8 pixels (`models.layers.image_inputs`), and Keras casts whatever a
     functional model is called with to its input's dtype, which stops any gradient. Reusing
     every layer (not a copy) on a float input keeps exactly the exported computation. The
-    members of an ensemble (tfpipeline/ensemble.py) are models on uint8 pixels themselves, so
+    members of an ensemble (tfpipeline/training/ensemble.py) are models on uint8 pixels themselves, so
     each is taken on a float input too.
     """
     def reuse(layer):
