@@ -104,11 +104,13 @@ def find_or_build_model(base: Path, workdir: Path) -> tuple[Path, str]:
         return base, f"{base} (version {max(versions)})"
     from tfpipeline.export import write_savedmodel
     from tfpipeline.export.warmup import write_warmup_requests
+    from tfpipeline.inputs.image import ImageInput
     from tfpipeline.models import cnn
 
     built = workdir / "mnist" / "1"
-    write_savedmodel(cnn.build((28, 28, 1), 10), (28, 28, 1), built)
-    write_warmup_requests(built, test_images(3)[0])
+    spec = ImageInput(28, 28, 1)
+    write_savedmodel(cnn.build(spec.shape, 10), spec, built)
+    write_warmup_requests(built, spec.warmup_requests(test_images(3)[0]))
     return built.parent, ("the default CNN (tfpipeline.models.cnn, untrained), exported because "
                           f"{base} has no versions")
 

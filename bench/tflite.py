@@ -101,7 +101,7 @@ def main(argv=None) -> int:
                         lambda x: serve(images=tf.constant(x))["classes"].numpy(), images, labels,
                         args.latency_calls, args.batches)
     lite = quantize.LiteRTModel(version / quantize.FILENAME, num_threads=os.cpu_count())
-    int8_row = measure("int8 TFLite (LiteRT)", lambda x: lite.predict(x, batch_size=BATCH)["classes"],
+    int8_row = measure("int8 TFLite (LiteRT)", lambda x: lite.predict({"images": x}, batch_size=BATCH)["classes"],
                        images, labels, args.latency_calls, args.batches)
     float_row.update(bytes=quantize.variables_bytes(version), what="variables/")
     float_row["folder_bytes"] = folder_bytes(version) - (version / quantize.FILENAME).stat().st_size

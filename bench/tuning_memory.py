@@ -34,6 +34,7 @@ import tensorflow as tf  # noqa: E402
 from tfpipeline import tuning  # noqa: E402
 from tfpipeline.config import TUNERS, SearchSettings  # noqa: E402
 from tfpipeline.data import DatasetSpec  # noqa: E402
+from tfpipeline.inputs.image import ImageInput  # noqa: E402
 from tfpipeline.pipeline import PipelineConfig  # noqa: E402
 
 
@@ -57,7 +58,8 @@ def synthetic(n: int, seed: int) -> tf.data.Dataset:
 
 
 def measure(trials: int, tuner_kind: str, workdir: Path) -> dict:
-    spec = DatasetSpec(name="synthetic", version="0", input_shape=(28, 28, 1), num_classes=4,
+    spec = DatasetSpec(name="synthetic", version="0", input_shape=(28, 28, 1), input=ImageInput(28, 28, 1),
+                       num_classes=4,
                        class_names=("0", "1", "2", "3"), splits={"train": "-", "validation": "-", "test": "-"},
                        num_examples={"train": 1024, "validation": 256, "test": 256})
     config = PipelineConfig(dataset="synthetic", model="mlp", quick=True, logdir=str(workdir / "runs"))

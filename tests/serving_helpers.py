@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from tfpipeline.export import write_savedmodel
+from tfpipeline.inputs.image import ImageInput
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (28, 28, 1)
@@ -43,11 +44,11 @@ def export_version(base: Path, version: int, seed: int = 0, warmup_images=None) 
     base = Path(base)
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".tmp-{version}"
-    write_savedmodel(tiny_model(seed), SHAPE, tmp)
+    write_savedmodel(tiny_model(seed), ImageInput.of(SHAPE), tmp)
     if warmup_images is not None:
         from tfpipeline.export.warmup import write_warmup_requests
 
-        write_warmup_requests(tmp, warmup_images)
+        write_warmup_requests(tmp, ImageInput.of(SHAPE).warmup_requests(warmup_images))
     final = base / str(version)
     os.rename(tmp, final)
     return final

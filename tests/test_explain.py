@@ -17,7 +17,8 @@ from PIL import Image
 
 from tests.conftest import ROOT, quadrant_images
 from tfpipeline import export, models, predict, training
-from tfpipeline.report import explain
+from tfpipeline.inputs import image_report
+from tfpipeline.inputs.image import ImageInput
 
 HP = {"filters": [8, 16], "dense_units": 32, "augment": 0.0}
 MASKED = int(0.1 * 28 * 28)  # 10% of the pixels
@@ -36,7 +37,7 @@ def setup():
                                       early_stopping_patience=0, verbose=0)
     training.fit(model, tf.data.Dataset.from_tensor_slices((images[:256], labels[:256])).batch(32), None, settings)
     sample, sample_labels = images[256:288], labels[256:288]
-    attributions, classes = explain.integrated_gradients(model, sample)
+    attributions, classes = image_report.integrated_gradients(model, sample)
     assert (classes == sample_labels).mean() > 0.9  # a model that learned the task
     return model, sample, sample_labels, attributions, classes
 
@@ -55,7 +56,7 @@ def test_attributions_of_the_trained_model_differ_from_random_weights(setup):
     """Adebayo et al. (2018): a map that does not change when the weights are randomized
     shows the input, not the model. Same architecture, random weights, same classes."""
     model, sample, labels, attributions, classes = setup
-    random_attributions, _ = explain.integrated_gradients(_cnn(1), sample, classes)
+    random_attributions, _ = image_report.integrated_gradients(_cnn(1), sample, classes)
     correlation = [np.corrcoef(a.ravel(), r.ravel())[0, 1] for a, r in zip(attributions, random_attributions)]
     assert np.mean(np.abs(correlation)) < 0.3, correlation
 
@@ -93,7 +94,7 @@ def test_predict_explain_writes_the_overlay_for_an_exported_version(setup, tmp_p
                 "dataset": {"class_names": class_names}}
     base = tmp_path / "exported"
     accuracy = float((np.asarray(model.predict(sample, verbose=0)).argmax(-1) == classes).mean())
-    export.export_verified(model, (28, 28, 1), base, sample, classes, accuracy, metadata)
+    export.export_verified(model, ImageInput(28, 28, 1), base, sample, classes, accuracy, metadata)
     image = tmp_path / "digit.png"
     Image.fromarray(sample[0, ..., 0]).save(image)
     out = tmp_path / "why.png"
@@ -103,7 +104,7 @@ def test_predict_explain_writes_the_overlay_for_an_exported_version(setup, tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"class {class_names[classes[0]]}" in proc.stdout and str(out) in proc.stdout
     picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
-    assert picture.shape[1] >= 2 * 28 * explain.SCALE  # the image and its map side by side
+    assert picture.shape[1] >= 2 * 28 * image_report.SCALE  # the image and its map side by side
     assert ((picture[..., 0] - picture[..., 2]) > 100).any()  # red: pixels that raised the class
 
 
@@ -122,7 +123,7 @@ def test_write_summaries_logs_both_grids(setup, tmp_path):
     wrong[:3] = (wrong[:3] + 1) % 4  # three "mistakes" to show
     writer = tf.summary.create_file_writer(str(tmp_path))
     with writer.as_default():
-        explain.write_summaries(model, sample, wrong, ["a", "b", "c", "d"], step=0)
+        image_report.log_attributions(model, sample, wrong, ["a", "b", "c", "d"], step=0)
     writer.close()
     tags = set()
     for path in tmp_path.iterdir():

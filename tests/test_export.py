@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfpipeline import errors
 from tfpipeline import export, models
+from tfpipeline.inputs.image import ImageInput
 from tfpipeline.errors import UserError
 
 
@@ -33,7 +34,7 @@ def trained(tiny_images):
 
 def test_round_trip_reload_matches_in_memory_model(trained, tmp_path):
     model, images, labels, accuracy = trained
-    result = export.export_verified(model, (28, 28, 1), tmp_path / "m", images, labels, accuracy, {"k": 1})
+    result = export.export_verified(model, ImageInput(28, 28, 1), tmp_path / "m", images, labels, accuracy, {"k": 1})
     assert result.version == 1 and result.path == tmp_path / "m" / "1"
     assert result.verified_accuracy == accuracy
 
@@ -57,7 +58,8 @@ def test_versions_count_up_and_ignore_other_folders(trained, tmp_path):
     model, images, labels, accuracy = trained
     base = tmp_path / "m"
     (base / "notes").mkdir(parents=True)
-    paths = [export.export_verified(model, (28, 28, 1), base, images, labels, accuracy, {}).path for _ in range(2)]
+    spec = ImageInput(28, 28, 1)
+    paths = [export.export_verified(model, spec, base, images, labels, accuracy, {}).path for _ in range(2)]
     assert [p.name for p in paths] == ["1", "2"]
     assert export.versions(base) == [1, 2]
     assert sorted(p.name for p in base.iterdir()) == ["1", "2", "notes"]  # no temporaries left
@@ -67,7 +69,7 @@ def test_failed_verification_publishes_nothing(trained, tmp_path):
     model, images, labels, accuracy = trained
     base = tmp_path / "m"
     with pytest.raises(errors.ExportVerificationError, match="reloaded SavedModel"):
-        export.export_verified(model, (28, 28, 1), base, images, labels, accuracy - 0.25, {})
+        export.export_verified(model, ImageInput(28, 28, 1), base, images, labels, accuracy - 0.25, {})
     assert list(base.iterdir()) == []
 
 
@@ -82,12 +84,13 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys, numpy as np, keras
     from tfpipeline import export, models
+    from tfpipeline.inputs.image import ImageInput
     model = models.build("cnn", (28, 28, 1), 10)
     images = np.zeros((8, 28, 28, 1), np.uint8)
     labels = model.predict(images, verbose=0).argmax(-1)
     print("ready", flush=True)
     while True:
-        export.export_verified(model, (28, 28, 1), sys.argv[1], images, labels, 1.0, {})
+        export.export_verified(model, ImageInput(28, 28, 1), sys.argv[1], images, labels, 1.0, {})
     """
 )
 
@@ -121,5 +124,5 @@ def test_kill_during_export_leaves_no_partial_version(tmp_path):
     model = models.build("mlp", (28, 28, 1), 2, models.hyperparams("mlp", {"units": 4}))
     imgs = np.zeros((2, 28, 28, 1), np.uint8)
     labels = model.predict(imgs, verbose=0).argmax(-1)
-    export.export_verified(model, (28, 28, 1), base, imgs, labels, 1.0, {})
+    export.export_verified(model, ImageInput(28, 28, 1), base, imgs, labels, 1.0, {})
     assert not [p for p in base.iterdir() if p.name.startswith(export.TMP_PREFIX)]

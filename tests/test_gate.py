@@ -16,6 +16,7 @@ from tfpipeline import errors
 from tfpipeline import export, models
 from tfpipeline.errors import UserError
 from tfpipeline.export import gate
+from tfpipeline.inputs.image import ImageInput
 from tfpipeline.pipeline import PipelineConfig, run
 from tfpipeline.report import evaluation
 
@@ -114,11 +115,13 @@ def test_held_back_run_exits_with_its_own_status(base_copy, data_dir, manual_dir
 def test_a_baseline_for_other_inputs_is_explained(tmp_path, tiny_images):
     images, labels = tiny_images
     other = models.build("mlp", (8, 8, 1), 4, models.hyperparams("mlp", {"units": 8}))
-    export.write_savedmodel(other, (8, 8, 1), tmp_path / "m" / "1")
+    export.write_savedmodel(other, ImageInput(8, 8, 1), tmp_path / "m" / "1")
     candidate = evaluation.from_classes(labels, np.zeros_like(labels), ["a", "b", "c", "d"])
     with pytest.raises(UserError, match="cannot score this run's test images"):
-        gate.decide(tmp_path / "m", images, labels, ["a", "b", "c", "d"], candidate, max_regression=0.1, force=False)
-    forced = gate.decide(tmp_path / "m", images, labels, ["a", "b", "c", "d"], candidate, max_regression=0.1,
+        gate.decide(tmp_path / "m", images, labels, ["a", "b", "c", "d"], candidate, spec=ImageInput(28, 28, 1),
+                    max_regression=0.1, force=False)
+    forced = gate.decide(tmp_path / "m", images, labels, ["a", "b", "c", "d"], candidate, spec=ImageInput(28, 28, 1),
+                         max_regression=0.1,
                          force=True)
     assert forced.publish and forced.reason == "forced" and forced.baseline_accuracy is None
     keras.backend.clear_session()

@@ -18,6 +18,7 @@ from tests.conftest import ROOT, quadrant_images
 from tfpipeline import errors
 from tfpipeline import export, models, training
 from tfpipeline.export import tflite as quantize
+from tfpipeline.inputs.image import ImageInput
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,10 @@ def trained():
 
 def _export(trained, base, calibration=None, max_drop=0.5):
     model, train_images, test_images, test_labels, accuracy = trained
-    settings = quantize.TFLiteSettings(train_images[:100] if calibration is None else calibration, max_drop)
+    calibration = train_images[:100] if calibration is None else calibration
+    settings = quantize.TFLiteSettings(ImageInput(28, 28, 1), calibration, max_drop)
     # As pipeline.run does it: stage and verify the SavedModel, add the checked int8 model, publish.
-    with export.staged(model, (28, 28, 1), base, test_images, test_labels, accuracy) as candidate:
+    with export.staged(model, ImageInput(28, 28, 1), base, test_images, test_labels, accuracy) as candidate:
         record = quantize.write_verified(settings, candidate.path, test_images, test_labels,
                                          candidate.verified_accuracy)
         return export.publish(candidate, {"note": "test", "export": {"tflite": record}})
@@ -53,7 +55,7 @@ def test_int8_model_is_published_verified_and_recorded(trained, tmp_path):
     record = json.loads(result.metadata_path.read_text())["export"]["tflite"]
     _, _, test_images, test_labels, accuracy = trained
     # What metadata.json says is what LiteRT computes from the published file.
-    classes = quantize.LiteRTModel(tflite).predict(test_images)["classes"]
+    classes = quantize.LiteRTModel(tflite).predict({"images": test_images})["classes"]
     assert record["test_accuracy"] == pytest.approx(float((classes == test_labels).mean()))
     assert record["float_test_accuracy"] == accuracy
     assert record["accuracy_drop_points"] == pytest.approx((accuracy - record["test_accuracy"]) * 100, abs=1e-3)
@@ -96,7 +98,7 @@ def test_predict_runs_the_tflite_file_without_tensorflow(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == list(map(str, paths))
-    expected = quantize.LiteRTModel(result.path / quantize.FILENAME).predict(test_images[:3])["classes"]
+    expected = quantize.LiteRTModel(result.path / quantize.FILENAME).predict({"images": test_images[:3]})["classes"]
     assert [int(line.split("class ")[1].split()[0]) for line in lines] == expected.tolist()
 
 
@@ -105,4 +107,5 @@ def test_predict_explains_a_missing_tflite_file(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tfpipeline.predict", "--tflite", str(tmp_path / "no.tflite"),
                            str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    stderr = " ".join(proc.stderr.split())  # one wrapped paragraph
+    assert proc.returncode == 2 and "does not exist" in stderr and "Traceback" not in stderr

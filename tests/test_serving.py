@@ -451,6 +451,7 @@ def test_predict_command_reports_bad_image(tmp_path, server):
     # The file's bytes go to serving_bytes, so the server's model is what refuses them.
     result = _run("tfpipeline.predict", str(bad), "--server", server.url)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "Server answered 400" in result.stderr and "Not an image" in result.stderr
+    stderr = " ".join(result.stderr.split())  # one wrapped paragraph
+    assert "Server answered 400" in stderr and "Not an image" in stderr
     missing = _run("tfpipeline.predict", str(tmp_path / "missing.png"), "--server", server.url)
-    assert missing.returncode == 2 and "Cannot read image" in missing.stderr
+    assert missing.returncode == 2 and "Cannot read image" in " ".join(missing.stderr.split())

@@ -35,6 +35,7 @@ from tensorflow_serving.apis import (
 
 from tfpipeline.export import write_savedmodel
 from tfpipeline.export.warmup import read_warmup_requests, warmup_path, write_warmup_requests
+from tfpipeline.inputs.image import ImageInput, encode_png
 
 pytestmark = pytest.mark.slow
 
@@ -288,8 +289,6 @@ def test_versions_replay_their_warmup_file_before_available(server):
 
 
 def test_b64_png_to_serving_bytes_gives_the_uint8_class(server, client, two_versions):
-    from tfpipeline.export import encode_png
-
     images = random_images(6, seed=16)
     expected = reference(two_versions / "2", images)
     files = encode_png(images)
@@ -343,8 +342,8 @@ def save_text_model(path: Path) -> Path:
 def test_warmup_file_has_one_predict_log_per_signature(tmp_path):
     images = random_images(3, seed=15)
     keras_dir = tmp_path / "keras"
-    write_savedmodel(tiny_model(3), SHAPE, keras_dir)
-    path = write_warmup_requests(keras_dir, images)
+    write_savedmodel(tiny_model(3), ImageInput.of(SHAPE), keras_dir)
+    path = write_warmup_requests(keras_dir, ImageInput.of(SHAPE).warmup_requests(images))
     assert path == keras_dir / "assets.extra" / "tf_serving_warmup_requests"
     # A TFRecord of PredictionLog, read with TensorFlow's own reader; one per signature.
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
@@ -357,9 +356,10 @@ def test_warmup_file_has_one_predict_log_per_signature(tmp_path):
                                   images)
     files = tf.make_ndarray(requests["serving_bytes"].inputs["image_bytes"])
     np.testing.assert_array_equal(np.stack([tf.io.decode_png(f).numpy() for f in files]), images)
-    # A string input gets the images as PNG bytes.
+    # A string input gets what the request holds: here the images as PNG bytes.
     text_dir = save_text_model(tmp_path / "text")
-    (log,) = read_warmup_requests(write_warmup_requests(text_dir, images).parents[1])
+    text_requests = {"serving_default": {"text": encode_png(images)}}
+    (log,) = read_warmup_requests(write_warmup_requests(text_dir, text_requests).parents[1])
     pngs = tf.make_ndarray(log.predict_log.request.inputs["text"])
     decoded = np.stack([tf.io.decode_png(p).numpy() for p in pngs])
     np.testing.assert_array_equal(decoded, images)
@@ -373,7 +373,7 @@ def test_export_verified_writes_the_warmup_file(tmp_path, tiny_images):
     model = tiny_model(3, classes=4)
     predictions = model.predict(images[:64], verbose=0).argmax(-1)
     accuracy = float((predictions == labels[:64]).mean())
-    result = export_verified(model, SHAPE, tmp_path / "exported", images[:64], labels[:64],
+    result = export_verified(model, ImageInput.of(SHAPE), tmp_path / "exported", images[:64], labels[:64],
                              accuracy, {})
     logs = read_warmup_requests(result.path)
     assert [log.predict_log.request.model_spec.signature_name for log in logs] == \
@@ -565,7 +565,7 @@ def heavy_model(seed: int = 40) -> keras.Model:
 
 
 def test_full_queue_refuses_cleanly_and_answers_every_accepted_request(tmp_path):
-    write_savedmodel(heavy_model(), SHAPE, tmp_path / "m" / "1")
+    write_savedmodel(heavy_model(), ImageInput.of(SHAPE), tmp_path / "m" / "1")
     batching = tmp_path / "batching.config"
     batching.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 1000 }\n"
                         "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n"

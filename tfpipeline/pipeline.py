@@ -93,6 +93,8 @@ def run(config: PipelineConfig) -> PipelineResult:
                              image_size=config.image_size, channels=config.channels,
                              cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed,
                              scanner=sharding.shared_scan(dist))  # None unless multi-worker
+    if config.export_tflite:  # refused before any training time is spent
+        quantize.check_supported(datasets.spec.input)
     if dist.kind != "multi_worker":  # each worker decodes only what it reads (tfpipeline.distribute.sharding)
         datasets = datasets.decode_into_memory(verbose=1 if config.verbose is None else config.verbose)
     state = _run_state(config, plan, dist)
@@ -184,7 +186,8 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
             model = training.compile_model(models.build(family, spec.input_shape, spec.num_classes, hp), settings)
         if not member:  # HParams session now (a failed run still gets its row); images and summary at the end.
             logs["run"] = tensorboard_logs.RunLog(logdir, dataclasses.replace(config, model=family), hp, model,
-                                                  spec.class_names, settings.epochs * settings.steps_per_epoch)
+                                                  spec.class_names, settings.epochs * settings.steps_per_epoch,
+                                                  spec=spec.input)
         return model
 
     def fit(member: int) -> tuple[keras.Model, dict]:
@@ -256,13 +259,13 @@ def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, stat
     (logdir / "metrics.json").write_text(json.dumps({"validation": validation, "test": test_eval.to_json()},
                                                     indent=2))
     metadata = _metadata(config, dist, spec, found, trained, validation, test_eval, state, logdir, started)
-    tflite = quantize.settings_for(config, datasets.train)  # None without --export-tflite
-    with export.staged(trained.model, spec.input_shape, export_base, test_images, test_labels,
+    tflite = quantize.settings_for(config, datasets.train, spec.input)  # None without --export-tflite
+    with export.staged(trained.model, spec.input, export_base, test_images, test_labels,
                        test_eval.accuracy) as candidate:
         if tflite is not None:  # issue 17: raises quantize.QuantizationError past the allowed drop
             metadata["export"] = {"tflite": quantize.write_verified(tflite, candidate.path, test_images, test_labels,
                                                                     candidate.verified_accuracy)}
-        decision = gate.decide(export_base, test_images, test_labels, spec.class_names, test_eval,
+        decision = gate.decide(export_base, test_images, test_labels, spec.class_names, test_eval, spec=spec.input,
                                max_regression=config.max_regression, force=config.force_publish)
         metadata["gate"] = decision.to_json()
         print(decision.message(), flush=True)

@@ -1,6 +1,13 @@
 """Names shared by the export, the server and the clients: signature keys, input and output
-names, TF Serving's method names. One home for each, so the exporter and the server cannot
-disagree. Imports nothing."""
+names, TF Serving's method names, and which folder names are versions. One home for each, so
+the exporter, the promotion gate, the server and the clients cannot disagree. Imports nothing
+heavy (the server's version watcher imports it without TensorFlow)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
 
 DEFAULT = "serving_default"  # TF Serving's default signature key
 IMAGE_BYTES = "serving_bytes"  # encoded image files in (the image input's second signature)
@@ -13,3 +20,22 @@ PROBABILITIES = "probabilities"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+
+# A version folder is named by plain ASCII digits (TF Serving's rule); hidden `.tmp-*` folders
+# of an export in progress and `candidates/` never match.
+_VERSION_NAME = re.compile(r"[0-9]{1,18}")
+
+
+def version_dirs(base: Path) -> dict[int, Path]:
+    """Version number → folder, for every integer-named folder under `base` (none if `base` is
+    missing). An empty or half-copied version folder counts: it holds that number, so an export
+    never publishes over it and a server reports it as failing to load instead of skipping it."""
+    found: dict[int, Path] = {}
+    try:
+        entries = sorted(os.scandir(base), key=lambda e: e.name)
+    except OSError:
+        return found
+    for entry in entries:
+        if _VERSION_NAME.fullmatch(entry.name) and entry.is_dir():
+            found.setdefault(int(entry.name), Path(entry.path))
+    return found

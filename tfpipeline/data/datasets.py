@@ -31,6 +31,8 @@ from tensorflow_datasets.core.download.download_manager import NonMatchingChecks
 
 from tfpipeline.data import folders, imaging
 from tfpipeline.errors import UserError
+from tfpipeline.inputs import InputSpec
+from tfpipeline.inputs import image as image_input  # the module, not its class: it imports data.imaging
 
 #: Environment variable naming the folder of manually downloaded files (the `--manual-dir` flag).
 ENV_MANUAL_DIR = "TFPIPELINE_MANUAL_DIR"
@@ -55,6 +57,9 @@ class DatasetSpec:
     name: str
     version: str
     input_shape: tuple[int, int, int]
+    # What every stage after the data asks about the input (signatures, predict, reports);
+    # metadata.json records it as dataset.input, beside input_shape.
+    input: InputSpec
     num_classes: int
     class_names: tuple[str, ...]
     splits: dict[str, str]  # role ("train", "validation", "test") -> TFDS split string or folder
@@ -64,7 +69,9 @@ class DatasetSpec:
     source: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(dataclasses.replace(self, input=None))
+        record["input"] = self.input.to_json()  # with its kind, for inputs.from_json
+        return record
 
 
 @dataclasses.dataclass
@@ -358,6 +365,7 @@ def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_siz
         name=name,
         version=str(info.version),
         input_shape=(int(size[0]), int(size[1]), int(out_channels)),
+        input=image_input.ImageInput(int(size[0]), int(size[1]), int(out_channels)),
         num_classes=label_feature.num_classes,
         class_names=tuple(label_feature.names),
         splits=splits,
@@ -391,6 +399,7 @@ def _load_folder(path, validation_fraction, quick, image_size, channels, seed, s
         name=idx.root.name,
         version=f"files-{digest.hexdigest()[:12]}",  # changes when the files or the split change
         input_shape=(int(size[0]), int(size[1]), int(out_channels)),
+        input=image_input.ImageInput(int(size[0]), int(size[1]), int(out_channels)),
         num_classes=len(idx.class_names),
         class_names=idx.class_names,
         splits=idx.split_rule["splits"],

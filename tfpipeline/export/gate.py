@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfpipeline import export
 from tfpipeline.errors import UserError
+from tfpipeline.inputs import InputSpec
 from tfpipeline.report import evaluation
 
 
@@ -74,24 +75,31 @@ class Decision:
         return [f"  class {name:<12} {delta:+.2f} points" for name, delta in ordered]
 
 
-def decide(base: Path, test_images: np.ndarray, test_labels: np.ndarray, class_names,
-           candidate: evaluation.Evaluation, *, max_regression: float, force: bool) -> Decision:
+def decide(base: Path, test_examples, test_labels: np.ndarray, class_names,
+           candidate: evaluation.Evaluation, *, spec: InputSpec, max_regression: float, force: bool) -> Decision:
     """Compare `candidate` with the latest version under `base` on the same test split.
 
     Args:
         base: the export base (integer-named version folders).
-        test_images, test_labels: the test split the candidate was scored on.
+        test_examples, test_labels: the test split the candidate was scored on.
         class_names: names for the per-class report.
         candidate: the candidate's evaluation on that split.
+        spec: the input spec that turns the test examples into the latest version's request.
         max_regression: percentage points of accuracy the candidate may lose.
         force: publish whatever the comparison says (still recorded).
+
+    Returns:
+        The decision, with the per-class comparison when there is a baseline.
+
+    Raises:
+        UserError: the latest version cannot score these test examples (without `force`).
     """
     published = export.versions(base)
     if not published:
         return Decision(True, "first version", candidate.accuracy, max_regression)
     latest = published[-1]
     try:
-        predicted = export.savedmodel_predict(base / str(latest), test_images)["classes"]
+        predicted = export.savedmodel_predict(base / str(latest), spec, test_examples)["classes"]
     except (ValueError, TypeError, tf.errors.OpError) as exc:  # another input shape or dtype
         if force:
             return Decision(True, "forced", candidate.accuracy, max_regression, latest)

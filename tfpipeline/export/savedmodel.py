@@ -4,10 +4,10 @@
     exported/<dataset>/<N>/assets.extra/tf_serving_warmup_requests   (tfpipeline.export.warmup)
     exported/<dataset>/<N>/metadata.json
 
-Two signatures: `serving_default` takes `images`, uint8 `[-1, H, W, C]` pixels; `serving_bytes`
-takes `image_bytes`, a `tf.string [-1]` batch of encoded JPEG/PNG/GIF/BMP files of any size,
-decoded, converted and resized in the graph by `imaging.prepare` (what the folder datasets'
-`tf.data` map runs). Both return the same outputs.
+The signatures, what runs inside them and how they are checked come from the dataset's input
+spec (`tfpipeline.inputs`: `spec.signatures`, `spec.request`, `spec.verify`); this module
+knows only that `serving_default` returns `classes` and `probabilities`. For images:
+tfpipeline/inputs/image.py.
 
 A version is written into a hidden temporary folder beside its final place (`staged`),
 reloaded with plain `tf.saved_model.load` and checked against the in-memory model on the test
@@ -33,16 +33,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline.data import imaging
+from tfpipeline import inputs
+from tfpipeline import signatures as names
 from tfpipeline.errors import ExportVerificationError, UserError
 from tfpipeline.export.warmup import write_warmup_requests
+from tfpipeline.inputs import InputSpec
 
-SIGNATURE = "serving_default"
-INPUT_NAME = "images"
-BYTES_SIGNATURE = "serving_bytes"
-BYTES_INPUT_NAME = "image_bytes"
-# Test images sent through serving_bytes as PNG files by export verification.
-BYTES_CHECK_EXAMPLES = 16
+WARMUP_EXAMPLES = 3  # test examples behind the warm-up requests: enough to trace every signature
 TMP_PREFIX = ".tmp-"
 HELD_DIR = "candidates"  # versions the promotion gate held back, by run id
 
@@ -56,10 +53,9 @@ class ExportResult:
 
 
 def versions(base: Path) -> list[int]:
-    """Published versions under `base`, ascending (integer-named folders only)."""
-    if not base.is_dir():
-        return []
-    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+    """Published versions under `base`, ascending (`signatures.version_dirs`: the one rule the
+    gate, the server and the clients share)."""
+    return sorted(names.version_dirs(base))
 
 
 def ensure_writable(base: Path) -> Path:
@@ -77,89 +73,35 @@ def ensure_writable(base: Path) -> Path:
     return base
 
 
-def serving_function(model: keras.Model, input_shape) -> tf.types.experimental.PolymorphicFunction:
-    """The `serving_default` signature: raw uint8 images in, probabilities and classes out."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name=INPUT_NAME)])
-    def serve(images):
-        logits = tf.cast(model(images, training=False), tf.float32)
-        probabilities = tf.nn.softmax(logits, axis=-1)
-        return {
-            "probabilities": probabilities,
-            "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
-        }
-
-    return serve
-
-
-def bytes_serving_function(pixels: tf.types.experimental.PolymorphicFunction, input_shape
-                           ) -> tf.types.experimental.PolymorphicFunction:
-    """The `serving_bytes` signature: encoded image files in, the same outputs as `serving_default`.
-
-    A string that is not a JPEG/PNG/GIF/BMP file (or is cut short) fails the call with
-    InvalidArgumentError naming what was expected; a server answers that request with an
-    error and goes on serving.
-
-    Args:
-        pixels: the `serving_default` function (`serving_function`); called on the decoded
-            images, so the model is traced once for both signatures.
-        input_shape: (height, width, channels) of the model's input.
-    """
-    height, width, channels = (int(d) for d in input_shape)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)])
-    def serve_bytes(image_bytes):
-        images = tf.map_fn(
-            lambda encoded: imaging.prepare(encoded, (height, width), channels),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8),
-        )
-        return pixels(images)
-
-    return serve_bytes
-
-
-def write_savedmodel(model: keras.Model, input_shape, path: Path) -> None:
-    """Write `model` as a SavedModel with our two serving signatures, using Keras's own exporter."""
+def write_savedmodel(model: keras.Model, spec: InputSpec, path: Path) -> None:
+    """Write `model` as a SavedModel with the input spec's serving signatures, using Keras's own exporter."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    pixels = serving_function(model, tuple(input_shape))
-    archive.add_endpoint(SIGNATURE, pixels)
-    archive.add_endpoint(BYTES_SIGNATURE, bytes_serving_function(pixels, tuple(input_shape)))
+    for name, function in spec.signatures(model).items():
+        archive.add_endpoint(name, function)
     archive.write_out(str(path), verbose=False)
 
 
-def encode_png(images: np.ndarray) -> np.ndarray:
-    """uint8 `[n, H, W, C]` → a `[n]` array of PNG files' bytes (lossless: same pixels back)."""
-    return np.array([tf.io.encode_png(image).numpy() for image in images], dtype=object)
+def savedmodel_predict(path: Path, spec: InputSpec, examples, batch_size: int = 1000,
+                       loaded=None) -> dict[str, np.ndarray]:
+    """Run the SavedModel at `path` on `examples` through `serving_default`, with TF alone.
 
+    Args:
+        path: a SavedModel version folder.
+        spec: the input spec that turns examples into the signature's inputs.
+        examples: the examples, as the test split holds them.
+        batch_size: examples per call.
+        loaded: the SavedModel at `path`, if already loaded.
 
-def check_bytes_signature(path: Path, images: np.ndarray, loaded=None) -> None:
-    """`serving_bytes` on `images` sent as PNG files must give `serving_default`'s classes and
-    probabilities; raises ExportVerificationError otherwise. `loaded`: the SavedModel at
-    `path`, if already loaded."""
+    Returns:
+        Each output of the signature, concatenated over the examples.
+    """
     loaded = loaded or tf.saved_model.load(str(path))
-    if BYTES_SIGNATURE not in loaded.signatures:
-        raise ExportVerificationError(f"the SavedModel has no {BYTES_SIGNATURE} signature")
-    pixels = loaded.signatures[SIGNATURE](**{INPUT_NAME: tf.constant(images)})
-    encoded = loaded.signatures[BYTES_SIGNATURE](**{BYTES_INPUT_NAME: tf.constant(encode_png(images))})
-    if not np.array_equal(pixels["classes"].numpy(), encoded["classes"].numpy()) or not np.allclose(
-        pixels["probabilities"].numpy(), encoded["probabilities"].numpy(), atol=1e-5
-    ):
-        raise ExportVerificationError(
-            f"{BYTES_SIGNATURE} on {len(images)} test images sent as PNG files does not give the "
-            f"outputs of {SIGNATURE} on their pixels"
-        )
-
-
-def savedmodel_predict(path: Path, images: np.ndarray, batch_size: int = 1000, loaded=None) -> dict[str, np.ndarray]:
-    """Run the SavedModel at `path` on `images` through `serving_default`, with TF alone.
-    `loaded`: the SavedModel at `path`, if already loaded."""
-    loaded = loaded or tf.saved_model.load(str(path))
-    serve = loaded.signatures[SIGNATURE]
+    serve = loaded.signatures[names.DEFAULT]
     outputs: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(images), batch_size):
-        result = serve(**{INPUT_NAME: tf.constant(images[start : start + batch_size])})
+    for start in range(0, inputs.count(examples), batch_size):
+        batch = inputs.take(examples, slice(start, start + batch_size))
+        result = serve(**{name: tf.constant(value) for name, value in spec.request(batch).items()})
         for key, value in result.items():
             outputs.setdefault(key, []).append(value.numpy())
     return {key: np.concatenate(parts) for key, parts in outputs.items()}
@@ -196,17 +138,6 @@ def _publish(tmp: Path, base: Path) -> int:
     raise RuntimeError(f"could not find a free version number in {base}")
 
 
-def signature_metadata(input_shape, bytes_checked: int) -> dict:
-    """metadata.json's description of the two signatures."""
-    height, width, channels = (int(d) for d in input_shape)
-    return {
-        SIGNATURE: {"input": INPUT_NAME, "dtype": "uint8", "shape": [-1, height, width, channels]},
-        BYTES_SIGNATURE: {"input": BYTES_INPUT_NAME, "dtype": "string", "shape": [-1], "channels": channels,
-                          "resize": f"imaging.resize to {height}x{width} (area when shrinking, else bilinear)",
-                          "verified_on": f"{bytes_checked} test images as PNG"},
-    }
-
-
 @dataclasses.dataclass
 class Candidate:
     """A written and verified SavedModel in a hidden folder beside the versions, not yet published."""
@@ -221,37 +152,50 @@ class Candidate:
 
 
 @contextlib.contextmanager
-def staged(model: keras.Model, input_shape, export_base: Path, test_images: np.ndarray,
+def staged(model: keras.Model, spec: InputSpec, export_base: Path, test_examples,
            test_labels: np.ndarray, expected_accuracy: float) -> Iterator[Candidate]:
     """Write the SavedModel into a hidden folder, reload it with TF alone and check it scores
     `expected_accuracy` on the test set; yield it for `publish` or `hold`. Any failure, inside
-    or after, removes the folder: nothing half-written is ever left to publish."""
+    or after, removes the folder: nothing half-written is ever left to publish.
+
+    Args:
+        model: the trained Keras model.
+        spec: the dataset's input spec: the signatures, their check and the warm-up requests.
+        export_base: the folder of integer-named versions.
+        test_examples, test_labels: the test split, as `report.evaluation.collect` holds it.
+        expected_accuracy: the in-memory model's test accuracy, which the reload must match.
+
+    Raises:
+        ExportVerificationError: the reloaded SavedModel does not reproduce the model.
+        UserError: `export_base` is not writable.
+    """
     base = ensure_writable(Path(export_base))
     _remove_stale_temporaries(base)
     tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     candidate = Candidate(tmp, base, float("nan"))
     try:
-        write_savedmodel(model, input_shape, tmp)
+        write_savedmodel(model, spec, tmp)
         loaded = tf.saved_model.load(str(tmp))  # plain TF, as a server loads it
-        outputs = savedmodel_predict(tmp, test_images, loaded=loaded)
+        outputs = savedmodel_predict(tmp, spec, test_examples, loaded=loaded)
         accuracy = float((outputs["classes"] == test_labels).mean())
         if accuracy != expected_accuracy:
             raise ExportVerificationError(
                 f"the reloaded SavedModel scores {accuracy:.4%} on the test set but the trained "
                 f"model scored {expected_accuracy:.4%}"
             )
-        check_bytes_signature(tmp, test_images[:BYTES_CHECK_EXAMPLES], loaded=loaded)
+        spec.verify(loaded, test_examples)
         del loaded
-        write_warmup_requests(tmp, test_images[:3])  # TF Serving's assets.extra warm-up file
+        # TF Serving's assets.extra warm-up file
+        write_warmup_requests(tmp, spec.warmup_requests(inputs.take(test_examples, slice(0, WARMUP_EXAMPLES))))
         candidate.verified_accuracy = accuracy
-        candidate.signatures = signature_metadata(input_shape, min(len(test_images), BYTES_CHECK_EXAMPLES))
+        candidate.signatures = spec.signature_metadata(test_examples)
         yield candidate
     finally:
         candidate.discard()  # a no-op once published or held (the folder was moved)
 
 
 def _write_metadata(candidate: Candidate, metadata: dict) -> None:
-    metadata = {**metadata, "export": {**metadata.get("export", {}), "signature": SIGNATURE,
+    metadata = {**metadata, "export": {**metadata.get("export", {}), "signature": names.DEFAULT,
                                        "verified_test_accuracy": candidate.verified_accuracy,
                                        "signatures": candidate.signatures}}
     with open(candidate.path / "metadata.json", "w") as f:
@@ -279,10 +223,17 @@ def hold(candidate: Candidate, metadata: dict, name: str) -> Path:
     return target
 
 
-def export_verified(model: keras.Model, input_shape, export_base: Path, test_images: np.ndarray,
+def export_verified(model: keras.Model, spec: InputSpec, export_base: Path, test_examples,
                     test_labels: np.ndarray, expected_accuracy: float, metadata: dict) -> ExportResult:
-    """Stage, verify and publish in one go, with no promotion gate (the pipeline gates)."""
-    with staged(model, input_shape, export_base, test_images, test_labels, expected_accuracy) as candidate:
+    """Stage, verify and publish in one go, with no promotion gate (the pipeline gates).
+
+    Returns:
+        Where the version went and its verified accuracy.
+
+    Raises:
+        ExportVerificationError, UserError: as `staged`.
+    """
+    with staged(model, spec, export_base, test_examples, test_labels, expected_accuracy) as candidate:
         return publish(candidate, metadata)
 
 

@@ -3,11 +3,9 @@
 The file is a TFRecord of `tensorflow.serving.PredictionLog` protos. TF Serving (and our own
 server, tfpipeline.serving) replays them when it loads a version and reports the version
 AVAILABLE only after, so the first real request does not pay for graph tracing and lazy
-initialisation. The writer reads the signatures from the SavedModel itself and writes one
-`PredictLog` per signature, built from a few real sample images:
-  - a numeric input with shape [batch, H, W, C] gets the images in the input's dtype;
-  - a DT_STRING input [batch] gets the same images encoded as PNG bytes.
-A signature with inputs of any other kind is skipped (there is no meaningful sample for it).
+initialisation. The writer knows no kind of input: it writes one `PredictLog` per request it
+is given (the input spec's `warmup_requests`: signature name → its inputs, built from a few
+real test examples), after checking each names a signature and inputs the SavedModel has.
 """
 
 from __future__ import annotations
@@ -38,60 +36,54 @@ def _signature_defs(savedmodel_dir: Path) -> dict:
     return {}
 
 
-def _sample_for(info, images: np.ndarray) -> np.ndarray | None:
-    """`images` in the form the signature input `info` (a TensorInfo proto) takes, or None."""
-    dtype = tf.dtypes.as_dtype(info.dtype)
-    shape = tf.TensorShape(None if info.tensor_shape.unknown_rank
-                           else [None if d.size < 0 else d.size for d in info.tensor_shape.dim])
-    if dtype == tf.string and shape.is_compatible_with([len(images)]):
-        return np.array([tf.io.encode_png(tf.constant(p)).numpy() for p in images], dtype=object)
-    if dtype != tf.string and dtype.is_numpy_compatible and \
-            shape.is_compatible_with(images.shape):
-        return images.astype(dtype.as_numpy_dtype)
-    return None
-
-
-def build_requests(savedmodel_dir: Path, images: np.ndarray,
+def build_requests(savedmodel_dir: Path, requests: dict[str, dict[str, np.ndarray]],
                    model_name: str = "") -> list[prediction_log_pb2.PredictionLog]:
-    """One PredictionLog per signature of the SavedModel at `savedmodel_dir` that `images`
-    (uint8, [N, H, W, C]) can feed.
+    """One PredictionLog per request, in signature-name order.
 
     Args:
         savedmodel_dir: a SavedModel directory (saved_model.pb and variables/).
-        images: a few real sample images, uint8 [N, H, W, C]; 2 or 3 are plenty.
+        requests: signature name → its inputs by name (`InputSpec.warmup_requests`).
         model_name: written into each request's model_spec; servers ignore it on warm-up.
+
+    Raises:
+        ValueError: a request names a signature the SavedModel lacks, or not exactly its inputs.
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or not len(images) or images.dtype != np.uint8:
-        raise ValueError(f"images must be a non-empty uint8 [N, H, W, C] array; got "
-                         f"{images.dtype} of shape {list(images.shape)}")
+    signature_defs = _signature_defs(savedmodel_dir)
     logs = []
-    for name, signature_def in sorted(_signature_defs(savedmodel_dir).items()):
-        samples = {key: _sample_for(info, images) for key, info in signature_def.inputs.items()}
-        if not samples or any(v is None for v in samples.values()):
-            continue
+    for name, arrays in sorted(requests.items()):
+        if name not in signature_defs:
+            raise ValueError(f"{savedmodel_dir} has no signature {name} (it has {sorted(signature_defs)})")
+        if set(arrays) != set(signature_defs[name].inputs):
+            raise ValueError(f"the warm-up request for {name} has inputs {sorted(arrays)}; the signature "
+                             f"takes {sorted(signature_defs[name].inputs)}")
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model_name
         request.model_spec.signature_name = name
-        for key, value in samples.items():
+        for key, value in arrays.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         logs.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)))
     return logs
 
 
-def write_warmup_requests(savedmodel_dir: Path, images: np.ndarray, model_name: str = "") -> Path:
-    """Write the warm-up file into `savedmodel_dir`; returns its path.
+def write_warmup_requests(savedmodel_dir: Path, requests: dict[str, dict[str, np.ndarray]],
+                          model_name: str = "") -> Path:
+    """Write the warm-up file into `savedmodel_dir`.
 
     Args:
         savedmodel_dir: the SavedModel directory (before it is published).
-        images: a few real sample images, uint8 [N, H, W, C].
+        requests: signature name → its inputs by name (`InputSpec.warmup_requests`).
         model_name: written into each request's model_spec.
+
+    Returns:
+        The file's path.
+
+    Raises:
+        ValueError: no requests, or one that does not fit the SavedModel (`build_requests`).
     """
-    logs = build_requests(savedmodel_dir, images, model_name)
+    logs = build_requests(savedmodel_dir, requests, model_name)
     if not logs:
-        raise ValueError(f"no signature of {savedmodel_dir} takes images shaped "
-                         f"{list(np.shape(images))}; cannot write a warm-up file")
+        raise ValueError(f"no warm-up requests for {savedmodel_dir}; cannot write a warm-up file")
     path = warmup_path(savedmodel_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:

@@ -20,15 +20,35 @@ report or serving.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from tfpipeline import signatures as names
+from tfpipeline.errors import UserError
+
 Examples = Any  # np.ndarray, or dict[str, np.ndarray] for several named inputs
 
 _KINDS: dict[str, type[InputSpec]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class InputInfo:
+    """One input of a signature as a client sees it (`serving.clients`); `serving.servable.TensorInfo`
+    has the same fields.
+
+    Args:
+        name: the input's name in the signature.
+        dtype: its NumPy dtype (`object` for strings).
+        shape: its dimensions, None for any size; None for an unknown rank.
+    """
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...] | None
 
 
 class InputSpec(abc.ABC):
@@ -60,16 +80,25 @@ class InputSpec(abc.ABC):
         """Checks of the reloaded SavedModel beyond `serving_default` (e.g. that another
         signature gives the same classes); raises `errors.ExportVerificationError`."""
 
+    def signature_metadata(self, examples: Examples) -> dict:
+        """What metadata.json records under `export.signatures` (signature name → a description
+        of its input), after `verify` checked them on `examples`. By default `serving_default`'s
+        inputs as `request` builds them."""
+        one = self.request(take(examples, slice(0, 1)))
+        return {names.DEFAULT: {"inputs": {name: {"dtype": str(value.dtype), "shape": [-1, *value.shape[1:]]}
+                                           for name, value in one.items()}}}
+
     def warmup_requests(self, examples: Examples) -> dict[str, dict[str, np.ndarray]]:
         """TF Serving warm-up requests: signature name → its inputs, from a few examples."""
-        return {"serving_default": self.request(examples)}
+        return {names.DEFAULT: self.request(examples)}
 
     def tflite_refusal(self) -> str | None:
         """None if `--export-tflite` works for this input, else the sentence saying why not."""
         return None
 
-    def calibration(self, examples: Examples) -> Iterator[list[np.ndarray]]:
-        """TFLite's representative dataset: one `[input]` list per example."""
+    def calibration(self, examples: Examples) -> Iterator[dict[str, np.ndarray]]:
+        """TFLite's representative dataset: `serving_default`'s inputs (name → a batch of one)
+        per example."""
         raise NotImplementedError(self.tflite_refusal() or "no TFLite calibration")
 
     # -- predict ----------------------------------------------------------------------------
@@ -81,21 +110,34 @@ class InputSpec(abc.ABC):
 
     def choose_signature(self, available: Sequence[str]) -> str:
         """Which signature `predict` uses when the user names none."""
-        return "serving_default"
+        return names.DEFAULT
+
+    @classmethod
+    def from_signature(cls, inputs: dict[str, InputInfo]) -> InputSpec | None:
+        """The spec of a model without our metadata.json (a server's, TF Serving's), from its
+        `serving_default` inputs; None when they are not this kind's."""
+        return None
+
+    def random_examples(self, count: int, seed: int = 0) -> Examples:
+        """`count` valid examples (any content): `predict --explain` checks the model it rebuilt
+        from the metadata against the SavedModel on them."""
+        raise NotImplementedError(f"no random {self.kind} examples")
 
     # -- report -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def log_samples(self, tag: str, examples: Examples, labels: np.ndarray, predictions: np.ndarray,
+    def log_samples(self, split: str, examples: Examples, labels: np.ndarray, predictions: np.ndarray,
                     class_names: Sequence[str], step: int) -> None:
-        """Write samples with predicted and true classes to the current TensorBoard writer."""
+        """Write samples with predicted and true classes to the current TensorBoard writer
+        (`split`: "test" or "validation", for the descriptions)."""
 
     def log_attributions(self, model, examples: Examples, labels: np.ndarray, class_names: Sequence[str],
                          step: int) -> None:
         """Write attribution summaries for a few samples and the worst mistakes (optional)."""
 
-    def explain(self, model, example: Examples, out: Path, class_names: Sequence[str]) -> str:
-        """`predict --explain`: write the attribution for one example to `out`; return a line."""
-        raise NotImplementedError(f"--explain is not available for {self.kind} inputs")
+    def explain(self, model, source: str, out: Path, class_names: Sequence[str]) -> str:
+        """`predict --explain`: read the user's file or string `source`, write the attribution
+        for it to `out`; return the line to print."""
+        raise UserError(f"--explain is not available for {self.kind} inputs")
 
 
 def register(cls: type[InputSpec]) -> type[InputSpec]:
@@ -105,12 +147,55 @@ def register(cls: type[InputSpec]) -> type[InputSpec]:
 
 
 def from_json(record: dict) -> InputSpec:
-    """The spec recorded in metadata.json (`dataset.input`)."""
+    """The spec recorded in metadata.json (`dataset.input`).
+
+    Raises:
+        ValueError: the record names a kind no module registered.
+    """
+    _load_kinds()
     kind = record.get("kind", "image")
     if kind not in _KINDS:
         raise ValueError(f"Unknown input kind {kind!r}; known: {', '.join(sorted(_KINDS))}")
     return _KINDS[kind].from_json(record)
 
 
+def from_signature(inputs: dict[str, InputInfo], where: str = "the model") -> InputSpec:
+    """The spec of a model known only by its `serving_default` inputs (no metadata.json).
+
+    Raises:
+        UserError: no registered kind recognises the inputs.
+    """
+    _load_kinds()
+    for kind in sorted(_KINDS):
+        spec = _KINDS[kind].from_signature(inputs)
+        if spec is not None:
+            return spec
+    described = ", ".join(f"{i.name} {i.dtype} {'unknown rank' if i.shape is None else list(i.shape)}"
+                          for i in inputs.values()) or "none"
+    raise UserError(f"Cannot tell what {names.DEFAULT} of {where} takes (inputs: {described}); this command "
+                    f"handles {', '.join(sorted(_KINDS))} inputs, e.g. images as one numeric [batch, H, W, C] input.")
+
+
 def kinds() -> list[str]:
+    """The registered kinds' names."""
+    _load_kinds()
     return sorted(_KINDS)
+
+
+def count(examples: Examples) -> int:
+    """How many examples a batch holds."""
+    if isinstance(examples, dict):
+        return len(next(iter(examples.values())))
+    return len(examples)
+
+
+def take(examples: Examples, index) -> Examples:
+    """The examples at `index` (a slice or an index array), of every named input alike."""
+    if isinstance(examples, dict):
+        return {name: values[index] for name, values in examples.items()}
+    return examples[index]
+
+
+def _load_kinds() -> None:
+    """Import the kinds' modules, so `register` has run for each (they import this one)."""
+    from tfpipeline.inputs import image  # noqa: F401

@@ -8,8 +8,9 @@ Layout of one run, `<logdir>/<dataset>/<run-id>/`:
     test/                 this module, at the end: the exported model's epoch_accuracy and
                           epoch_loss on the test split (Keras's tag names, so the Scalars
                           charts show test next to train and validation), and images:
-                          predictions, mistakes, confusion_matrix; attributions and
-                          attributions_mistakes (tfpipeline/explain.py)
+                          the input spec's samples (for images: predictions, mistakes),
+                          confusion_matrix, and the spec's attributions (for images:
+                          attributions and attributions_mistakes, tfpipeline/inputs/image_report.py)
     validation/           also, with --image-freq N, the same images every N epochs
     (the run folder)      the HParams session (the run's hyperparameters) and a Markdown
                           run summary (text tag run_summary)
@@ -42,14 +43,8 @@ from PIL import Image, ImageDraw, ImageFont
 from tensorboard.plugins.hparams import api as hp_api
 
 from tfpipeline.errors import UserError
-from tfpipeline.report import evaluation, explain
-
-SAMPLE_IMAGES = 40  # the fixed test sample shown with its predictions: 8 columns x 5 rows
-GRID_COLUMNS = 8
-CELL_SCALE = 3  # 28-pixel MNIST digits become 84 pixels: readable at a glance
-MISTAKE_COLOR = (200, 0, 0)
-CORRECT_COLOR = (20, 20, 20)
-
+from tfpipeline.inputs import InputSpec
+from tfpipeline.report import evaluation
 
 # --- hyperparameters ------------------------------------------------------------------
 
@@ -84,7 +79,7 @@ def run_hparams(config, hp, parameters: int) -> dict[str, bool | int | float | s
     return row
 
 
-# --- images ---------------------------------------------------------------------------
+# --- pictures ---------------------------------------------------------------------------
 
 def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)  # Pillow's bundled font: no system fonts needed
@@ -93,40 +88,6 @@ def _font(size: int) -> ImageFont.ImageFont:
 def _short(name: str, limit: int = 11) -> str:
     # ASCII only: the bundled font lacks symbols such as arrows and the ellipsis.
     return name if len(name) <= limit else name[: limit - 1] + "."
-
-
-def _as_rgb(image: np.ndarray) -> Image.Image:
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-
-
-def prediction_grid(images, labels, predictions, class_names, columns: int = GRID_COLUMNS) -> np.ndarray:
-    """Images with "pred / true" titles; a wrong prediction gets a red title and frame.
-
-    Returns an RGB uint8 array (height, width, 3), the layout `tf.summary.image` takes.
-    """
-    count = len(images)
-    height, width = images.shape[1] * CELL_SCALE, images.shape[2] * CELL_SCALE
-    title, pad = 30, 6
-    cell_w, cell_h = max(width, 84) + 2 * pad, height + title + pad
-    rows = max(1, -(-count // columns))
-    canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = _font(12)
-    for i in range(count):
-        x0, y0 = (i % columns) * cell_w, (i // columns) * cell_h
-        wrong = int(predictions[i]) != int(labels[i])
-        color = MISTAKE_COLOR if wrong else CORRECT_COLOR
-        draw.text((x0 + pad, y0 + 2), f"pred {_short(str(class_names[predictions[i]]))}", fill=color, font=font)
-        draw.text((x0 + pad, y0 + 15), f"true {_short(str(class_names[labels[i]]))}", fill=color, font=font)
-        tile = _as_rgb(images[i]).resize((width, height), Image.NEAREST)
-        left = x0 + (cell_w - width) // 2
-        canvas.paste(tile, (left, y0 + title))
-        if wrong:
-            draw.rectangle((left - 2, y0 + title - 2, left + width + 1, y0 + title + height + 1),
-                           outline=MISTAKE_COLOR, width=2)
-    return np.asarray(canvas)
 
 
 def confusion_matrix_image(matrix, class_names) -> np.ndarray:
@@ -178,30 +139,20 @@ def write_op_graph(model: keras.Model, logdir: Path) -> None:
     writer.close()
 
 
-def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(images, batch_size=1000, verbose=0)).argmax(axis=-1)
+def _predict(model: keras.Model, examples) -> np.ndarray:
+    return np.asarray(model.predict(examples, batch_size=1000, verbose=0)).argmax(axis=-1)
 
 
-def _write_image(tag: str, image: np.ndarray, step: int, description: str) -> None:
-    tf.summary.image(tag, image[np.newaxis], step=step, description=description)
-
-
-def write_prediction_images(split, images, labels, predictions, class_names, step) -> None:
-    """`predictions` (a fixed sample: the same images every time, so epochs and runs compare),
-    `mistakes` (the first misclassified ones) and `confusion_matrix`, to the default writer
-    (the split's own folder, so the tags are the same for every split)."""
-    sample = slice(0, min(SAMPLE_IMAGES, len(images)))
-    _write_image("predictions",
-                 prediction_grid(images[sample], labels[sample], predictions[sample], class_names),
-                 step, f"The first {SAMPLE_IMAGES} {split} images: predicted and true class; mistakes in red.")
-    wrong = np.flatnonzero(predictions != labels)[:SAMPLE_IMAGES]
-    if len(wrong):
-        _write_image("mistakes",
-                     prediction_grid(images[wrong], labels[wrong], predictions[wrong], class_names),
-                     step, f"The first {len(wrong)} misclassified {split} images.")
+def write_prediction_images(spec: InputSpec, split: str, examples, labels, predictions, class_names, *,
+                            step: int) -> None:
+    """The input spec's samples with their predictions (for images: `predictions` and
+    `mistakes`) and `confusion_matrix`, to the default writer (the split's own folder, so the
+    tags are the same for every split)."""
+    spec.log_samples(split, examples, labels, predictions, class_names, step)
     matrix = evaluation.confusion_matrix(labels, predictions, len(class_names))
-    _write_image("confusion_matrix", confusion_matrix_image(matrix, class_names), step,
-                 f"Confusion matrix on the {len(labels):,} {split} images: rows true, columns predicted.")
+    tf.summary.image("confusion_matrix", confusion_matrix_image(matrix, class_names)[np.newaxis], step=step,
+                     description=f"Confusion matrix on the {len(labels):,} {split} examples: rows true, "
+                                 "columns predicted.")
 
 
 class PredictionImages(keras.callbacks.Callback):
@@ -210,9 +161,10 @@ class PredictionImages(keras.callbacks.Callback):
     Validation, not test, during training: the test split stays unseen until the end.
     """
 
-    def __init__(self, logdir: Path, validation: tf.data.Dataset, class_names, freq: int):
+    def __init__(self, logdir: Path, validation: tf.data.Dataset, class_names, freq: int, spec: InputSpec):
         super().__init__()
         self._logdir, self._validation, self._class_names, self._freq = logdir, validation, class_names, freq
+        self._spec = spec
         self._writer = self._data = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -222,9 +174,9 @@ class PredictionImages(keras.callbacks.Callback):
             self._data = evaluation.collect(self._validation)
             # Beside Keras's own validation event file: TensorBoard reads every file in a run folder.
             self._writer = tf.summary.create_file_writer(str(self._logdir / "validation"))
-        images, labels = self._data
+        examples, labels = self._data
         with self._writer.as_default():
-            write_prediction_images("validation", images, labels, _predict(self.model, images),
+            write_prediction_images(self._spec, "validation", examples, labels, _predict(self.model, examples),
                                     self._class_names, step=epoch)
         self._writer.flush()
 
@@ -329,7 +281,8 @@ class RunLog:
     the HParams table (with blank metrics); `finish` adds everything known at the end.
     """
 
-    def __init__(self, logdir, config, hp, model: keras.Model, class_names, total_steps: int):
+    def __init__(self, logdir, config, hp, model: keras.Model, class_names, total_steps: int, *,
+                 spec: InputSpec):
         if config.profile_batches and config.profile_batches[0] > total_steps:
             # Keras would silently never start the profiler.
             raise UserError(
@@ -339,6 +292,7 @@ class RunLog:
         self.logdir = Path(logdir)
         self.config = config
         self.class_names = tuple(class_names)
+        self.spec = spec
         self.writer = tf.summary.create_file_writer(str(self.logdir))
         with self.writer.as_default():
             # trial_id names the session group: one row per run even when two runs share
@@ -353,20 +307,21 @@ class RunLog:
         if self.config.profile_batches:
             callbacks.append(ProfileStepMarkers(self.config.profile_batches))
         if self.config.image_freq:
-            callbacks.append(PredictionImages(self.logdir, validation, self.class_names, self.config.image_freq))
+            callbacks.append(PredictionImages(self.logdir, validation, self.class_names, self.config.image_freq,
+                                              self.spec))
         return callbacks
 
-    def finish(self, test_images, test_labels, test_predictions, metadata: dict, export_path,
+    def finish(self, test_examples, test_labels, test_predictions, metadata: dict, export_path,
                model: keras.Model | None = None) -> None:
         """The exported model's test scalars and images, and the run summary.
 
         Args:
-            test_images, test_labels: the test split.
+            test_examples, test_labels: the test split.
             test_predictions: the exported model's predicted classes on it (from the evaluation,
                 so the test set is not run through the model a second time).
             metadata: the run's metadata.json contents.
             export_path: where the version went (published, or held back by the gate).
-            model: the exported model, for its attribution images (tfpipeline/explain.py).
+            model: the exported model, for the input spec's attributions.
         """
         step = max(0, metadata["training"]["epochs_run"] - 1)  # the last epoch, as Keras counts
         test = metadata["metrics"]["test"]
@@ -375,9 +330,10 @@ class RunLog:
             # The exported model on the test split, as one more point at the last epoch.
             tf.summary.scalar("epoch_accuracy", test["accuracy"], step=step)
             tf.summary.scalar("epoch_loss", test["loss"], step=step)
-            write_prediction_images("test", test_images, test_labels, test_predictions, self.class_names, step=step)
-            if model is not None:  # issue 17
-                explain.write_summaries(model, test_images, test_labels, self.class_names, step)
+            write_prediction_images(self.spec, "test", test_examples, test_labels, test_predictions,
+                                    self.class_names, step=step)
+            if model is not None:
+                self.spec.log_attributions(model, test_examples, test_labels, self.class_names, step)
         test_writer.close()
         with self.writer.as_default():
             tf.summary.text("run_summary", run_summary(self.config, metadata, export_path), step=step)
