@@ -225,7 +225,16 @@ def staged(model: keras.Model, input_shape, export_base: Path, test_images: np.n
            test_labels: np.ndarray, expected_accuracy: float) -> Iterator[Candidate]:
     """Write the SavedModel into a hidden folder, reload it with TF alone and check it scores
     `expected_accuracy` on the test set; yield it for `publish` or `hold`. Any failure, inside
-    or after, removes the folder: nothing half-written is ever left to publish."""
+    or after, removes the folder: nothing half-written is ever left to publish.
+
+    Returns:
+        A context manager yielding the verified `Candidate` (its `verified_accuracy` set).
+
+    Raises:
+        ExportVerificationError: the reloaded SavedModel scores otherwise than the model, or a
+            signature disagrees with `serving_default`.
+        UserError: `export_base` is not writable.
+    """
     base = ensure_writable(Path(export_base))
     _remove_stale_temporaries(base)
     tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -261,7 +270,12 @@ def _write_metadata(candidate: Candidate, metadata: dict) -> None:
 
 
 def publish(candidate: Candidate, metadata: dict) -> ExportResult:
-    """Write metadata.json into the candidate and rename it to the next free version."""
+    """Write metadata.json into the candidate and rename it to the next free version.
+
+    Returns:
+        The `ExportResult`: the version's folder and number, its metadata.json, the verified
+        test accuracy.
+    """
     _write_metadata(candidate, metadata)
     version = _publish(candidate.path, candidate.base)
     path = candidate.base / str(version)
@@ -280,7 +294,7 @@ def hold(candidate: Candidate, metadata: dict, name: str) -> Path:
 
 
 def export_verified(model: keras.Model, input_shape, export_base: Path, test_images: np.ndarray,
-                    test_labels: np.ndarray, expected_accuracy: float, metadata: dict) -> ExportResult:
+                    test_labels: np.ndarray, expected_accuracy: float, *, metadata: dict) -> ExportResult:
     """Stage, verify and publish in one go, with no promotion gate (the pipeline gates)."""
     with staged(model, input_shape, export_base, test_images, test_labels, expected_accuracy) as candidate:
         return publish(candidate, metadata)
