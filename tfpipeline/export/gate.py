@@ -85,6 +85,10 @@ def decide(base: Path, test_images: np.ndarray, test_labels: np.ndarray, class_n
         candidate: the candidate's evaluation on that split.
         max_regression: percentage points of accuracy the candidate may lose.
         force: publish whatever the comparison says (still recorded).
+
+    Returns:
+        The `Decision`: publish or not, why, and the per-class comparison; the caller raises
+        `errors.HeldBack` when it says not to publish.
     """
     published = export.versions(base)
     if not published:
