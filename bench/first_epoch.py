@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
     args = parser.parse_args(argv)
     datasets = data.load("mnist").decode_into_memory()  # as pipelines.mnist and bench.speed do
-    test_images, test_labels = evaluation.collect(datasets.batched(1000, 0)(datasets.test, False))
+    test_images, test_labels = evaluation.collect(
+        datasets.batched(datasets.test, batch_size=1000, seed=0, training=False))
     runs = []
     for seed in range(args.seeds):
         print(f"seed {seed}:", flush=True)

@@ -48,7 +48,7 @@ def fit_default_cnn(datasets, test_images, test_labels, seed: int = 0, extra_cal
     # No validation here (the test set is scored after each epoch instead), so no early stopping.
     settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0, early_stopping_patience=0)
     augmentation = models.augmentation("cnn", hp, seed)
-    train = augmentation.apply(datasets.batched(hp.batch_size, seed)(datasets.train, True))
+    train = augmentation.apply(datasets.batched(datasets.train, batch_size=hp.batch_size, seed=seed, training=True))
     model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
     timer = TimeToAccuracy(test_images, test_labels)
     # training.fit's callbacks, as in a real run: with weight averaging, the timer scores the
@@ -91,7 +91,8 @@ def always_augmented(family: str, hp, dataset):
 def input_pipeline_rate(datasets, hp, repeats: int) -> float:
     """Images/s the training pipeline (augmentation included) delivers with no model attached
     (after its cache fills)."""
-    ds = always_augmented("cnn", hp, datasets.batched(hp.batch_size, 0)(datasets.train, True))
+    ds = always_augmented("cnn", hp, datasets.batched(datasets.train, batch_size=hp.batch_size, seed=0,
+                                                      training=True))
     for _ in ds:  # a first pass fills the shuffle buffer (and the cache, if not in memory yet)
         pass
     rates = []
@@ -109,7 +110,8 @@ def family_rate(name: str, datasets, repeats: int, steps: int = 30) -> float:
     hp = models.hyperparams(name)
     settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0)
     model = training.compile_model(models.build(name, datasets.spec.input_shape, datasets.spec.num_classes, hp), settings)
-    ds = always_augmented(name, hp, datasets.batched(hp.batch_size, 0)(datasets.train, True)).repeat()
+    train = datasets.batched(datasets.train, batch_size=hp.batch_size, seed=0, training=True)
+    ds = always_augmented(name, hp, train).repeat()
     model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # trace and warm up
     rates = []
     for _ in range(repeats):
@@ -182,7 +184,8 @@ def main(argv=None) -> int:
     # Decoded into memory before any clock starts, as `pipelines.mnist` does and as the
     # reference gets its NumPy arrays.
     datasets = data.load("mnist", data_dir=args.data_dir, manual_dir=args.manual_dir).decode_into_memory()
-    test_images, test_labels = evaluation.collect(datasets.batched(1000, 0)(datasets.test, False))
+    test_images, test_labels = evaluation.collect(
+        datasets.batched(datasets.test, batch_size=1000, seed=0, training=False))
     result: dict = {"machine": machine(), "started": dt.datetime.now().isoformat(timespec="seconds")}
     result["machine"]["matmul_flops"] = round(matmul_flops_per_second())
 

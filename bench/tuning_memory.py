@@ -3,7 +3,7 @@
     python -m bench.tuning_memory [--trials 12] [--tuner random] [--baseline]
 
 KerasTuner searches are known to grow in memory trial after trial (keras-tuner issues #395,
-#873). This runs a real search through `tfpipeline.tuning.engine` (its tuner, oracle, hypermodel,
+#873). This runs a real search through `tfpipeline.tuning` (its tuner, oracle, hypermodel,
 per-trial TensorBoard and HParams logging) over a tiny MLP on synthetic 28x28 images, and
 reads the process's resident memory (VmRSS) after every trial. The figure that matters is
 the growth from trial 3 (once every code path has been traced) to trial 10.
@@ -63,13 +63,15 @@ def measure(trials: int, tuner_kind: str, workdir: Path) -> dict:
                        class_names=("0", "1", "2", "3"), splits={"train": "-", "validation": "-", "test": "-"},
                        num_examples={"train": 1024, "validation": 256, "test": 256})
     config = PipelineConfig(dataset="synthetic", model="mlp", quick=True, logdir=str(workdir / "runs"))
-    data = tuning._TrialData(synthetic(1024, 0), synthetic(256, 1), seed=0)
+    data = tuning.TrialData(synthetic(1024, 0), synthetic(256, 1), seed=0)
     families = ("mlp",)
     pinned = {"units": 16, "layers": 1, "normalization": "none"}
-    hypermodel = tuning.PipelineHyperModel(config, families, pinned, spec, data, num_search=1024,
-                                           max_epochs=1, logdir=workdir / "runs" / "bench", run_id="bench", verbose=0)
+    hypermodel = tuning.PipelineHyperModel(tuning.TrialSetup(
+        config=config, families=families, fixed=pinned, spec=spec, data=data, num_search=1024, max_epochs=1,
+        logdir=workdir / "runs" / "bench", run_id="bench", verbose=0))
     settings = SearchSettings(tuner=tuner_kind, max_trials=trials, max_epochs=1)
-    tuner = tuning.make_tuner(settings.budget(quick=True), families, False, hypermodel, workdir / "work", seed=0)
+    tuner = tuning.make_tuner(settings.budget(quick=True), hypermodel, workdir / "work", start_families=(None,),
+                              seed=0)
     tuner.oracle.verbose = 0
     rss: list[float] = []
     end_trial = tuner.on_trial_end

@@ -94,7 +94,7 @@ def test_predict_explain_writes_the_overlay_for_an_exported_version(setup, tmp_p
                 "dataset": {"class_names": class_names}}
     base = tmp_path / "exported"
     accuracy = float((np.asarray(model.predict(sample, verbose=0)).argmax(-1) == classes).mean())
-    export.export_verified(model, ImageInput(28, 28, 1), base, sample, classes, accuracy, metadata)
+    export.export_verified(model, ImageInput(28, 28, 1), base, sample, classes, accuracy, metadata=metadata)
     image = tmp_path / "digit.png"
     Image.fromarray(sample[0, ..., 0]).save(image)
     out = tmp_path / "why.png"

@@ -34,7 +34,7 @@ def trained(tiny_images):
 
 def test_round_trip_reload_matches_in_memory_model(trained, tmp_path):
     model, images, labels, accuracy = trained
-    result = export.export_verified(model, ImageInput(28, 28, 1), tmp_path / "m", images, labels, accuracy, {"k": 1})
+    result = export.export_verified(model, ImageInput(28, 28, 1), tmp_path / "m", images, labels, accuracy, metadata={"k": 1})
     assert result.version == 1 and result.path == tmp_path / "m" / "1"
     assert result.verified_accuracy == accuracy
 
@@ -59,7 +59,7 @@ def test_versions_count_up_and_ignore_other_folders(trained, tmp_path):
     base = tmp_path / "m"
     (base / "notes").mkdir(parents=True)
     spec = ImageInput(28, 28, 1)
-    paths = [export.export_verified(model, spec, base, images, labels, accuracy, {}).path for _ in range(2)]
+    paths = [export.export_verified(model, spec, base, images, labels, accuracy, metadata={}).path for _ in range(2)]
     assert [p.name for p in paths] == ["1", "2"]
     assert export.versions(base) == [1, 2]
     assert sorted(p.name for p in base.iterdir()) == ["1", "2", "notes"]  # no temporaries left
@@ -69,7 +69,7 @@ def test_failed_verification_publishes_nothing(trained, tmp_path):
     model, images, labels, accuracy = trained
     base = tmp_path / "m"
     with pytest.raises(errors.ExportVerificationError, match="reloaded SavedModel"):
-        export.export_verified(model, ImageInput(28, 28, 1), base, images, labels, accuracy - 0.25, {})
+        export.export_verified(model, ImageInput(28, 28, 1), base, images, labels, accuracy - 0.25, metadata={})
     assert list(base.iterdir()) == []
 
 
@@ -90,7 +90,7 @@ KILL_SCRIPT = textwrap.dedent(
     labels = model.predict(images, verbose=0).argmax(-1)
     print("ready", flush=True)
     while True:
-        export.export_verified(model, ImageInput(28, 28, 1), sys.argv[1], images, labels, 1.0, {})
+        export.export_verified(model, ImageInput(28, 28, 1), sys.argv[1], images, labels, 1.0, metadata={})
     """
 )
 
@@ -124,5 +124,5 @@ def test_kill_during_export_leaves_no_partial_version(tmp_path):
     model = models.build("mlp", (28, 28, 1), 2, models.hyperparams("mlp", {"units": 4}))
     imgs = np.zeros((2, 28, 28, 1), np.uint8)
     labels = model.predict(imgs, verbose=0).argmax(-1)
-    export.export_verified(model, ImageInput(28, 28, 1), base, imgs, labels, 1.0, {})
+    export.export_verified(model, ImageInput(28, 28, 1), base, imgs, labels, 1.0, metadata={})
     assert not [p for p in base.iterdir() if p.name.startswith(export.TMP_PREFIX)]

@@ -173,7 +173,7 @@ def test_over_budget_dataset_is_cached_on_disk_and_reads_the_same(tmp_path):
     assert ds.cache_plan.kind == "disk" and ds.spec.source["cache"]["kind"] == "disk"
     directory = Path(ds.cache_plan.directory)
     assert directory.is_relative_to(work / "f" / "cache")
-    pipe = ds.batched(8, 0)(ds.train, False)
+    pipe = ds.batched(ds.train, batch_size=8, seed=0, training=False)
     first = np.concatenate([x.numpy() for x, _ in pipe])
     assert list(directory.glob("train*.index"))  # written by the first full pass
     second = np.concatenate([x.numpy() for x, _ in pipe])
@@ -181,7 +181,8 @@ def test_over_budget_dataset_is_cached_on_disk_and_reads_the_same(tmp_path):
     # A later run with the same files reads that cache.
     again = data.load(str(root), image_size=(16, 16), cache_budget=1000, work_dir=str(work), validation_fraction=0.2)
     assert again.cache_plan.directory == ds.cache_plan.directory
-    assert np.array_equal(np.concatenate([x.numpy() for x, _ in again.batched(8, 0)(again.train, False)]), first)
+    pipe = again.batched(again.train, batch_size=8, seed=0, training=False)
+    assert np.array_equal(np.concatenate([x.numpy() for x, _ in pipe]), first)
     fits = data.load(str(root), image_size=(16, 16), cache_budget=10**9, work_dir=str(work), validation_fraction=0.2)
     assert fits.cache_plan.kind == "memory"
 
@@ -318,7 +319,7 @@ def test_decode_into_memory_reads_the_files_once(tmp_path):
     same seeded order as decoding on the fly, even once the files are gone."""
     root = flat_folder(tmp_path / "shapes", per_class=12)
     datasets = data.load(str(root), image_size=(16, 16), work_dir=tmp_path / "work")
-    on_the_fly = {role: [b for b in datasets.batched(8, 3)(getattr(datasets, role), role == "train")]
+    on_the_fly = {role: list(datasets.batched(getattr(datasets, role), batch_size=8, seed=3, training=role == "train"))
                   for role in ("train", "validation", "test")}
     in_memory = datasets.decode_into_memory(verbose=0)
     assert in_memory.in_memory and not datasets.in_memory
@@ -326,13 +327,14 @@ def test_decode_into_memory_reads_the_files_once(tmp_path):
         if path.is_file():
             path.unlink()
     for role, expected in on_the_fly.items():
-        got = list(in_memory.batched(8, 3)(getattr(in_memory, role), role == "train"))
+        got = list(in_memory.batched(getattr(in_memory, role), batch_size=8, seed=3, training=role == "train"))
         assert len(got) == len(expected), role
         for (x, y), (ex, ey) in zip(got, expected):
             np.testing.assert_array_equal(x.numpy(), ex.numpy())
             np.testing.assert_array_equal(y.numpy(), ey.numpy())
     # A search trial's share and the final fit's train + validation also read memory.
-    assert sum(int(x.shape[0]) for x, _ in in_memory.batched(8, 3)(in_memory.train.take(10), True)) == 10
+    share = in_memory.batched(in_memory.train.take(10), batch_size=8, seed=3, training=True)
+    assert sum(int(x.shape[0]) for x, _ in share) == 10
     both = in_memory.train.concatenate(in_memory.validation)
     assert sum(1 for _ in both) == in_memory.spec.num_examples["train"] + in_memory.spec.num_examples["validation"]
 

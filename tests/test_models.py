@@ -148,3 +148,8 @@ def test_shifts_are_an_input_stage_not_part_of_the_model(family):
     assert not any(isinstance(layer, keras.layers.RandomTranslation)
                    for layer in models.build(family, (28, 28, 1), 10, hp).layers)
     assert models.augmentation(family, models.hyperparams(family, {"augment": 0.0}), seed=1).layer is None
+
+
+@pytest.mark.parametrize("family", sorted(models.FAMILIES))
+def test_every_family_hyperparams_satisfy_the_protocol(family):
+    assert isinstance(models.hyperparams(family), models.FamilyHyperparams)

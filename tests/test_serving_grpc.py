@@ -374,7 +374,7 @@ def test_export_verified_writes_the_warmup_file(tmp_path, tiny_images):
     predictions = model.predict(images[:64], verbose=0).argmax(-1)
     accuracy = float((predictions == labels[:64]).mean())
     result = export_verified(model, ImageInput.of(SHAPE), tmp_path / "exported", images[:64], labels[:64],
-                             accuracy, {})
+                             accuracy, metadata={})
     logs = read_warmup_requests(result.path)
     assert [log.predict_log.request.model_spec.signature_name for log in logs] == \
         ["serving_bytes", "serving_default"]

@@ -308,7 +308,7 @@ def test_search_is_the_default_except_for_a_smoke_test(capsys):
     assert "No hyperparameter search (--quick)" in capsys.readouterr().out
     assert plan(["--quick", "--tune"]) == SearchSettings()
     assert plan(["--strategy", "mirrored"]) is None
-    budget = SearchSettings().budget(quick=False)
+    budget = SearchSettings().budget(quick=False).to_json()
     assert budget == {"tuner": "hyperband", "max_trials": None, "max_epochs": config.DEFAULT_MAX_EPOCHS,
                       "factor": config.DEFAULT_FACTOR, "search_fraction": config.DEFAULT_FRACTION}
 

@@ -336,22 +336,22 @@ def search_summary(metadata: dict) -> str:
 
 
 def worker_summary(result) -> str:
-    """A multi-worker run's other workers train but leave evaluation and export to the chief."""
-    if "search" in result.metadata:  # a distributed search's worker: tuning.search said which trials it ran
+    """A multi-worker run's other workers train but leave evaluation and export to the chief
+    (`pipeline.WorkerResult`)."""
+    if result.searched:  # a distributed search's worker: tuning.search said which trials it ran
         return ""
-    dist = result.metadata["distribution"]
-    return (f"\nDone: {dist['worker']} of {dist['workers']} finished training; the chief evaluates "
+    return (f"\nDone: {result.worker} of {result.workers} finished training; the chief evaluates "
             "and exports the model.")
 
 
 def main(argv: list[str] | None = None, dataset: str | None = "mnist") -> int:
     args = build_parser(dataset).parse_args(argv)  # exits 2 with a usage message on bad flags
 
-    from tfpipeline.pipeline import run
+    from tfpipeline.pipeline import WorkerResult, run
 
     def work() -> int:
         result = run(config_from_args(args))
-        print(summary(result) if result.export_path is not None else worker_summary(result))
+        print(worker_summary(result) if isinstance(result, WorkerResult) else summary(result))
         return 0
 
     return exit_on_error(work, interrupted="Interrupted. Nothing half-written was published; run the same command "

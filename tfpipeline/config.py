@@ -32,6 +32,20 @@ DEFAULT_MAX_REGRESSION = 0.1
 TUNED_ENSEMBLE = 3
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchBudget:
+    """What defines a search's size: `SearchSettings` with every default filled in."""
+
+    tuner: str
+    max_trials: int | None  # None: Hyperband's own schedule sets the number
+    max_epochs: int
+    factor: int | None  # Hyperband only
+    search_fraction: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass
 class SearchSettings:
     """How the search stage searches. None fields take the budget defaults above.
@@ -59,18 +73,18 @@ class SearchSettings:
         return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self)
                 if getattr(self, f.name) != f.default]
 
-    def budget(self, quick: bool) -> dict[str, Any]:
+    def budget(self, quick: bool) -> SearchBudget:
         """The settings with every default filled in: what defines the search's size."""
         tuner = self.tuner or "hyperband"
         hyperband = tuner == "hyperband"
         trials = self.max_trials or (None if hyperband else QUICK_TRIALS if quick else DEFAULT_TRIALS)
-        return {
-            "tuner": tuner,
-            "max_trials": trials,
-            "max_epochs": self.max_epochs or (QUICK_MAX_EPOCHS if quick else DEFAULT_MAX_EPOCHS),
-            "factor": (self.factor or DEFAULT_FACTOR) if hyperband else None,
-            "search_fraction": self.search_fraction or (QUICK_FRACTION if quick else DEFAULT_FRACTION),
-        }
+        return SearchBudget(
+            tuner=tuner,
+            max_trials=trials,
+            max_epochs=self.max_epochs or (QUICK_MAX_EPOCHS if quick else DEFAULT_MAX_EPOCHS),
+            factor=(self.factor or DEFAULT_FACTOR) if hyperband else None,
+            search_fraction=self.search_fraction or (QUICK_FRACTION if quick else DEFAULT_FRACTION),
+        )
 
     def validate(self) -> None:
         if self.tuner is not None and self.tuner not in TUNERS:

@@ -36,17 +36,50 @@ from tfpipeline.report import evaluation
 from tfpipeline.report import tensorboard as tensorboard_logs
 from tfpipeline.training import ensemble
 
-__all__ = ["PipelineConfig", "PipelineResult", "run"]
+__all__ = ["PipelineConfig", "PipelineResult", "WorkerResult", "run"]
 
 
 @dataclasses.dataclass
 class PipelineResult:
+    """What a run that evaluated and exported returns (the chief's, or the only process's)."""
+
     run_id: str
-    export_path: Path | None  # None on a worker that is not the chief: it exports nothing
-    metadata_path: Path | None
+    export_path: Path
+    metadata_path: Path
     logdir: Path
     test_accuracy: float
     metadata: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerResult:
+    """What a worker that is not the chief returns: it trained, or ran search trials, and
+    leaves evaluation and export to the chief."""
+
+    run_id: str
+    logdir: Path
+    worker: str  # its name: "worker 1", or a search worker's KERASTUNER_TUNER_ID
+    workers: int | None = None  # a multi-worker training's worker count; None for a search worker
+    search: dict | None = None  # a search worker: what `tuning.search` recorded (the trials it ran)
+    distribution: dict | None = None  # a training worker: its strategy, weights digest and input
+
+    @property
+    def searched(self) -> bool:
+        return self.search is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every stage of one run shares, built once in `run`."""
+
+    config: PipelineConfig
+    dist: distribute.Distribution
+    datasets: data_lib.Datasets
+    state: runstate.RunState
+    logdir: Path
+    export_base: Path
+    started: tuple[float, dt.datetime]  # time.time() and the UTC date when the run began
+    found: Any = None  # the search's `tuning.SearchResult`; None without a search
 
 
 @dataclasses.dataclass
@@ -70,9 +103,34 @@ class _Trained:
     members: list[dict] | None = None  # an ensemble's members (seed, epochs, steps), None for one model
 
 
-def run(config: PipelineConfig) -> PipelineResult:
-    """Run the pipeline; raises `UserError` for a mistake the user can fix, `gate.HeldBack`
-    when the new version is not published, `training.TrainingDiverged` on a NaN loss."""
+@dataclasses.dataclass(frozen=True)
+class _Training:
+    """What every member of an ensemble trains on, and how."""
+
+    family: str
+    hp: Any  # the family's Hyperparams
+    settings: training.TrainSettings
+    train: tf.data.Dataset  # unbatched
+    trained_on: list[str]
+    validation: tf.data.Dataset | None  # batched
+
+
+def run(config: PipelineConfig) -> PipelineResult | WorkerResult:
+    """Run the pipeline: data, [search], train, evaluate, gate, export, TensorBoard summary.
+
+    Args:
+        config: the run's settings (`PipelineConfig.validate` checks them first).
+
+    Returns:
+        A `PipelineResult` (where the export and its metadata went, the test accuracy), or a
+        `WorkerResult` on a worker of a distributed search or training that is not the chief.
+
+    Raises:
+        UserError: a mistake the user can fix (the message says how).
+        HeldBack: the gate kept the new version back (`gate.decide`); it carries the result.
+        TrainingDiverged: the loss diverged and the retry did not recover (`training.fit`).
+        ExportVerificationError, QuantizationError: the export failed its checks.
+    """
     started = time.time(), dt.datetime.now(dt.timezone.utc)
     config.validate()
     plan = config.search_plan()
@@ -99,21 +157,20 @@ def run(config: PipelineConfig) -> PipelineResult:
         datasets = datasets.decode_into_memory(verbose=1 if config.verbose is None else config.verbose)
     state = _run_state(config, plan, dist)
     logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)
+    ctx = _Run(config, dist, datasets, state, logdir, export_base, started)
 
-    found = None
     if plan is not None:
         from tfpipeline import tuning  # KerasTuner is slow to import: only for a search
 
         found = tuning.search(config, plan, datasets, state, logdir)
         if found.worker is not None:
-            return PipelineResult(state.run_id, None, None, logdir, float("nan"), {"search": found.to_json()})
-    trained = _train(config, dist, datasets, found, state, logdir)
+            return WorkerResult(state.run_id, logdir, worker=found.worker, search=found.to_json())
+        ctx = dataclasses.replace(ctx, found=found)
+    trained = _train(ctx)
     if not dist.is_chief:
-        return PipelineResult(state.run_id, None, None, logdir, float("nan"), {"distribution": {
-            **dist.to_json(trained.hp.batch_size, trained.hp.learning_rate),
-            "weights_sha256": trained.weights_sha256, "worker": dist.worker_name,
-            **({"input": trained.input_sharding} if trained.input_sharding else {})}})
-    return _evaluate_and_publish(config, dist, datasets, found, trained, state, logdir, export_base, started)
+        return WorkerResult(state.run_id, logdir, worker=dist.worker_name, workers=dist.workers,
+                            distribution=_distribution(ctx, trained))
+    return _evaluate_and_publish(ctx, trained)
 
 
 def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> runstate.RunState:
@@ -152,21 +209,18 @@ def _family_hyperparams(config: PipelineConfig):
     return hp
 
 
-def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data_lib.Datasets, found,
-           state: runstate.RunState, logdir: Path) -> _Trained:
-    """Build, compile and fit the model: the family's defaults, or the search's best trial on
-    train + validation (no split is left to stop on: it trains the epochs the search found).
-    With `config.members(...)` above 1, that many are trained, each with its own seed, and
-    combined into one model that averages their probabilities (tfpipeline/ensemble.py)."""
+def _training(ctx: _Run) -> _Training:
+    """The family's defaults, or the search's best trial on train + validation (no split is
+    left to stop on: it trains the epochs the search found), with the settings for them."""
+    config, dist, datasets, found = ctx.config, ctx.dist, ctx.datasets, ctx.found
     family, hp = (found.family, found.hyperparams) if found else (config.model, _family_hyperparams(config))
     print(dist.describe(hp.batch_size, hp.learning_rate), flush=True)
-    spec = datasets.spec
     train, trained_on = datasets.train, ["train"]
     if found:
         train, trained_on = datasets.train.concatenate(datasets.validation), ["train", "validation"]
-    num_train = sum(spec.num_examples[role] for role in trained_on)
-    validation = None if found else datasets.batched(dist.global_batch(hp.batch_size), config.seed)(
-        datasets.validation, False)
+    num_train = sum(datasets.spec.num_examples[role] for role in trained_on)
+    validation = None if found else datasets.batched(
+        datasets.validation, batch_size=dist.global_batch(hp.batch_size), seed=config.seed, training=False)
     # Global batch and scaled learning rate: steps per epoch and the schedule follow from them.
     global_hp = dataclasses.replace(hp, batch_size=dist.global_batch(hp.batch_size),
                                     learning_rate=dist.learning_rate(hp.learning_rate))
@@ -174,7 +228,16 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
                                      histogram_freq=config.histogram_freq, profile_batches=config.profile_batches,
                                      **({"early_stopping_patience": 0} if found else {}),
                                      **training.optimizer_options(config))
-    if found:
+    return _Training(family, hp, settings, train, trained_on, validation)
+
+
+def _train(ctx: _Run) -> _Trained:
+    """Build, compile and fit the model (`_training` says what on). With
+    `config.members(...)` above 1, that many are trained, each with its own seed, and
+    combined into one model that averages their probabilities (tfpipeline/training/ensemble.py)."""
+    config, dist, spec = ctx.config, ctx.dist, ctx.datasets.spec
+    job = _training(ctx)
+    if ctx.found:
         keras.backend.clear_session()  # the trials' graphs and models
         keras.utils.set_random_seed(config.seed)
     logs: dict[str, tensorboard_logs.RunLog] = {}
@@ -183,19 +246,20 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
         if member:  # the first member is the single model a run without an ensemble trains
             keras.utils.set_random_seed(config.seed + member)
         with dist.strategy.scope():  # model, optimizer and metric variables: one copy per replica
-            model = training.compile_model(models.build(family, spec.input_shape, spec.num_classes, hp), settings)
+            model = training.compile_model(models.build(job.family, spec.input_shape, spec.num_classes, job.hp),
+                                           job.settings)
         if not member:  # HParams session now (a failed run still gets its row); images and summary at the end.
-            logs["run"] = tensorboard_logs.RunLog(logdir, dataclasses.replace(config, model=family), hp, model,
-                                                  spec.class_names, settings.epochs * settings.steps_per_epoch,
-                                                  spec=spec.input)
+            logs["run"] = tensorboard_logs.RunLog(ctx.logdir, dataclasses.replace(config, model=job.family), job.hp,
+                                                  model, spec.class_names,
+                                                  job.settings.epochs * job.settings.steps_per_epoch, spec=spec.input)
         return model
 
     def fit(member: int) -> tuple[keras.Model, dict]:
         model = build(member)
-        return model, _fit_member(member, model, config, dist, datasets, family, hp, settings, train, trained_on,
-                                  validation, state, logdir, logs["run"])
+        return model, _fit_member(ctx, job, model, member=member, run_log=logs["run"])
 
-    members, records = ensemble.train_members(config.members(tuned=found is not None), fit, build, state.run_dir)
+    members, records = ensemble.train_members(config.members(tuned=ctx.found is not None), fit, build,
+                                              ctx.state.run_dir)
     if dist.kind == "multi_worker":
         # Evaluate and export a single-device copy: it runs on this machine alone, with no
         # collective the other workers would have to join (reading the weights is the last).
@@ -204,68 +268,74 @@ def _train(config: PipelineConfig, dist: distribute.Distribution, datasets: data
     digest = distribute.weights_digest(model)
     print(f"Final weights sha256 {digest}", flush=True)
     first = records[0]
-    return _Trained(model, family, hp, settings, first["epochs_run"], first["steps_run"],
-                    any(r["resumed"] or r.get("loaded", False) for r in records), trained_on, num_train, validation,
+    return _Trained(model, job.family, job.hp, job.settings, first["epochs_run"], first["steps_run"],
+                    any(r["resumed"] or r.get("loaded", False) for r in records), job.trained_on,
+                    sum(spec.num_examples[role] for role in job.trained_on), job.validation,
                     digest, logs["run"], first["recovery"], input_sharding=first["input_sharding"],
                     members=records if len(records) > 1 else None)
 
 
-def _fit_member(member: int, model, config, dist, datasets, family, hp, settings, train, trained_on, validation,
-                state, logdir, run_log) -> dict:
+def _fit_member(ctx: _Run, job: _Training, model: keras.Model, *, member: int,
+                run_log: tensorboard_logs.RunLog) -> dict:
     """Fit one model (one member of an ensemble, with its own seed for the data order and the
     augmentation); returns its record for the metadata."""
+    config, dist, state, hp = ctx.config, ctx.dist, ctx.state, job.hp
     seed = config.seed + member
-    backup = state.run_dir / runstate.key("train", {"family": family, "hp": dataclasses.asdict(hp),
+    backup = state.run_dir / runstate.key("train", {"family": job.family, "hp": dataclasses.asdict(hp),
                                                      "distribution": dist.identity(),
                                                      **({"member": member} if member else {})})
     resumed = backup.exists()
     if resumed:
         print(f"Resuming interrupted run {state.run_id} from its last saved epoch ({backup}).", flush=True)
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
-    batches = datasets.batched(dist.global_batch(hp.batch_size), seed)
-    augmentation = models.augmentation(family, hp, seed)
-    train_input, input_sharding = augmentation.apply(batches(train, True)), None
-    if dist.kind == "multi_worker" and trained_on == ["train"]:  # a folder's files: each worker its share
+    augmentation = models.augmentation(job.family, hp, seed)
+    train_input = augmentation.apply(ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size),
+                                                          seed=seed, training=True))
+    input_sharding = None
+    if dist.kind == "multi_worker" and job.trained_on == ["train"]:  # a folder's files: each worker its share
         train_input, input_sharding = sharding.training_input(
-            datasets, train_input, workers=dist.workers, replicas=dist.replicas, per_replica_batch=hp.batch_size,
-            steps_per_epoch=settings.steps_per_epoch, seed=seed, augmentation=augmentation)
-    history = fit(model, train_input, validation, settings, logdir=logdir if not member else logdir / f"member{member}",
-                  backup_dir=backup,
-                  extra_callbacks=[*augmentation.callbacks(), *(run_log.callbacks(validation) if not member else [])])
-    return {"seed": seed, "epochs_run": training.epochs_completed(history),
+            ctx.datasets, train_input, workers=dist.workers, replicas=dist.replicas, per_replica_batch=hp.batch_size,
+            steps_per_epoch=job.settings.steps_per_epoch, seed=seed, augmentation=augmentation)
+    validation = job.validation
+    result = fit(model, train_input, validation, job.settings,
+                 logdir=ctx.logdir if not member else ctx.logdir / f"member{member}", backup_dir=backup,
+                 extra_callbacks=[*augmentation.callbacks(), *(run_log.callbacks(validation) if not member else [])])
+    return {"seed": seed, "epochs_run": training.epochs_completed(result),
             # Optimizer steps over the whole run, resumed parts included: the schedule's position.
             "steps_run": int(model.optimizer.iterations.numpy()), "resumed": resumed,
-            "recovery": training.recovery_of(history), "input_sharding": input_sharding}
+            "recovery": training.recovery_of(result), "input_sharding": input_sharding}
 
 
-def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, state, logdir, export_base,
-                          started) -> PipelineResult:
+def _distribution(ctx: _Run, trained: _Trained) -> dict:
+    """metadata.json's "distribution": the strategy, the final weights' digest, each worker's input."""
+    return {**ctx.dist.to_json(trained.hp.batch_size, trained.hp.learning_rate),
+            "weights_sha256": trained.weights_sha256,
+            **({"input": trained.input_sharding} if trained.input_sharding else {})}
+
+
+def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
     """Evaluate once on test, gate against the latest published version, then publish (or
     hold back) the verified export and write the run's TensorBoard summary."""
+    config, datasets, state = ctx.config, ctx.datasets, ctx.state
     spec = datasets.spec
-    test_images, test_labels = evaluation.collect(datasets.batched(1000, config.seed)(datasets.test, False))
+    test_images, test_labels = evaluation.collect(
+        datasets.batched(datasets.test, batch_size=1000, seed=config.seed, training=False))
     test_eval = evaluation.evaluate(trained.model, test_images, test_labels, spec.class_names)
     for i, member in enumerate(trained.members or []):  # each alone, to show what averaging added
         member["test_accuracy"] = evaluation.evaluate(trained.model.get_layer(f"member{i}"), test_images,
                                                       test_labels, spec.class_names).accuracy
-    if found:
-        validation = {"accuracy": found.best["score"], "loss": found.best["val_loss"],
-                      "source": f"search: trial {found.best['trial_id']} before the training on train + validation"}
-    else:
-        val_images, val_labels = evaluation.collect(trained.validation)
-        val_eval = evaluation.evaluate(trained.model, val_images, val_labels, spec.class_names)
-        validation = {"accuracy": val_eval.accuracy, "loss": val_eval.loss}
-    logdir.mkdir(parents=True, exist_ok=True)
-    (logdir / "metrics.json").write_text(json.dumps({"validation": validation, "test": test_eval.to_json()},
-                                                    indent=2))
-    metadata = _metadata(config, dist, spec, found, trained, validation, test_eval, state, logdir, started)
+    validation = _validation_metrics(ctx, trained)
+    ctx.logdir.mkdir(parents=True, exist_ok=True)
+    (ctx.logdir / "metrics.json").write_text(json.dumps({"validation": validation, "test": test_eval.to_json()},
+                                                        indent=2))
+    metadata = _metadata(ctx, trained, validation=validation, test_eval=test_eval)
     tflite = quantize.settings_for(config, datasets.train, spec.input)  # None without --export-tflite
-    with export.staged(trained.model, spec.input, export_base, test_images, test_labels,
+    with export.staged(trained.model, spec.input, ctx.export_base, test_images, test_labels,
                        test_eval.accuracy) as candidate:
-        if tflite is not None:  # issue 17: raises quantize.QuantizationError past the allowed drop
+        if tflite is not None:  # raises quantize.QuantizationError past the allowed drop
             metadata["export"] = {"tflite": quantize.write_verified(tflite, candidate.path, test_images, test_labels,
                                                                     candidate.verified_accuracy)}
-        decision = gate.decide(export_base, test_images, test_labels, spec.class_names, test_eval, spec=spec.input,
+        decision = gate.decide(ctx.export_base, test_images, test_labels, spec.class_names, test_eval, spec=spec.input,
                                max_regression=config.max_regression, force=config.force_publish)
         metadata["gate"] = decision.to_json()
         print(decision.message(), flush=True)
@@ -278,36 +348,45 @@ def _evaluate_and_publish(config, dist, datasets, found, trained: _Trained, stat
     trained.run_log.finish(test_images, test_labels, test_eval.predictions, metadata, path, model=trained.model)
     ensemble.discard(state.run_dir)  # the members are in the export now
     state.finish()  # the next run of this command starts anew
-    result = PipelineResult(state.run_id, path, metadata_path, logdir, test_eval.accuracy, metadata)
+    result = PipelineResult(state.run_id, path, metadata_path, ctx.logdir, test_eval.accuracy, metadata)
     if not decision.publish:
         raise HeldBack(decision, path, result)
     return result
 
 
-def _metadata(config, dist, spec, found, trained: _Trained, validation, test_eval, state, logdir,
-              started) -> dict:
+def _validation_metrics(ctx: _Run, trained: _Trained) -> dict:
+    """The validation accuracy and loss: the chosen trial's after a search, else the model's."""
+    found = ctx.found
+    if found:
+        return {"accuracy": found.best["score"], "loss": found.best["val_loss"],
+                "source": f"search: trial {found.best['trial_id']} before the training on train + validation"}
+    val_images, val_labels = evaluation.collect(trained.validation)
+    val_eval = evaluation.evaluate(trained.model, val_images, val_labels, ctx.datasets.spec.class_names)
+    return {"accuracy": val_eval.accuracy, "loss": val_eval.loss}
+
+
+def _metadata(ctx: _Run, trained: _Trained, *, validation: dict, test_eval) -> dict:
     """metadata.json: what was trained on what, how, how well, and where everything went."""
+    config, started = ctx.config, ctx.started
     metadata = {
-        "dataset": spec.to_json(),
+        "dataset": ctx.datasets.spec.to_json(),
         "model": {"family": trained.family, "hyperparameters": dataclasses.asdict(trained.hp),
                   "parameters": trained.model.count_params(), "members": len(trained.members or [None]),
                   **({"ensemble": trained.members} if trained.members else {})},
         "training": {"epochs_requested": trained.hp.epochs, "epochs_run": trained.epochs_run,
                      "steps_per_epoch": trained.settings.steps_per_epoch, "steps_run": trained.steps_run,
-                     "trained_on": trained.trained_on, "examples": trained.examples, "seed": config.seed, "deterministic": config.deterministic,
-                     "quick": config.quick, "resumed": trained.resumed,
+                     "trained_on": trained.trained_on, "examples": trained.examples, "seed": config.seed,
+                     "deterministic": config.deterministic, "quick": config.quick, "resumed": trained.resumed,
                      "optimizer": training.optimizer_record(trained.settings), "recovery": trained.recovery},
-        "distribution": {**dist.to_json(trained.hp.batch_size, trained.hp.learning_rate),
-                         "weights_sha256": trained.weights_sha256,
-                         **({"input": trained.input_sharding} if trained.input_sharding else {})},
+        "distribution": _distribution(ctx, trained),
         "metrics": {"validation": validation, "test": test_eval.to_json()},
-        "run": {"id": state.run_id, "logdir": str(logdir), **provenance(),
+        "run": {"id": ctx.state.run_id, "logdir": str(ctx.logdir), **provenance(),
                 "started": started[1].isoformat(timespec="seconds"),
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "wall_seconds": round(time.time() - started[0], 1)},
     }
-    if found:
-        metadata["search"] = found.to_json()
+    if ctx.found:
+        metadata["search"] = ctx.found.to_json()
     return metadata
 
 

@@ -1,4 +1,13 @@
 """The data stage: a TFDS dataset or the user's own files → unbatched, cached `tf.data` splits.
+
+Owns: loading and splitting (`datasets.load`, `Datasets`, `DatasetSpec`), batching
+(`batched`, `Datasets.batched`), image folders and their cache plan (`folders`), decoding
+and resizing (`imaging`), and the training augmentation applied in the input pipeline
+(`augmentation`).
+
+May import: errors (and inputs, for the spec it builds). It imports nothing from models,
+training, tuning, distribute, export, report or serving: every later stage builds on it
+(tests/test_layout.py checks this).
 """
 
 from tfpipeline.data.datasets import (  # noqa: F401

@@ -3,7 +3,7 @@
 A family's augmentation is a Keras preprocessing layer (`models.augmentation`). Keras's advice
 for preprocessing layers on a CPU is to run them in the `tf.data` pipeline: there the random
 shifts of the next batches are computed while the model trains on this one, instead of being
-a serial part of every training step (issue 16), and the exported model never contains them.
+a serial part of every training step, and the exported model never contains them.
 
 `start_epoch` lets the first epochs train on the images as they are: the CNN's first
 learning-rate cycle is one epoch, meant to give a settled model at once, and shifted digits

@@ -91,16 +91,18 @@ class Datasets:
     # True once `decode_into_memory` has filled each split's memory cache.
     in_memory: bool = False
 
-    def batched(self, batch_size: int, seed: int, *, own_splits: bool = True):
-        """`batched` for these datasets: in-memory cache only when the cache plan says so (and
-        the split is not in memory already), and a shuffle buffer of at most a quarter of the
-        cache budget. `own_splits=False` for a dataset made from these, such as a worker's share
-        of the files (`tfpipeline.distribute.sharding`): it is cached as the plan says."""
+    def batched(self, dataset: tf.data.Dataset, *, batch_size: int, seed: int, training: bool,
+                own_splits: bool = True) -> tf.data.Dataset:
+        """`batched(dataset, ...)` for these datasets: in-memory cache only when the cache plan
+        says so (and the split is not in memory already), and a shuffle buffer of at most a
+        quarter of the cache budget. `own_splits=False` for a dataset made from these, such as a
+        worker's share of the files (`tfpipeline.distribute.sharding`): it is cached as the plan says."""
         plan = self.cache_plan
         memory = plan is None or plan.kind == "memory"
         budget = plan.budget_bytes if plan else 4 * SHUFFLE_BUFFER_BYTES
         cache = memory and not (own_splits and self.in_memory)
-        return batched(batch_size, seed, cache=cache, shuffle_buffer_bytes=min(SHUFFLE_BUFFER_BYTES, budget // 4))
+        return batched(dataset, batch_size=batch_size, seed=seed, training=training, cache=cache,
+                       shuffle_buffer_bytes=min(SHUFFLE_BUFFER_BYTES, budget // 4))
 
     def decode_into_memory(self, verbose: int = 1) -> Datasets:
         """These datasets with every split decoded now, once, into its memory cache, when the
@@ -300,14 +302,22 @@ def load(
         work_dir: the disk cache goes under `<work_dir>/<dataset name>/cache/`.
         seed: fixes which files of a folder go to which split.
         scanner: for a folder, what checks its files (`folders.index`); None: this process alone.
+
+    Returns:
+        `Datasets`: the unbatched splits, their `DatasetSpec` and the cache plan.
+
+    Raises:
+        UserError: the dataset cannot be found, prepared or read (the message names it and the fix).
     """
     if channels not in (None, 1, 3):
         raise UserError(f"--channels must be 1 or 3, got {channels}.")
     budget = folders.default_cache_budget() if cache_budget is None else int(cache_budget)
     if is_folder(name):
-        datasets = _load_folder(name, validation_fraction, quick, image_size, channels, seed, scanner)
+        datasets = _load_folder(name, validation_fraction, quick, image_size=image_size, channels=channels, seed=seed,
+                                scanner=scanner)
     else:
-        datasets = _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_size, channels)
+        datasets = _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_size=image_size,
+                              channels=channels)
     spec = datasets.spec
     key = hashlib.sha256(json.dumps([spec.to_json(), name], sort_keys=True, default=str).encode()).hexdigest()[:16]
     plan = folders.cache_plan(sum(spec.num_examples.values()), _example_bytes(spec.input_shape), budget,
@@ -324,7 +334,7 @@ def load(
     return Datasets(spec, roles["train"], roles["validation"], roles["test"], plan, datasets.train_files)
 
 
-def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_size, channels) -> Datasets:
+def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, *, image_size, channels) -> Datasets:
     builder = prepare(name, data_dir, manual_dir, image_size)
     info = builder.info
     if "train" not in info.splits or "test" not in info.splits:
@@ -375,7 +385,7 @@ def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, image_siz
     return Datasets(spec, datasets["train"], datasets["validation"], datasets["test"])
 
 
-def _load_folder(path, validation_fraction, quick, image_size, channels, seed, scanner=None) -> Datasets:
+def _load_folder(path, validation_fraction, quick, *, image_size, channels, seed, scanner=None) -> Datasets:
     idx = folders.index(path, validation_fraction=validation_fraction, seed=seed, scanner=scanner)
     folders.report_skipped(idx.skipped, idx.root)
     files, labels = dict(idx.files), dict(idx.labels)
@@ -466,7 +476,6 @@ def make_pipeline(
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def batched(batch_size: int, seed: int, **options):
-    """`make_pipeline` with the batch size, seed and `options` fixed: `f(dataset, training)`."""
-    return lambda dataset, training: make_pipeline(dataset, batch_size=batch_size, training=training, seed=seed,
-                                                   **options)
+def batched(dataset: tf.data.Dataset, *, batch_size: int, seed: int, training: bool, **options) -> tf.data.Dataset:
+    """`make_pipeline` of `dataset`: shuffled (with `seed`) when `training`, batched, prefetched."""
+    return make_pipeline(dataset, batch_size=batch_size, training=training, seed=seed, **options)

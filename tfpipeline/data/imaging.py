@@ -57,8 +57,8 @@ def resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
     Shrinking on both sides averages the pixels each output pixel covers ("area"), so a large
     photo is not reduced to a few sampled pixels; otherwise bilinear. An image already at
-    `size` comes back unchanged. (Bilinear with antialiasing does both in one method, but cost
-    about 4x as much per small image here, which made the input pipeline the bottleneck.)
+    `size` comes back unchanged. (Bilinear with antialiasing does both in one method, but costs
+    several times as much per small image, which made the input pipeline the bottleneck.)
 
     Args:
         image: a `uint8 [h, w, c]` tensor.

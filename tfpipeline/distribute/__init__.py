@@ -1,4 +1,12 @@
 """Distribution: tf.distribute strategies, the multi-worker loop and per-worker input.
+
+Owns: choosing and setting up a strategy from flags and TF_CONFIG (`strategies`: the
+`Distribution` a run asks for global batch, learning-rate scaling and where a worker may
+write), the training loop for MultiWorkerMirrored (`multiworker`), and each worker's share of
+a folder's files (`sharding`).
+
+May import: errors, data and training. It imports nothing from tuning, export, report or
+serving.
 """
 
 from tfpipeline.distribute.strategies import (  # noqa: F401

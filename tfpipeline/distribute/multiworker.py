@@ -33,13 +33,13 @@ import keras
 import tensorflow as tf
 
 from tfpipeline import training
+from tfpipeline.errors import TrainingDiverged
 
 # Training steps per compiled call unless the settings name a number. Each call of a
-# multi-worker function costs ~3 ms of Python (flattening the distributed iterator and the
-# per-replica values) plus an all-reduce of the logs, next to a ~45 ms step on 2 cores. With
-# two workers here (README, "Benchmark: what the distribution machinery costs"), 10 steps per
-# call took the overhead against one device from 15-18% to 6-11%; one device gains only a few
-# percent from it. Callbacks see every 10th batch, as `fit` shows them with steps_per_execution.
+# multi-worker function costs Python time (flattening the distributed iterator and the
+# per-replica values) plus an all-reduce of the logs; several steps per call spread that
+# over more work (docs/benchmarks.md, the distribution rounds). Callbacks see every 10th
+# batch, as `fit` shows them with steps_per_execution.
 STEPS_PER_CALL = 10
 
 
@@ -52,7 +52,7 @@ def fit(
     logdir: str | Path | None = None,
     backup_dir: str | Path | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
-) -> keras.callbacks.History:
+) -> training.FitResult:
     """`training.fit` for a model created under a MultiWorkerMirroredStrategy scope.
 
     Every worker calls this with its own `logdir` and `backup_dir` (the real ones on the
@@ -157,7 +157,7 @@ def fit(
         # rebuild its optimizer and restart its loop in step, for a workaround module that is
         # to be deleted (see above). Say what to run instead.
         clipping = "" if settings.clipnorm or settings.clipvalue else f" and --clipnorm {training.RETRY_CLIPNORM:g}"
-        raise training.TrainingDiverged(
+        raise TrainingDiverged(
             f"{watch.diverged}. Multi-worker training does not roll back and retry as training on one "
             f"machine does; run again with half the --learning-rate{clipping}, the retry that would make"
         )
@@ -165,7 +165,7 @@ def fit(
     if backup_dir is not None:
         # Like BackupAndRestore: only an interrupted run leaves a backup behind.
         shutil.rmtree(backup_dir, ignore_errors=True)
-    return model.history
+    return training.FitResult.of(model.history)
 
 
 def _step_functions(model: keras.Model, strategy: tf.distribute.Strategy):
@@ -224,10 +224,9 @@ def _batches(dataset, fetch):
 
     Iterating the distributed dataset in Python (`for batch in dataset`) runs its `next`
     eagerly, op by op: with several workers that includes a collective in which the workers
-    agree whether any of them has data left (for a last partial batch). Measured with two
-    workers here: 220-290 ms per batch eagerly, 56-91 ms in a tf.function (under load; the
-    ratio is the point). Keras's `fit` takes its batches inside its compiled step the same
-    way. At the end every worker gets the same OutOfRangeError, at the same batch.
+    agree whether any of them has data left (for a last partial batch), several times slower
+    than inside a tf.function (docs/benchmarks.md). Keras's `fit` takes its batches inside its
+    compiled step the same way. At the end every worker gets the same OutOfRangeError, at the same batch.
     """
     iterator = iter(dataset)
     while True:

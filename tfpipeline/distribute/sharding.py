@@ -118,8 +118,8 @@ def plan(paths: list[str], root: str | Path, *, workers: int, replicas: int, per
     )
 
 
-def training_input(datasets: data.Datasets, train: tf.data.Dataset, *, workers: int, replicas: int, per_replica_batch: int,
-                   steps_per_epoch: int, seed: int, augmentation=None):
+def training_input(datasets: data.Datasets, train: tf.data.Dataset, *, workers: int, replicas: int,
+                   per_replica_batch: int, steps_per_epoch: int, seed: int, augmentation=None):
     """What multi-worker training reads, and its record for `metadata.json` (`distribution.input`).
 
     Args:
@@ -167,7 +167,8 @@ def _input_fn(datasets: data.Datasets, shards: ShardPlan, seed: int,
         examples = folders.decode(share.repeat().take(shards.examples_per_worker), (height, width), channels)
         if cache is not None and cache.kind == "disk":  # this worker's share only, in a file of its own
             examples = examples.cache(str(Path(cache.directory) / f"train-worker{i}-of-{n}"))
-        batches = datasets.batched(batch, seed, own_splits=False)(examples, True)  # memory cache if the plan says so
+        # A memory cache if the plan says so.
+        batches = datasets.batched(examples, batch_size=batch, seed=seed, training=True, own_splits=False)
         if int(batches.cardinality()) != shards.batches_per_worker:
             raise ValueError(f"Worker {i}'s share makes {int(batches.cardinality())} batches per epoch, "
                              f"not the planned {shards.batches_per_worker}.")

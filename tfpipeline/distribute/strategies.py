@@ -148,11 +148,9 @@ def use_bfc_cpu_allocator(environ: dict | None = None) -> None:
 
     With malloc, each step's large tensors are mapped fresh from the OS and unmapped when
     freed, and every new page is zeroed by the kernel on first touch. Under
-    MirroredStrategy on two logical CPU devices this page-fault churn was a third of all CPU
-    time (perf: 31% in exc_page_fault, 5% in munmap, against 11% and 1.5% on one device).
-    With the BFC allocator, which holds on to what it has allocated, it is gone: CPU time
-    per training image fell by 40% or more for mirrored and for two workers, and images/s rose
-    about 1.7-2x, to within a few percent of one device (bench/distribution.py, 2026-11-22). TensorFlow reads the variable when it
+    MirroredStrategy on several logical CPU devices this page-fault churn takes a large
+    share of the CPU time; the BFC allocator, which holds on to what it has allocated,
+    removes it (docs/benchmarks.md). TensorFlow reads the variable when it
     creates its CPU allocator (at the first tensor), so this must run before any op; an
     explicit setting in the environment wins.
     """

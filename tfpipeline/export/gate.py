@@ -89,7 +89,8 @@ def decide(base: Path, test_examples, test_labels: np.ndarray, class_names,
         force: publish whatever the comparison says (still recorded).
 
     Returns:
-        The decision, with the per-class comparison when there is a baseline.
+        The `Decision`: publish or not, why, and the per-class comparison; the caller raises
+        `errors.HeldBack` when it says not to publish.
 
     Raises:
         UserError: the latest version cannot score these test examples (without `force`).

@@ -205,7 +205,12 @@ def _write_metadata(candidate: Candidate, metadata: dict) -> None:
 
 
 def publish(candidate: Candidate, metadata: dict) -> ExportResult:
-    """Write metadata.json into the candidate and rename it to the next free version."""
+    """Write metadata.json into the candidate and rename it to the next free version.
+
+    Returns:
+        The `ExportResult`: the version's folder and number, its metadata.json, the verified
+        test accuracy.
+    """
     _write_metadata(candidate, metadata)
     version = _publish(candidate.path, candidate.base)
     path = candidate.base / str(version)
@@ -224,7 +229,7 @@ def hold(candidate: Candidate, metadata: dict, name: str) -> Path:
 
 
 def export_verified(model: keras.Model, spec: InputSpec, export_base: Path, test_examples,
-                    test_labels: np.ndarray, expected_accuracy: float, metadata: dict) -> ExportResult:
+                    test_labels: np.ndarray, expected_accuracy: float, *, metadata: dict) -> ExportResult:
     """Stage, verify and publish in one go, with no promotion gate (the pipeline gates).
 
     Returns:

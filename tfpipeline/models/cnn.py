@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
     import keras_tuner
 
 
-# Defaults measured on MNIST on a 2-core CPU (docs/benchmarks.md, "What we tried"). The aim
+# Defaults chosen on MNIST on a 2-core CPU (docs/benchmarks.md, "What we tried"). The aim
 # is a good model after one epoch and a better one at the end, at the least compute per
 # image. The recipe follows tuomaso/train_mnist_fast: narrow 5x5 convs, pooling before
 # batch norm and ReLU, no dropout, Adam with short memories (betas 0.7, 0.9). Its batch of
@@ -39,7 +39,7 @@ class Hyperparams:
     # Keras's default (0.99) averages the batch statistics over ~100 steps: the moving
     # statistics then lag weights that are still changing fast, and a model evaluated after
     # a short run (a search trial, the first epochs) scores far below its training accuracy
-    # (28% validation vs 97% training after 3 short epochs). 0.9 tracks them within ~10 steps.
+    # (docs/benchmarks.md). 0.9 tracks them within about ten steps.
     batch_norm_momentum: float = 0.9
     dropout: float = 0.0  # the weight average and the shifts regularize instead
     dense_units: int = 256  # 0: straight from the last block to the logits
@@ -108,8 +108,8 @@ def build(input_shape, num_classes: int, hp: Hyperparams | None = None) -> keras
             )(x)
             if c == hp.convs_per_block - 1:
                 # The block's last conv is pooled *before* batch norm and ReLU: both act per
-                # value, so they then touch 4x fewer values. On CPU these unfused elementwise
-                # ops, not the small convolutions, are most of the cost (~30% faster per image).
+                # value, so they then touch a quarter of the values. On CPU these unfused
+                # elementwise ops, not the small convolutions, are most of the cost.
                 x = keras.layers.MaxPooling2D(name=f"pool{b}")(x)
             if hp.batch_norm:
                 x = FusedBatchNorm(momentum=hp.batch_norm_momentum, name=f"bn{b}_{c}")(x)
@@ -134,8 +134,8 @@ def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
     return shift_augmentation(hp.augment, seed, start_epoch=hp.augment_from_epoch, interpolation="nearest")
 
 
-def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default.
+def search_space(kt_hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
+    """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
 
     Widths are multiples of 16 (see `Hyperparams.filters`) and stop at 32,64: wider blocks
     cost ~2x per epoch for no gain on 28x28 digits. Larger or colour inputs also try three
@@ -144,14 +144,14 @@ def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hy
     d = Hyperparams()
     larger = max(input_shape[:2]) > 32 or input_shape[2] > 1
     return Hyperparams(
-        learning_rate=hp.Float("learning_rate", 2e-3, 2e-2, sampling="log", default=d.learning_rate),
-        filters=ints(hp.Choice("filters", options(joined(d.filters), "16,16", "16,48", "32,64",
+        learning_rate=kt_hp.Float("learning_rate", 2e-3, 2e-2, sampling="log", default=d.learning_rate),
+        filters=ints(kt_hp.Choice("filters", options(joined(d.filters), "16,16", "16,48", "32,64",
                                                   *(["16,32,64", "32,64,128"] if larger else [])),
                                default=joined(d.filters))),
-        dense_units=hp.Choice("dense_units", options(0, 64, 128, d.dense_units), default=d.dense_units),
-        kernel_size=hp.Choice("kernel_size", options(d.kernel_size, 3), default=d.kernel_size),
-        dropout=hp.Float("dropout", 0.0, 0.4, step=0.1, default=d.dropout),
-        batch_norm=hp.Boolean("batch_norm", default=d.batch_norm),
+        dense_units=kt_hp.Choice("dense_units", options(0, 64, 128, d.dense_units), default=d.dense_units),
+        kernel_size=kt_hp.Choice("kernel_size", options(d.kernel_size, 3), default=d.kernel_size),
+        dropout=kt_hp.Float("dropout", 0.0, 0.4, step=0.1, default=d.dropout),
+        batch_norm=kt_hp.Boolean("batch_norm", default=d.batch_norm),
         # Light random shifts: the regularizer that pays off most on digits.
-        augment=hp.Choice("augment", options(d.augment, 0.05, 0.15), default=d.augment),
+        augment=kt_hp.Choice("augment", options(d.augment, 0.05, 0.15), default=d.augment),
     )

@@ -108,10 +108,10 @@ class FusedBatchNorm(keras.layers.Layer):
     count of updates), with one difference: the moving statistics start as the plain mean of
     the batches seen, and only after 1 / (1 - momentum) batches become Keras's exponential
     average (see `call`). Keras's start at full momentum from mean 0 and variance 1, which
-    a short run (a smoke test, a search trial, a one-epoch first cycle) does not wash out
-    (issue 16). It computes with TensorFlow's fused kernel (`FusedBatchNormV3`), one op
-    forward and one backward; on this CPU that measured no faster than Keras's separate ops
-    (docs/benchmarks.md). Inputs of rank 2 (after a dense layer) are normalized as 1x1 images.
+    a short run (a smoke test, a search trial, a one-epoch first cycle) does not wash out.
+    It computes with TensorFlow's fused kernel (`FusedBatchNormV3`), one op forward and one
+    backward; on a CPU that is no faster than Keras's separate ops (docs/benchmarks.md).
+    Inputs of rank 2 (after a dense layer) are normalized as 1x1 images.
 
     Args:
         momentum: Momentum of the moving mean and variance. Our models use 0.9, not Keras's
@@ -176,7 +176,7 @@ def shift_augmentation(fraction: float, seed: int, *, start_epoch: int = 0,
     shifted in), for a family's `augmentation(hp, seed)`: a stage of the training input
     pipeline from epoch `start_epoch` on, so the exported model never contains it.
     `interpolation`: Keras's bilinear default (sub-pixel shifts, as the MLP, RNN and
-    Transformer defaults were measured with) or "nearest" (whole pixels, the CNN's).
+    Transformer defaults were chosen with) or "nearest" (whole pixels, the CNN's).
     0: no augmentation."""
     if not fraction:
         return Augmentation()

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
     import keras_tuner
 
 
-# Defaults measured on MNIST on a 2-core CPU (docs/benchmarks.md, "Family defaults"). A
+# Defaults chosen on MNIST on a 2-core CPU (docs/benchmarks.md, "Family defaults"). A
 # dense net has no built-in notion of where a stroke is, so it overfits the training pixels
 # (training loss near 0 while test accuracy stalls): random shifts of a few pixels are the
 # regularizer that pays off, and they need more epochs, which this family can afford since
@@ -55,8 +55,8 @@ def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
     return shift_augmentation(hp.augment, seed)
 
 
-def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default.
+def search_space(kt_hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
+    """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
 
     Larger inputs (more than MNIST's 784 values) also try 2048 units: the first layer then
     still narrows the input at most ~6x.
@@ -64,10 +64,12 @@ def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hy
     d = Hyperparams()
     size = input_shape[0] * input_shape[1] * input_shape[2]
     return Hyperparams(
-        learning_rate=hp.Float("learning_rate", 3e-4, 1e-2, sampling="log", default=d.learning_rate),
-        units=hp.Choice("units", options(128, 256, d.units, 1024, *([2048] if size > 28 * 28 else [])), default=d.units),
-        layers=hp.Int("layers", 1, 3, default=d.layers),
-        dropout=hp.Float("dropout", 0.0, 0.5, step=0.1, default=d.dropout),
-        normalization=hp.Choice("normalization", options(d.normalization, "batch", "layer"), default=d.normalization),
-        augment=hp.Choice("augment", options(d.augment, 0.0, 0.05, 0.15), default=d.augment),
+        learning_rate=kt_hp.Float("learning_rate", 3e-4, 1e-2, sampling="log", default=d.learning_rate),
+        units=kt_hp.Choice("units", options(128, 256, d.units, 1024, *([2048] if size > 28 * 28 else [])),
+                           default=d.units),
+        layers=kt_hp.Int("layers", 1, 3, default=d.layers),
+        dropout=kt_hp.Float("dropout", 0.0, 0.5, step=0.1, default=d.dropout),
+        normalization=kt_hp.Choice("normalization", options(d.normalization, "batch", "layer"),
+                                   default=d.normalization),
+        augment=kt_hp.Choice("augment", options(d.augment, 0.0, 0.05, 0.15), default=d.augment),
     )

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 
 
-# Defaults measured on MNIST on a 2-core CPU (docs/benchmarks.md, "Family defaults"). Read
+# Defaults chosen on MNIST on a 2-core CPU (docs/benchmarks.md, "Family defaults"). Read
 # row by row, a digit's lower half decides as much as its upper half: reading the rows in both
 # directions lets the last states see both ends. A GRU learned faster than an LSTM of the same
 # width here. Light random shifts, dropout on the last state and weight averaging keep the
@@ -61,19 +61,19 @@ def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
     return shift_augmentation(hp.augment, seed)
 
 
-def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default.
+def search_space(kt_hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
+    """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
 
     Taller images (more time steps, each with more pixels) also try 384 units.
     """
     d = Hyperparams()
     tall = input_shape[0] > 32
     return Hyperparams(
-        learning_rate=hp.Float("learning_rate", 5e-4, 1e-2, sampling="log", default=d.learning_rate),
-        cell=hp.Choice("cell", options(d.cell, *CELLS), default=d.cell),
-        units=hp.Choice("units", options(64, d.units, 256, *([384] if tall else [])), default=d.units),
-        layers=hp.Int("layers", 1, 2, default=d.layers),
-        bidirectional=hp.Boolean("bidirectional", default=d.bidirectional),
-        dropout=hp.Float("dropout", 0.0, 0.3, step=0.1, default=d.dropout),
-        augment=hp.Choice("augment", options(d.augment, 0.0, 0.05), default=d.augment),
+        learning_rate=kt_hp.Float("learning_rate", 5e-4, 1e-2, sampling="log", default=d.learning_rate),
+        cell=kt_hp.Choice("cell", options(d.cell, *CELLS), default=d.cell),
+        units=kt_hp.Choice("units", options(64, d.units, 256, *([384] if tall else [])), default=d.units),
+        layers=kt_hp.Int("layers", 1, 2, default=d.layers),
+        bidirectional=kt_hp.Boolean("bidirectional", default=d.bidirectional),
+        dropout=kt_hp.Float("dropout", 0.0, 0.3, step=0.1, default=d.dropout),
+        augment=kt_hp.Choice("augment", options(d.augment, 0.0, 0.05), default=d.augment),
     )

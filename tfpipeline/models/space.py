@@ -1,11 +1,11 @@
-"""Helpers for the families' `search_space(hp)` functions (KerasTuner hyperparameters).
+"""Helpers for the families' `search_space(kt_hp)` functions (KerasTuner hyperparameters).
 
-Each family's `search_space(hp) -> Hyperparams` declares its tunables with the dataclass
-default as `default=`, so the first trial of a search (see `tfpipeline/tuning.py`) is the
+Each family's `search_space(kt_hp) -> Hyperparams` declares its tunables with the dataclass
+default as `default=`, so the first trial of a search (see `tfpipeline.tuning`) is the
 family's own defaults and a tuned model starts from what an untuned run would train.
 
 With `--model auto` every family's `search_space` also runs while another family is
-chosen, inside an inactive KerasTuner conditional scope: there every `hp.X(...)` returns
+chosen, inside an inactive KerasTuner conditional scope: there every `kt_hp.X(...)` returns
 None and the result is thrown away. So `search_space` only passes values on; anything it
 computes from a value goes through a helper here that lets None through.
 """

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # only for the annotation: importing KerasTuner is slow
     import keras_tuner
 
 
-# Defaults measured on MNIST on a 2-core CPU (docs/benchmarks.md, "Family defaults"). The
+# Defaults chosen on MNIST on a 2-core CPU (docs/benchmarks.md, "Family defaults"). The
 # tokens decide the accuracy more than the depth: 49 tokens for 4x4-pixel patches beat 16 for
 # 7x7 ones. A small convolutional stem embeds them better than ViT's linear patchify (it sees
 # each patch's neighbourhood and gives the model some of a convolution's sense of locality),
@@ -144,8 +144,8 @@ def augmentation(hp: Hyperparams, seed: int) -> Augmentation:
     return shift_augmentation(hp.augment, seed)
 
 
-def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default.
+def search_space(kt_hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hyperparams:
+    """Tunables for `tfpipeline.tuning`; each default is the dataclass default.
 
     Powers of two for embed_dim and num_heads keep every pair divisible. The patch sizes are
     those of a 7x7 (the default) and a 4x4 grid over the input (4 and 7 on 28x28), so each
@@ -158,13 +158,13 @@ def search_space(hp: keras_tuner.HyperParameters, input_shape=(28, 28, 1)) -> Hy
     except ValueError:  # no dividing patch size: the trials fail and say why
         patches = [d.patch_size]
     return Hyperparams(
-        learning_rate=hp.Float("learning_rate", 5e-4, 5e-3, sampling="log", default=d.learning_rate),
-        patch_size=hp.Choice("patch_size", patches, default=patches[0]),
-        stem_filters=hp.Choice("stem_filters", options(d.stem_filters, 0, 64), default=d.stem_filters),
-        embed_dim=hp.Choice("embed_dim", options(32, d.embed_dim, 128), default=d.embed_dim),
-        num_heads=hp.Choice("num_heads", options(2, d.num_heads, 8), default=d.num_heads),
-        layers=hp.Int("layers", 1, 4, default=d.layers),
-        mlp_ratio=hp.Choice("mlp_ratio", options(d.mlp_ratio, 2, 4), default=d.mlp_ratio),
-        dropout=hp.Float("dropout", 0.0, 0.3, step=0.1, default=d.dropout),
-        augment=hp.Choice("augment", options(d.augment, 0.0, 0.1), default=d.augment),
+        learning_rate=kt_hp.Float("learning_rate", 5e-4, 5e-3, sampling="log", default=d.learning_rate),
+        patch_size=kt_hp.Choice("patch_size", patches, default=patches[0]),
+        stem_filters=kt_hp.Choice("stem_filters", options(d.stem_filters, 0, 64), default=d.stem_filters),
+        embed_dim=kt_hp.Choice("embed_dim", options(32, d.embed_dim, 128), default=d.embed_dim),
+        num_heads=kt_hp.Choice("num_heads", options(2, d.num_heads, 8), default=d.num_heads),
+        layers=kt_hp.Int("layers", 1, 4, default=d.layers),
+        mlp_ratio=kt_hp.Choice("mlp_ratio", options(d.mlp_ratio, 2, 4), default=d.mlp_ratio),
+        dropout=kt_hp.Float("dropout", 0.0, 0.3, step=0.1, default=d.dropout),
+        augment=kt_hp.Choice("augment", options(d.augment, 0.0, 0.1), default=d.augment),
     )

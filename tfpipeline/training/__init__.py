@@ -1,4 +1,13 @@
 """The training stage: settings, schedules, callbacks, the fit loop and what it needs.
+
+Owns: `TrainSettings` and `settings_for`, the learning-rate schedule, the callbacks of every
+training loop (`make_callbacks`, also a search trial's), `fit` with its rollback and retry
+after a divergence (`FitResult`, `Recovery`), the optimizers (`optimizers`), losses
+(`losses`), frozen layers (`freezing`), ensembles (`ensemble`), and the list of private
+Keras details the library relies on (`internals`).
+
+May import: errors, runstate, data and models. Nothing in data, models or inputs imports it;
+it imports nothing from tuning, distribute, export, report or serving.
 """
 
 from tfpipeline.training.loop import (  # noqa: F401
@@ -6,6 +15,8 @@ from tfpipeline.training.loop import (  # noqa: F401
     RETRY_CLIPNORM,
     CosineCycles,
     DivergenceWatch,
+    FitResult,
+    Recovery,
     TrainSettings,
     averaging_momentum,
     check_finite,

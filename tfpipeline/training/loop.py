@@ -23,13 +23,12 @@ import keras
 import tensorflow as tf
 
 from tfpipeline.errors import TrainingDiverged
-from tfpipeline.training import freezing, losses, optimizers
-
+from tfpipeline.training import freezing, internals, losses, optimizers
 
 # A training loss this many times that of guessing uniformly (ln of the number of classes) is
-# taken as divergence even while finite: with a far too high learning rate (--learning-rate 5
-# on MNIST) Adam drives the loss to ~1e4 without a NaN and the run would end, and be
-# published, at chance accuracy. A sound run starts near 1x and only goes down.
+# taken as divergence even while finite: with a far too high learning rate Adam drives the
+# loss orders of magnitude up without a NaN, and the run would end, and be published, at
+# chance accuracy (docs/divergence.md). A sound run starts near that loss and only goes down.
 EXPLOSION_FACTOR = 10.0
 # The clipping the retry turns on when the run had none: Keras's per-variable gradient-norm
 # clip (`clipnorm`) at 1.0, the usual starting value.
@@ -253,8 +252,23 @@ def make_callbacks(
     backup_dir: str | Path | None,
     settings: TrainSettings,
     extra: list[keras.callbacks.Callback] | None = None,
+    *,
     report_resume: bool = True,
+    write_graph: bool = True,
 ) -> list[keras.callbacks.Callback]:
+    """The callbacks of every training loop: a run's (`fit`, `multiworker.fit`) and a search
+    trial's (`tuning.hypermodel`), in the order they must run.
+
+    Args:
+        logdir: TensorBoard's folder; None: no TensorBoard.
+        backup_dir: BackupAndRestore's folder; None: no backup (a trial, a worker's copy).
+        settings: the settings the model was compiled with: freezing, weight averaging, early
+            stopping, histograms and the profile follow them.
+        extra: appended after ours (they see the model as it will be exported).
+        report_resume: print the epoch a resumed run starts from (not for a retry, which
+            starts mid-run on purpose).
+        write_graph: TensorBoard's graph (a search trial skips it).
+    """
     # First, so every callback after it sees the model with all its layers trainable.
     callbacks: list[keras.callbacks.Callback] = [*freezing.callbacks(settings.frozen_layers, settings.frozen_epochs),
                                                  keras.callbacks.TerminateOnNaN()]
@@ -264,16 +278,16 @@ def make_callbacks(
         # double_checkpoint: a kill in the middle of writing the weights leaves the previous
         # epoch's copy, which the restore falls back to, instead of an unreadable backup.
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True))
-        if report_resume:  # a retry after divergence starts mid-run on purpose: not a resume
+        if report_resume:
             callbacks.append(_ResumeReport(backup_dir, settings.epochs))
     # After the backup (which must save the raw weights and their average as they are), before
     # everything that judges or keeps the model at an epoch's end.
     callbacks += weight_averaging_callbacks(averaging_momentum(settings) > 0)
     if settings.early_stopping_patience:
         callbacks.append(
-            # On the validation loss, not accuracy: 6,000 validation images move the accuracy
-            # in steps of 0.017 points, so late epochs of the cosine decay (usually the best)
-            # tie or dip by one image, and patience ran out and restored an earlier epoch.
+            # On the validation loss, not accuracy: a few thousand validation images move the
+            # accuracy in coarse steps, so late epochs of the cosine decay (usually the best)
+            # tie or dip by one image, and patience would run out and restore an earlier epoch.
             keras.callbacks.EarlyStopping(
                 monitor="val_loss",
                 mode="min",
@@ -287,6 +301,7 @@ def make_callbacks(
             keras.callbacks.TensorBoard(
                 str(logdir),
                 histogram_freq=settings.histogram_freq,
+                write_graph=write_graph,
                 # The trace goes to <logdir>/train/plugins/profile/, where the profile tab finds it.
                 profile_batch=settings.profile_batches or 0,
             )
@@ -294,20 +309,60 @@ def make_callbacks(
     return callbacks + list(extra or [])
 
 
-def epochs_completed(history: keras.callbacks.History) -> int:
+@dataclasses.dataclass(frozen=True)
+class Recovery:
+    """What `fit` did after a divergence."""
+
+    diverged: str  # how the first attempt diverged
+    rolled_back_to_epoch: int  # the finished epochs whose weights the retry started from
+    retry: dict  # the retry's optimizer (`optimizer_record`)
+    retry_epochs: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What a training loop returns: Keras's per-epoch logs, under the names a Keras `History`
+    uses (`history`, `epoch`), and what was done after a divergence."""
+
+    history: dict[str, list[float]]  # metric name → one value per epoch run by this call
+    epoch: list[int]  # the 0-based epochs run by this call (a resumed run starts past 0)
+    recovery: Recovery | None = None  # None: training never diverged
+
+    @classmethod
+    def of(cls, history: keras.callbacks.History, recovery: Recovery | None = None) -> FitResult:
+        return cls(dict(history.history), list(history.epoch), recovery)
+
+
+def epochs_completed(history: FitResult | keras.callbacks.History) -> int:
     """Epochs done in total, counting those a resumed run restored from its backup."""
     return history.epoch[-1] + 1 if history.epoch else 0
 
 
-def check_finite(history: keras.callbacks.History) -> None:
+def check_finite(history: FitResult | keras.callbacks.History) -> None:
+    """Raises `TrainingDiverged` if an epoch's training loss is NaN or infinite."""
     for epoch, loss in zip(history.epoch, history.history.get("loss", [])):
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss} in epoch {epoch + 1}")
 
 
-def recovery_of(history: keras.callbacks.History) -> dict | None:
-    """What `fit` did after a divergence (for metadata.json), or None if training never diverged."""
-    return getattr(history, "recovery", None)
+def recovery_of(result: FitResult) -> dict | None:
+    """What `fit` did after a divergence, as metadata.json records it; None if training never diverged."""
+    return result.recovery.to_json() if result.recovery is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _FitJob:
+    """What every attempt of one `fit` trains on, and where it writes."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    settings: TrainSettings  # the run's; a retry is compiled with `retry_settings` of them
+    logdir: str | Path | None
+    backup_dir: str | Path | None
+    extra_callbacks: list[keras.callbacks.Callback] | None
 
 
 def fit(
@@ -319,58 +374,71 @@ def fit(
     logdir: str | Path | None = None,
     backup_dir: str | Path | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
-) -> keras.callbacks.History:
+) -> FitResult:
     """Compile (if needed) and train; on divergence roll back and retry once, else raise.
 
     On a NaN/inf or exploded loss (`DivergenceWatch`) the model goes back to the weights it had
     at the end of the last finished epoch (or at the start), is compiled again with half the
     learning rate and gradient clipping (`RETRY_CLIPNORM` unless the settings clip already),
-    and trains the remaining epochs with a new warmup + cosine cycle over them. The returned
-    History then carries `recovery` (see `recovery_of`). A second divergence, or a retry whose
-    training loss ends no lower than that of guessing (ln classes), raises `TrainingDiverged`
-    naming both attempts.
+    and trains the remaining epochs with a new warmup + cosine cycle over them.
+
+    Args:
+        model: a Keras model, compiled with `settings` or not compiled yet.
+        train: the batched training dataset, one pass = `settings.steps_per_epoch` batches.
+        validation: the batched validation dataset, or None.
+        settings: what to train for and how (`settings_for`).
+        logdir: TensorBoard's folder; None: no TensorBoard.
+        backup_dir: BackupAndRestore's folder: a killed run resumes from it; None: none.
+        extra_callbacks: run after the pipeline's own.
+
+    Returns:
+        A `FitResult`: the epochs' logs, and `recovery` when a retry recovered.
+
+    Raises:
+        TrainingDiverged: the retry diverged too, or its training loss ended no lower than
+            that of guessing (ln classes); the message names both attempts.
     """
     if not model.compiled:
         compile_model(model, settings)
+    job = _FitJob(train, validation, settings, logdir, backup_dir, extra_callbacks)
     watch, snapshot = DivergenceWatch(), _EpochSnapshot()
-    history = _fit_attempt(model, train, validation, settings, settings, watch, snapshot,
-                           logdir, backup_dir, extra_callbacks)
+    history = _fit_attempt(model, job, settings, watch=watch, snapshot=snapshot)
     if watch.diverged is None:
         check_finite(history)
-        return history
+        return FitResult.of(history)
+    return _recover(model, job, watch.diverged, snapshot)
 
+
+def _recover(model: keras.Model, job: _FitJob, diverged: str, snapshot: _EpochSnapshot) -> FitResult:
+    """The one retry after a divergence: from `snapshot`'s weights, with `retry_settings`."""
+    settings = job.settings
     retry = retry_settings(settings, snapshot.epoch)
     tried = (f"rolled back to the weights of {_epoch_name(snapshot.epoch)} and trained epochs "
              f"{snapshot.epoch + 1}-{settings.epochs} again with the peak learning rate halved "
              f"({settings.learning_rate:g} -> {retry.learning_rate:g}) and {_clipping(retry)}")
-    print(f"Training diverged: {watch.diverged}. Recovering: {tried}.", flush=True)
+    print(f"Training diverged: {diverged}. Recovering: {tried}.", flush=True)
     model.set_weights(snapshot.weights)
     # Keras's BackupAndRestore left the epoch it restored (if this run resumed) in the model;
     # the retry starts from the snapshot's epoch instead.
-    model._initial_epoch = None
+    internals.clear_initial_epoch(model)
     with model.distribute_strategy.scope():
         compile_model(model, retry)
-    first, watch = watch.diverged, DivergenceWatch()
-    history = _fit_attempt(model, train, validation, settings, retry, watch, _EpochSnapshot(),
-                           logdir, backup_dir, extra_callbacks, initial_epoch=snapshot.epoch)
+    watch = DivergenceWatch()
+    history = _fit_attempt(model, job, retry, watch=watch, snapshot=_EpochSnapshot(), initial_epoch=snapshot.epoch)
     if watch.diverged is not None:
-        raise TrainingDiverged(f"{first}; then it {tried}, and the loss diverged again: {watch.diverged}")
+        raise TrainingDiverged(f"{diverged}; then it {tried}, and the loss diverged again: {watch.diverged}")
     check_finite(history)
-    # A retry that stays finite can still be dead (--learning-rate 5: every unit off, the loss
-    # flat at chance for six epochs, 11% accuracy): not a recovery worth publishing.
+    # A retry that stays finite can still be dead (every unit off, the loss flat at chance):
+    # not a recovery worth publishing.
     chance, final = _chance_loss(model), history.history["loss"][-1]
     if not final < chance:
         raise TrainingDiverged(
-            f"{first}; then it {tried}, but the retry learned nothing: its training loss ended at {final:.3f}, no "
+            f"{diverged}; then it {tried}, but the retry learned nothing: its training loss ended at {final:.3f}, no "
             f"better than the {chance:.2f} of guessing uniformly among {int(model.output_shape[-1])} classes")
-    history.recovery = {
-        "diverged": first,
-        "rolled_back_to_epoch": snapshot.epoch,
-        "retry": optimizer_record(retry),
-        "retry_epochs": settings.epochs - snapshot.epoch,
-    }
+    recovery = Recovery(diverged=diverged, rolled_back_to_epoch=snapshot.epoch, retry=optimizer_record(retry),
+                        retry_epochs=settings.epochs - snapshot.epoch)
     print(f"Recovered: the retry trained to epoch {epochs_completed(history)} with a finite loss.", flush=True)
-    return history
+    return FitResult.of(history, recovery)
 
 
 def retry_settings(settings: TrainSettings, from_epoch: int) -> TrainSettings:
@@ -384,23 +452,23 @@ def retry_settings(settings: TrainSettings, from_epoch: int) -> TrainSettings:
     )
 
 
-def _fit_attempt(model, train, validation, settings, schedule_settings, watch, snapshot, logdir, backup_dir,
-                 extra_callbacks, initial_epoch: int = 0) -> keras.callbacks.History:
-    """One `model.fit` over epochs `initial_epoch`..`settings.epochs`. `schedule_settings` are
-    those the model was compiled with (a retry's cover only its remaining epochs, without a
+def _fit_attempt(model: keras.Model, job: _FitJob, schedule_settings: TrainSettings, *, watch: DivergenceWatch,
+                 snapshot: _EpochSnapshot, initial_epoch: int = 0) -> keras.callbacks.History:
+    """One `model.fit` over epochs `initial_epoch`..`job.settings.epochs`. `schedule_settings`
+    are those the model was compiled with (a retry's cover only its remaining epochs, without a
     profile): the callbacks follow them."""
-    callbacks = make_callbacks(logdir, backup_dir, schedule_settings, extra_callbacks,
+    settings = job.settings
+    callbacks = make_callbacks(job.logdir, job.backup_dir, schedule_settings, job.extra_callbacks,
                                report_resume=not initial_epoch)
     # First: they must see each epoch's raw weights before the averaged ones are swapped in.
     callbacks = [watch, snapshot] + callbacks
     return model.fit(
         # One endless iterator for the whole run, `steps_per_epoch` batches per epoch. With a
-        # finite dataset Keras makes a new iterator every epoch, and the first step of an epoch
-        # then stalled for 1-6 s here, CPU idle (mirrored over 2 CPU devices in most epochs,
-        # one device in some): up to a whole extra epoch's time in a 12-epoch run.
-        endless(train, settings),
+        # finite dataset Keras makes a new iterator every epoch, and the first step of each
+        # epoch then stalls while the iterator restarts (docs/benchmarks.md).
+        endless(job.train, settings),
         steps_per_epoch=settings.steps_per_epoch,
-        validation_data=validation,
+        validation_data=job.validation,
         epochs=settings.epochs,
         initial_epoch=initial_epoch,
         shuffle=False,  # the tf.data pipeline shuffles, with its own seed

@@ -1,9 +1,9 @@
 """Keras's Adam and AdamW, with a weight average that warms up.
 
 Keras's weight average (`use_ema=True`) uses its fixed momentum m from the first step, so
-after t steps the weights of step one still carry m**t of the average: 0.99**235 = 9% after
-one MNIST epoch at batch 256, enough to pull a 99% model down to about 60% when it is
-evaluated or exported (issue 16). TF 1's `ExponentialMovingAverage` had
+after t steps the weights of step one still carry m**t of the average: in a short run
+enough of the untrained weights to pull the evaluated and exported model far below the
+trained one (docs/benchmarks.md). TF 1's `ExponentialMovingAverage` had
 the fix, `num_updates`: momentum min(m, (1 + t) / (10 + t)) at step t, which averages about
 the last tenth of the steps so far until m takes over. Keras's optimizers read their
 `ema_momentum` attribute when they trace the update, so these subclasses make it that
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import keras
 
+from tfpipeline.training import internals
+
 
 class _AverageWarmup:
     """Mixin for a Keras optimizer: `ema_momentum` warms up with the step count."""
@@ -22,7 +24,7 @@ class _AverageWarmup:
     def ema_momentum(self):
         target = self._target_ema_momentum
         # Before the step counter exists (during `__init__`), and in eager checks, the plain value.
-        if not getattr(self, "use_ema", False) or not hasattr(self, "_iterations"):
+        if not getattr(self, "use_ema", False) or not internals.has_step_counter(self):
             return target
         step = keras.ops.cast(self.iterations, "float32")
         return keras.ops.minimum(target, (1.0 + step) / (10.0 + step))
