@@ -92,6 +92,7 @@ def output_protos(outputs: dict[str, np.ndarray], wanted: list[str] | None = Non
 
 
 def _with_shape(proto: tensor_pb2.TensorProto, shape) -> tensor_pb2.TensorProto:
+    proto.tensor_shape.SetInParent()  # present for scalars too, as TensorFlow writes it
     for size in shape:
         proto.tensor_shape.dim.add(size=size)
     return proto
