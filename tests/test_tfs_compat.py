@@ -744,7 +744,8 @@ def test_tf2_export_serves_classify_and_predict(stub):
 def test_multi_input_multi_output_model(server, stub):
     body = {"instances": [{"a": [1.0, 2.0], "b": 3}, {"a": [0.5, 0.5], "b": 1}]}
     assert server.post("/v1/models/multi:predict", body) == (200, {"predictions": [
-        {"sum": 6.0, "label_bytes": {"b64": "Mw=="}}, {"sum": 2.0, "label_bytes": {"b64": "MQ=="}}]})
+        {"sum": 6.0, "label_bytes": {"b64": "Mw=="}},
+        {"sum": 2.0, "label_bytes": {"b64": "MQ=="}}]})
     columnar = {"inputs": {"a": [[1.0, 2.0]], "b": [3]}}
     assert server.post("/v1/models/multi:predict", columnar) == (
         200, {"outputs": {"sum": [6.0], "label_bytes": [{"b64": "Mw=="}]}})

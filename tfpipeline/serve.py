@@ -107,29 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     net.add_argument("--monitoring_config_file", "--monitoring-config-file", type=Path,
                      help="text MonitoringConfig; prometheus_config { enable: true } serves "
                      "Prometheus metrics on the REST port")
-    net.add_argument("--grpc_socket_path", "--grpc-socket-path",
-                     help="also serve gRPC on this Unix socket (clients dial unix:PATH)")
-    net.add_argument("--grpc_channel_arguments", "--grpc-channel-arguments", default="",
-                     type=channel_arguments, metavar="NAME=VALUE,...",
-                     help="gRPC server arguments, e.g. grpc.max_connection_age_ms=2000")
-    api = p.add_argument_group("API behaviour (TF Serving's flags)")
-    api.add_argument("--enable_serialization_as_tensor_content", type=boolean, nargs="?",
-                     const=True, default=False, metavar="true|false",
-                     help="gRPC outputs as raw tensor_content instead of the typed *_val "
-                     "fields (default false, as TF Serving)")
-    api.add_argument("--enable_signature_method_name_check", type=boolean, nargs="?",
-                     const=True, default=False, metavar="true|false",
-                     help="Classify/Regress only on signatures of that method name "
-                     "(default false, as TF Serving)")
-    api.add_argument("--enable_model_warmup", type=boolean, nargs="?", const=True,
-                     default=True, metavar="true|false",
-                     help="replay assets.extra/tf_serving_warmup_requests before a version "
-                     "serves (default true)")
-    api.add_argument("--use_tflite_model", type=boolean, nargs="?", const=True, default=False,
-                     metavar="true|false", help="not supported: only false is accepted")
-    for name in UNIMPLEMENTED_FLAGS:
-        api.add_argument(f"--{name}", dest=f"unimplemented_{name}", metavar="VALUE",
-                         help=argparse.SUPPRESS)
+    _add_tf_serving_flags(p, net)
     batch = p.add_argument_group("batching")
     batch.add_argument("--enable_batching", "--enable-batching", type=boolean, nargs="?",
                        const=True, default=True, metavar="true|false",
@@ -182,6 +160,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--use_tflite_model=true is not supported: this server serves SavedModels "
                 "(export one, or serve the .tflite file with TF Serving)")
     return args
+
+
+def _add_tf_serving_flags(p: argparse.ArgumentParser, group) -> None:
+    """TF Serving's gRPC and API behaviour flags, and those accepted but not implemented.
+
+    Args:
+        p: the parser.
+        group: the "network" argument group, for the gRPC flags.
+    """
+    group.add_argument("--grpc_socket_path", "--grpc-socket-path",
+                       help="also serve gRPC on this Unix socket (clients dial unix:PATH)")
+    group.add_argument("--grpc_channel_arguments", "--grpc-channel-arguments", default="",
+                       type=channel_arguments, metavar="NAME=VALUE,...",
+                       help="gRPC server arguments, e.g. grpc.max_connection_age_ms=2000")
+    api = p.add_argument_group("API behaviour (TF Serving's flags)")
+    api.add_argument("--enable_serialization_as_tensor_content", type=boolean, nargs="?",
+                     const=True, default=False, metavar="true|false",
+                     help="gRPC outputs as raw tensor_content instead of the typed *_val "
+                     "fields (default false, as TF Serving)")
+    api.add_argument("--enable_signature_method_name_check", type=boolean, nargs="?",
+                     const=True, default=False, metavar="true|false",
+                     help="Classify/Regress only on signatures of that method name "
+                     "(default false, as TF Serving)")
+    api.add_argument("--enable_model_warmup", type=boolean, nargs="?", const=True,
+                     default=True, metavar="true|false",
+                     help="replay assets.extra/tf_serving_warmup_requests before a version "
+                     "serves (default true)")
+    api.add_argument("--use_tflite_model", type=boolean, nargs="?", const=True, default=False,
+                     metavar="true|false", help="not supported: only false is accepted")
+    for name in UNIMPLEMENTED_FLAGS:
+        api.add_argument(f"--{name}", dest=f"unimplemented_{name}", metavar="VALUE",
+                         help=argparse.SUPPRESS)
 
 
 def channel_arguments(text: str) -> tuple:

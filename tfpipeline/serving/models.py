@@ -47,8 +47,10 @@ class ModelRegistry:
         return manager.get(version)
 
     async def apply(self, specs: list[ModelSpec]) -> None:
-        """Serve exactly `specs`; raises FailedPrecondition/NotFound and changes nothing if a
-        model has no loadable version or a label points at a version that is not loaded."""
+        """Serve exactly `specs`. A model with no loadable version is kept with its END
+        statuses and logged. Raises NotFound (a base path without versions) or
+        FailedPrecondition (a label on a version that is not loaded) and then changes
+        nothing."""
         async with self._lock:
             managers: dict[str, VersionManager] = {}
             created = []
