@@ -9,9 +9,11 @@
 Flags are TF Serving's, in either `--flag=value` or `--flag value` form; the dashed
 spellings this command had before (--model-name, --rest-api-port, ...) stay as aliases.
 Unlike TF Serving: the bind address defaults to 127.0.0.1 (`--host 0.0.0.0` in a container),
-port 0 picks a free port instead of disabling an API, and batching is on by default. The
-server itself lives in tfpipeline.serving; this module turns the command line into a
-ServerConfig and reports setup mistakes without a traceback.
+port 0 picks a free port instead of disabling an API, and batching is on by default. TF
+Serving flags this server accepts but does not implement (`UNIMPLEMENTED_FLAGS`) are taken,
+so a TF Serving command line starts unchanged, and each one given is named in a warning at
+start. The server itself lives in tfpipeline.serving; this module turns the command line
+into a ServerConfig and reports setup mistakes without a traceback.
 """
 
 from __future__ import annotations
@@ -31,6 +33,32 @@ DEFAULT_BATCH_THREADS = min(2, os.cpu_count() or 1)
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_BATCH_TIMEOUT_MICROS = 2000
 DEFAULT_MAX_ENQUEUED_BATCHES = 10  # TF Serving's
+
+# TF Serving flags accepted for compatibility with its command lines, with what happens
+# instead: none of them changes what this server does.
+UNIMPLEMENTED_FLAGS = {
+    "num_load_threads": "versions load one model at a time per model",
+    "num_unload_threads": "versions unload when their last request finishes",
+    "max_num_load_retries": "a failed version is retried when its files change",
+    "load_retry_interval_micros": "a failed version is retried when its files change",
+    "flush_filesystem_caches": "no file system caches are kept",
+    "saved_model_tags": "the MetaGraph tagged \"serve\" is loaded",
+    "per_process_gpu_memory_fraction": "TensorFlow's default GPU memory use",
+    "platform_config_file": "only the tensorflow platform is served",
+    "allow_version_labels_for_unavailable_models": "labels must name loaded versions",
+    "ssl_config_file": "gRPC is served without TLS",
+    "rest_api_num_threads": "REST requests are handled on the event loop",
+    "rest_api_enable_cors_support": "no CORS headers are sent",
+    "enable_profiler": "no profiler service",
+    "xla_cpu_compilation_enabled": "TensorFlow's default JIT settings",
+    "remove_unused_fields_from_bundle_metagraph": "the whole MetaGraph is kept",
+    "prefer_tflite_model": "SavedModels are served",
+    "num_tflite_pools": "no TF Lite models are served",
+    "num_tflite_interpreters_per_pool": "no TF Lite models are served",
+    "mixed_precision": "models run in the precision they were exported in",
+    "thread_pool_factory_config_file": "TensorFlow's own thread pools",
+    "response_tensor_serialization_option": "see --enable_serialization_as_tensor_content",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     net.add_argument("--monitoring_config_file", "--monitoring-config-file", type=Path,
                      help="text MonitoringConfig; prometheus_config { enable: true } serves "
                      "Prometheus metrics on the REST port")
+    _add_tf_serving_flags(p, net)
     batch = p.add_argument_group("batching")
     batch.add_argument("--enable_batching", "--enable-batching", type=boolean, nargs="?",
                        const=True, default=True, metavar="true|false",
@@ -126,7 +155,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error("--model_name is required with --model_base_path")
     if args.model_config_file_poll_wait_seconds and args.model_config_file is None:
         p.error("--model_config_file_poll_wait_seconds needs --model_config_file")
+    if args.use_tflite_model:
+        p.error("--use_tflite_model=true is not supported: this server serves SavedModels "
+                "(export one, or serve the .tflite file with TF Serving)")
     return args
+
+
+def _add_tf_serving_flags(p: argparse.ArgumentParser, group) -> None:
+    """TF Serving's gRPC and API behaviour flags, and those accepted but not implemented.
+
+    Args:
+        p: the parser.
+        group: the "network" argument group, for the gRPC flags.
+    """
+    group.add_argument("--grpc_socket_path", "--grpc-socket-path",
+                       help="also serve gRPC on this Unix socket (clients dial unix:PATH)")
+    group.add_argument("--grpc_channel_arguments", "--grpc-channel-arguments", default="",
+                       type=channel_arguments, metavar="NAME=VALUE,...",
+                       help="gRPC server arguments, e.g. grpc.max_connection_age_ms=2000")
+    api = p.add_argument_group("API behaviour (TF Serving's flags)")
+    api.add_argument("--enable_serialization_as_tensor_content", type=boolean, nargs="?",
+                     const=True, default=False, metavar="true|false",
+                     help="gRPC outputs as raw tensor_content instead of the typed *_val "
+                     "fields (default false, as TF Serving)")
+    api.add_argument("--enable_signature_method_name_check", type=boolean, nargs="?",
+                     const=True, default=False, metavar="true|false",
+                     help="Classify/Regress only on signatures of that method name "
+                     "(default false, as TF Serving)")
+    api.add_argument("--enable_model_warmup", type=boolean, nargs="?", const=True,
+                     default=True, metavar="true|false",
+                     help="replay assets.extra/tf_serving_warmup_requests before a version "
+                     "serves (default true)")
+    api.add_argument("--use_tflite_model", type=boolean, nargs="?", const=True, default=False,
+                     metavar="true|false", help="not supported: only false is accepted")
+    for name in UNIMPLEMENTED_FLAGS:
+        api.add_argument(f"--{name}", dest=f"unimplemented_{name}", metavar="VALUE",
+                         help=argparse.SUPPRESS)
+
+
+def channel_arguments(text: str) -> tuple:
+    """--grpc_channel_arguments "a=1,b=x" as (name, value) pairs; values that are whole
+    numbers become ints, as TF Serving reads them."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=VALUE pairs separated by commas, got {item!r}")
+        try:
+            pairs.append((name, int(value)))
+        except ValueError:
+            pairs.append((name, value))
+    return tuple(pairs)
+
+
+def warn_unimplemented(args: argparse.Namespace) -> None:
+    """Name every accepted-but-unimplemented TF Serving flag the command line gave."""
+    log = logging.getLogger("tfpipeline.serving")
+    for name, instead in UNIMPLEMENTED_FLAGS.items():
+        value = getattr(args, f"unimplemented_{name}")
+        if value is not None:
+            log.warning("--%s=%s is accepted for TF Serving compatibility but not "
+                        "implemented; it has no effect (%s)", name, value, instead)
 
 
 def default_tf_threads(num_batch_threads: int) -> tuple[int, int]:
@@ -206,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warn_unimplemented(args)
     try:
         specs = _model_specs(args)
         prometheus_path = None
@@ -243,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
             rest_timeout_seconds=args.rest_api_timeout_in_ms / 1000,
             prometheus_path=prometheus_path,
             grpc_max_concurrent_rpcs=args.grpc_max_threads,
+            grpc_socket_path=args.grpc_socket_path,
+            grpc_channel_arguments=args.grpc_channel_arguments,
+            tensor_content=args.enable_serialization_as_tensor_content,
+            method_name_check=args.enable_signature_method_name_check,
+            enable_model_warmup=args.enable_model_warmup,
         )
         asyncio.run(serve(config))
     except UserError as exc:

@@ -2,11 +2,14 @@
 
 Routes (as TF Serving; `[...]` is `/versions/{v}` or `/labels/{label}`, both optional):
   GET  /v1/models/{name}[...]              model version status
-  GET  /v1/models/{name}[...]/metadata     signature defs
+  GET  /v1/models/{name}[...]/metadata     signature defs (TF Serving's JSON, every field)
   POST /v1/models/{name}[...]:predict      row or columnar predict
-  POST /v1/models/{name}[...]:classify|:regress   501: these models expose predict signatures
+  POST /v1/models/{name}[...]:classify     tf.Examples (`examples`, `context`) -> classes
+  POST /v1/models/{name}[...]:regress      tf.Examples -> values
 and  GET  /monitoring/stats                request/batching counters (ours)
      GET  <prometheus path>                Prometheus text, when a monitoring config enables it
+Any other request under /v1/ is 400 "Malformed request" (INVALID_ARGUMENT), as in TF
+Serving; errors carry the HTTP status TF Serving maps their code to (errors.HTTP_STATUS).
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ import time
 
 from aiohttp import web
 
+from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+from . import inference
 from .core import ServingCore
-from .errors import DeadlineExceeded, RequestError, TooLarge, Unimplemented
+from .errors import DeadlineExceeded, RequestError, TooLarge
+from .examples import input_from_json
+from .metadata import metadata_json
 from .metrics import CONTENT_TYPE
 from .servable import Servable
-from .validation import format_predict_response, parse_predict
+from .validation import format_predict_response, parse_json_object, parse_predict
 
 log = logging.getLogger("tfpipeline.serving")
 
@@ -32,10 +40,11 @@ _PREFIXES = (_MODEL, _VERSION, _LABEL)
 
 # TF Serving's API names, so REST and gRPC requests share metric labels.
 _API = {"predict": "Predict", "status": "GetModelStatus", "metadata": "GetModelMetadata",
-        "unimplemented": "Classify/Regress"}
+        "classify": "Classify", "regress": "Regress"}
 _CODE_BY_HTTP = {200: "OK", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED",
                  413: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
                  503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_MAX_VERSION = (1 << 63) - 1
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -57,13 +66,16 @@ class RestServer:
         for prefix in _PREFIXES:
             app.router.add_post(prefix + ":predict", self.predict)
         for prefix in _PREFIXES:
-            app.router.add_post(prefix + ":classify", self.unimplemented)
-            app.router.add_post(prefix + ":regress", self.unimplemented)
+            app.router.add_post(prefix + ":classify", self.classify)
+            app.router.add_post(prefix + ":regress", self.regress)
             app.router.add_get(prefix, self.status)
             app.router.add_get(prefix + "/metadata", self.metadata)
         app.router.add_get("/monitoring/stats", self.monitoring)
         if self.config.prometheus_path:
             app.router.add_get(self.config.prometheus_path, self.prometheus)
+        # Last, so it only sees what no route above took (a known path with the wrong
+        # method included): TF Serving answers those INVALID_ARGUMENT, not 404 or 405.
+        app.router.add_route("*", "/v1/{tail:.*}", self.malformed)
         return app
 
     @web.middleware
@@ -95,6 +107,8 @@ class RestServer:
     @staticmethod
     def _spec(request: web.Request) -> tuple[str, int | None, str | None]:
         version = request.match_info.get("version")
+        if version is not None and int(version) > _MAX_VERSION:
+            raise RequestError(f"Failed to convert version: {version} to numeric.")
         return (request.match_info["name"], None if version is None else int(version),
                 request.match_info.get("label"))
 
@@ -122,21 +136,25 @@ class RestServer:
 
     async def metadata(self, request: web.Request) -> web.Response:
         servable = self._servable(request)
-        signature_def = {name: sig.metadata() for name, sig in servable.signatures.items()}
-        return web.json_response({
-            "model_spec": {"name": request.match_info["name"], "signature_name": "",
-                           "version": str(servable.version)},
-            "metadata": {"signature_def": {"signature_def": signature_def}},
-        })
+        return web.json_response(metadata_json(request.match_info["name"], servable))
 
-    async def predict(self, request: web.Request) -> web.Response:
+    async def _within_timeout(self, handler, request: web.Request) -> web.Response:
         try:
             async with asyncio.timeout(self.config.rest_timeout_seconds):
-                return await self._predict(request)
+                return await handler(request)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"Request timed out after {self.config.rest_timeout_seconds * 1000:.0f} ms "
                 "(--rest_api_timeout_in_ms)") from None
+
+    async def predict(self, request: web.Request) -> web.Response:
+        return await self._within_timeout(self._predict, request)
+
+    async def classify(self, request: web.Request) -> web.Response:
+        return await self._within_timeout(self._classify, request)
+
+    async def regress(self, request: web.Request) -> web.Response:
+        return await self._within_timeout(self._regress, request)
 
     async def _predict(self, request: web.Request) -> web.Response:
         # Counted as arriving until queued, so a forming batch waits for it (see batching).
@@ -151,11 +169,37 @@ class RestServer:
         outputs = await self.core.outputs(pending)
         return web.json_response(format_predict_response(parsed, outputs))
 
-    async def unimplemented(self, request: web.Request) -> web.Response:
-        self._servable(request)  # an unknown model is still a 404
-        verb = request.path.rsplit(":", 1)[-1]
-        raise Unimplemented(f"{verb} is not implemented: these models expose predict "
-                            "signatures; POST to :predict instead")
+    async def _examples_request(self, request: web.Request, proto):
+        """The servable and a Classification/RegressionRequest from a REST body."""
+        servable = self._servable(request)
+        data = parse_json_object(await self._read_body(request))
+        signature_name = data.get("signature_name", "")
+        if not isinstance(signature_name, str):
+            raise RequestError("JSON Value: not formatted correctly. 'signature_name' key "
+                               "must be a string value.")
+        proto.model_spec.name = request.match_info["name"]
+        proto.model_spec.signature_name = signature_name
+        proto.input.CopyFrom(input_from_json(data))
+        return servable, proto
+
+    async def _classify(self, request: web.Request) -> web.Response:
+        servable, proto = await self._examples_request(
+            request, classification_pb2.ClassificationRequest())
+        response = await inference.classify(self.core, servable, proto)
+        results = [[[c.label, c.score] for c in item.classes]
+                   for item in response.result.classifications]
+        return web.json_response({"results": results})
+
+    async def _regress(self, request: web.Request) -> web.Response:
+        servable, proto = await self._examples_request(
+            request, regression_pb2.RegressionRequest())
+        response = await inference.regress(self.core, servable, proto)
+        return web.json_response({"results": [r.value for r in response.result.regressions]})
+
+    async def malformed(self, request: web.Request) -> web.Response:
+        if request.method == "GET" and request.path.rstrip("/") == "/v1/models":
+            raise RequestError("Missing model name in request.")
+        raise RequestError(f"Malformed request: {request.method} {request.path}")
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(body=self.core.metrics.text(),

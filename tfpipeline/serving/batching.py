@@ -15,6 +15,8 @@ queued and dropped later, so every accepted request gets its answer. With mergin
 same number of examples (`max_enqueued_batches * max_batch_size`) may wait or run at once.
 `allowed_batch_sizes` pads a merged batch up to the next allowed size by repeating its first
 row, as TF Serving's batching session does, so the model only ever sees those sizes.
+Requests reach the model with the shapes they were sent with, so only requests whose inputs
+agree in everything but dimension 0 (shape and dtype) are merged into one call.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ class _Pending:
     rows: int
     future: asyncio.Future
 
+    @property
+    def key(self) -> tuple:
+        """What must agree for two requests to be concatenated along dimension 0."""
+        return tuple((name, a.shape[1:], a.dtype) for name, a in sorted(self.arrays.items()))
+
 
 @dataclass(frozen=True)
 class BatchConfig:
@@ -122,13 +129,14 @@ class Batcher:
         """Examples accepted and not yet answered by a model call (the queue depth)."""
         return self._queued_rows + self._alone_rows
 
-    def enqueue(self, arrays: Arrays, rows: int) -> asyncio.Future:
+    def enqueue(self, arrays: Arrays, rows: int, mergeable: bool = True) -> asyncio.Future:
         """Queue one validated request, or raise Unavailable if the queue is full.
         Synchronous, so the caller can leave `Arrivals` right after and a waiting batch sees
-        the request already in the queue."""
+        the request already in the queue. `mergeable` False (inputs without a shared
+        dimension 0) runs it alone."""
         loop = asyncio.get_running_loop()
         config = self._config
-        if not self._merge or rows >= config.max_batch_size:
+        if not self._merge or not mergeable or rows >= config.max_batch_size:
             # Merging is off, impossible (no batch dimension) or pointless (already full).
             if self._alone_rows and self._alone_rows + rows > config.max_waiting_rows:
                 self._refuse(f"{self._alone_rows} examples are already waiting")
@@ -184,11 +192,20 @@ class Batcher:
                 return
 
     def _take_batch(self) -> list[_Pending]:
-        batch, rows = [], 0
-        while self._queue and rows + self._queue[0].rows <= self._config.max_batch_size:
+        """The oldest request and the queued ones that fit beside it, in arrival order."""
+        first = self._queue.pop(0)
+        batch, rows, key, kept = [first], first.rows, first.key, []
+        while self._queue:
             item = self._queue.pop(0)
-            batch.append(item)
-            rows += item.rows
+            if rows + item.rows > self._config.max_batch_size:
+                kept.append(item)
+                break
+            if item.key == key:
+                batch.append(item)
+                rows += item.rows
+            else:
+                kept.append(item)
+        self._queue[:0] = kept
         self._queued_rows -= rows
         return batch
 

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from .batching import Arrivals, BatchConfig, Batcher, BatchStats
-from .errors import RequestError
+from .errors import status_error
 from .metrics import Metrics
 from .models import ModelRegistry
 from .servable import Servable, Signature
@@ -41,6 +41,11 @@ class ServerConfig:
     rest_timeout_seconds: float = 30.0
     prometheus_path: str | None = None
     grpc_max_concurrent_rpcs: int | None = None
+    grpc_socket_path: str | None = None  # also serve gRPC on this Unix socket
+    grpc_channel_arguments: tuple = ()  # (name, value) pairs for the gRPC server
+    tensor_content: bool = False  # --enable_serialization_as_tensor_content
+    method_name_check: bool = False  # --enable_signature_method_name_check
+    enable_model_warmup: bool = True
 
 
 class ServingCore:
@@ -73,17 +78,26 @@ class ServingCore:
     def enqueue(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
                 rows: int):
         """Queue validated inputs (raises Unavailable when full); await the result with
-        `outputs`."""
-        return self.batcher(servable, signature).enqueue(inputs, rows)
+        `outputs`. Only inputs that all share dimension 0 (`rows`) may join a batch."""
+        mergeable = bool(inputs) and all(a.ndim and a.shape[0] == rows for a in inputs.values())
+        return self.batcher(servable, signature).enqueue(inputs, rows, mergeable)
 
     @staticmethod
     async def outputs(pending) -> dict[str, np.ndarray]:
         try:
             return await pending
-        except tf.errors.InvalidArgumentError as exc:
-            # Validation matches the signature, so this is the model rejecting values (e.g.
-            # serving_bytes given a file that is not an image).
-            raise RequestError(f"Model rejected the input: {model_error(exc.message)}") from None
+        except tf.errors.OpError as exc:
+            # Requests are passed to the graph as sent (shapes included), so this is the
+            # model refusing them: its own error and status code, as TF Serving answers.
+            raise status_error(_CODE_NAMES.get(exc.error_code, "UNKNOWN"),
+                               model_error(exc.message)) from None
+
+
+_CODE_NAMES = {getattr(tf.errors, name): name for name in (
+    "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED")}
 
 
 def model_error(message: str) -> str:

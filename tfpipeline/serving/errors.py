@@ -51,3 +51,20 @@ class DeadlineExceeded(RequestError):
 class Unimplemented(RequestError):
     status = 501
     code = "UNIMPLEMENTED"
+
+
+# TF Serving's HTTP status for each canonical code (its REST front end's mapping).
+HTTP_STATUS = {"CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
+               "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
+               "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
+               "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400,
+               "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503, "DATA_LOSS": 500,
+               "UNAUTHENTICATED": 401}
+
+
+def status_error(code: str, message: str) -> RequestError:
+    """An error with canonical status `code` (e.g. from a TensorFlow OpError) and the HTTP
+    status TF Serving gives that code."""
+    error = RequestError(message, HTTP_STATUS.get(code, 500))
+    error.code = code
+    return error

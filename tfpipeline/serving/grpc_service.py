@@ -1,14 +1,15 @@
 """TF Serving's gRPC API: the servicers generated in the published tensorflow-serving-api.
 
-  PredictionService.Predict, GetModelMetadata (signature_def)
-  PredictionService.Classify, Regress, MultiInference -> UNIMPLEMENTED
+  PredictionService.Predict, Classify, Regress, MultiInference, GetModelMetadata
   ModelService.GetModelStatus, HandleReloadConfigRequest
 
 They run on grpc.aio in the server's one event loop, next to the REST app, and go through
 the same ServingCore: same loaded versions, same batching queues, same metrics. Status codes
 are TF Serving's (see errors.py): NOT_FOUND for an unknown model or version, INVALID_ARGUMENT
-for a bad input or an unknown label, FAILED_PRECONDITION for an unknown signature,
-UNAVAILABLE when the queue is full.
+for a bad input, a missing ModelSpec or name, or an unknown label, FAILED_PRECONDITION for
+an unknown Predict signature, UNAVAILABLE when the queue is full; a graph's own error keeps
+its code. Outputs use the typed `*_val` fields unless the server was started with
+`--enable_serialization_as_tensor_content`.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from tensorflow_serving.apis import (
 
 from tfpipeline.errors import UserError
 
+from . import inference
 from .core import ServingCore
 from .errors import FailedPrecondition, RequestError
+from .metadata import signature_def_map
 from .model_config import specs_from_proto
-from .tensors import input_arrays, output_protos
+from .tensors import check_output_filter, input_arrays, output_protos
 
 log = logging.getLogger("tfpipeline.serving")
 
@@ -70,8 +73,11 @@ def _rpc(api: str):
     return wrap
 
 
-def _lookup(core: ServingCore, spec):
-    """The servable a ModelSpec names: latest, `version`, or `version_label`."""
+def _lookup(core: ServingCore, request, field: str = "model_spec"):
+    """The servable a request's ModelSpec names: latest, `version`, or `version_label`."""
+    if not request.HasField(field):
+        raise RequestError("Missing ModelSpec")
+    spec = getattr(request, field)
     version = spec.version.value if spec.HasField("version") else None
     label = spec.version_label if spec.WhichOneof("version_choice") == "version_label" else None
     return core.models.servable(spec.name, version, label)
@@ -83,18 +89,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_rpc("Predict")
     async def Predict(self, request, context):
-        servable = _lookup(self.core, request.model_spec)
+        servable = _lookup(self.core, request)
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = servable.signatures.get(name)
         if signature is None:
-            raise FailedPrecondition(f"Serving signature key \"{name}\" not found. (available: "
-                                     f"{', '.join(sorted(servable.signatures))})")
+            raise FailedPrecondition(f"Serving signature key \"{name}\" not found.")
         wanted = list(request.output_filter)
-        unknown = [n for n in wanted if n not in signature.outputs]
-        if unknown:
-            raise RequestError(f"output tensor alias not found in signature: "
-                               f"{', '.join(unknown)}. Outputs expected to be in the set "
-                               f"{{{', '.join(signature.outputs)}}}.")
+        check_output_filter(wanted, signature)
         arrays, rows = input_arrays(request.inputs, signature)
         if rows > self.core.config.max_instances:
             raise RequestError(f"The request has {rows} examples; this server accepts at most "
@@ -105,7 +106,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = name
-        for key, proto in output_protos(outputs, wanted).items():
+        protos = output_protos(outputs, wanted, self.core.config.tensor_content)
+        for key, proto in protos.items():
             response.outputs[key].CopyFrom(proto)
         return response
 
@@ -119,29 +121,28 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         if unsupported:
             raise RequestError(f"Metadata field {unsupported[0]} is not supported "
                                "(supported: signature_def)")
-        servable = _lookup(self.core, request.model_spec)
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature_def in servable.signature_defs.items():
-            signature_map.signature_def[key].CopyFrom(signature_def)
+        servable = _lookup(self.core, request)
+        signature_map = signature_def_map(servable)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = servable.version
         response.metadata["signature_def"].Pack(signature_map)
         return response
 
-    async def _unimplemented(self, request, context, verb: str):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            f"{verb} is not implemented: these models expose predict "
-                            "signatures; call Predict instead")
-
+    @_rpc("Classify")
     async def Classify(self, request, context):
-        await self._unimplemented(request, context, "Classify")
+        return await inference.classify(self.core, _lookup(self.core, request), request)
 
+    @_rpc("Regress")
     async def Regress(self, request, context):
-        await self._unimplemented(request, context, "Regress")
+        return await inference.regress(self.core, _lookup(self.core, request), request)
 
+    @_rpc("MultiInference")
     async def MultiInference(self, request, context):
-        await self._unimplemented(request, context, "MultiInference")
+        if not request.tasks:
+            raise RequestError("MultiInferenceRequest must have at least one task.")
+        servable = _lookup(self.core, request.tasks[0])
+        return await inference.multi_inference(self.core, servable, request)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -150,6 +151,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     @_rpc("GetModelStatus")
     async def GetModelStatus(self, request, context):
+        if not request.HasField("model_spec"):
+            raise RequestError("Missing ModelSpec")
         spec = request.model_spec
         manager = self.core.models.manager(spec.name)
         version = spec.version.value if spec.HasField("version") else None

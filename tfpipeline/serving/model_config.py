@@ -63,8 +63,9 @@ def _parse_text(path: Path, message, flag: str):
         return text_format.Parse(text, message)
     except text_format.ParseError as exc:
         raise UserError(
-            f"{flag} {path} is not a valid text {type(message).__name__}: {exc}. Fix that line "
-            "(the format is TF Serving's; see docs/serving.md for an example).") from None
+            f"{flag} {path} is not a valid text {type(message).__name__} (Error parsing "
+            f"text-format {message.DESCRIPTOR.full_name}: {exc}). Fix that line (the format "
+            "is TF Serving's; see docs/serving.md for an example).") from None
 
 
 def read_model_config_file(path: Path) -> list[ModelSpec]:

@@ -2,9 +2,11 @@
 
 A reload (HandleReloadConfigRequest, or a changed --model_config_file) builds the new table
 beside the old one: models whose name, base path and policy are unchanged keep their loaded
-versions; new or changed ones are loaded first. Only when every model has a version and every
-label points at a loaded version does the new table replace the old one, so a bad config
-leaves the server exactly as it was (TF Serving likewise refuses such a config).
+versions; new or changed ones are loaded first. A model none of whose versions loads stays in
+the table with its versions in state END and their errors, as TF Serving reports it, and the
+other models keep serving; this holds at start-up and on a reload alike. A label must point
+at a loaded version, else the new table is refused and the server stays exactly as it was
+(TF Serving likewise refuses such a config).
 This module imports no TensorFlow: the loader is passed in.
 """
 
@@ -14,7 +16,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from .errors import FailedPrecondition, NotFound
+from .errors import FailedPrecondition, NotFound, RequestError
 from .model_config import ModelSpec
 from .versions import VersionManager, discover_versions
 
@@ -29,6 +31,8 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
 
     def manager(self, name: str) -> VersionManager:
+        if not name:
+            raise RequestError("ModelSpec has no name specified.")
         manager = self.managers.get(name)
         if manager is None:
             served = ", ".join(f'"{n}"' for n in sorted(self.managers)) or "none"
@@ -43,8 +47,10 @@ class ModelRegistry:
         return manager.get(version)
 
     async def apply(self, specs: list[ModelSpec]) -> None:
-        """Serve exactly `specs`; raises FailedPrecondition/NotFound and changes nothing if a
-        model has no loadable version or a label points at a version that is not loaded."""
+        """Serve exactly `specs`. A model with no loadable version is kept with its END
+        statuses and logged. Raises NotFound (a base path without versions) or
+        FailedPrecondition (a label on a version that is not loaded) and then changes
+        nothing."""
         async with self._lock:
             managers: dict[str, VersionManager] = {}
             created = []
@@ -64,14 +70,15 @@ class ModelRegistry:
                 managers[spec.name] = manager
                 created.append(manager)
             await asyncio.gather(*(m.refresh() for m in created))
-            for spec in specs:
-                manager = managers[spec.name]
+            for manager in created:
                 if not manager.available_versions:
-                    failures = "; ".join(f"version {s['version']}: {s['status']['error_message']}"
-                                         for s in manager.status()) or "no version matches its policy"
-                    raise FailedPrecondition(
-                        f"No version of model \"{spec.name}\" under {spec.base_path} could be "
-                        f"loaded ({failures})")
+                    # As TF Serving: the model stays in the table with its versions' END
+                    # status and error (GetModelStatus shows them) and the others serve.
+                    failures = "; ".join(
+                        f"version {s['version']}: {s['status']['error_message']}"
+                        for s in manager.status()) or "no version matches its policy"
+                    log.error("model %s: no version of %s could be loaded (%s); serving the "
+                              "other models", manager.model_name, manager.base_path, failures)
             # Labels are checked against the new table before anything is switched.
             previous = {name: m.labels for name, m in managers.items()}
             try:

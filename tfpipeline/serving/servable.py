@@ -1,8 +1,15 @@
 """One loaded model version: its signatures described in plain Python and ready to call.
 
 Any SavedModel with signatures works; nothing here knows about project model code. The
-description (`TensorInfo`) is what validation checks requests against and what the metadata
-endpoint reports, so both always agree with the model actually loaded.
+description (`TensorInfo`) is what validation checks requests against; the metadata
+endpoints report the SavedModel's own SignatureDef protos, so both agree with the model
+actually loaded.
+
+Two loaders, chosen by the SavedModel itself: a TF2 export (one with an object graph) is
+loaded with `tf.saved_model.load` and called through its concrete functions; a TF1 export
+(no object graph: Estimator and `tf.compat.v1` exports, reference variables, signatures
+without shapes) runs in a TF1 session (`session_loader`), as TF Serving runs every model.
+Either way a signature is a function from named arrays to named arrays.
 """
 
 from __future__ import annotations
@@ -15,15 +22,18 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
+from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
+
+from .session_loader import open_session, session_call
 
 # TF Serving reports dtypes by their DataType enum names; these are the ones that are not
 # simply "DT_" + the dtype's name.
 _DT_NAMES = {"float16": "DT_HALF", "float32": "DT_FLOAT", "float64": "DT_DOUBLE"}
 
-# Keras and tf.saved_model export predict signatures; the loaded object does not expose the
-# method name, and predict is the only verb this server implements.
 PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
 
 
 @dataclass(frozen=True)
@@ -41,81 +51,100 @@ class TensorInfo:
         dt_name = _DT_NAMES.get(spec.dtype.name, "DT_" + spec.dtype.name.upper())
         return cls(name, np.dtype(spec.dtype.as_numpy_dtype), dt_name, dims)
 
+    @classmethod
+    def from_proto(cls, name: str, proto) -> "TensorInfo":
+        """From a SignatureDef's TensorInfo; reference dtypes (DT_FLOAT_REF) read as values."""
+        dtype = tf.as_dtype(proto.dtype).base_dtype
+        dims = None
+        if proto.HasField("tensor_shape") and not proto.tensor_shape.unknown_rank:
+            dims = tuple(None if d.size < 0 else d.size for d in proto.tensor_shape.dim)
+        return cls(name, np.dtype(dtype.as_numpy_dtype), types_pb2.DataType.Name(
+            dtype.as_datatype_enum), dims)
+
     @property
     def batched(self) -> bool:
         """True when dimension 0 is a free batch dimension, so rows can be merged or split."""
         return bool(self.shape) and self.shape[0] is None
 
+    @property
+    def type_name(self) -> str:
+        """TensorFlow's short name for the dtype, as TF Serving's messages print it."""
+        return tf.as_dtype(self.dtype).name.replace("float32", "float").replace(
+            "float64", "double")
+
     def shape_text(self, skip_batch: bool = False) -> str:
         dims = self.shape[1:] if skip_batch else self.shape
         return "[" + ", ".join("-1" if d is None else str(d) for d in dims) + "]"
 
-    def metadata(self) -> dict:
-        # TF Serving's JSON for a TensorInfo proto: int64 sizes are strings, unknown is -1.
-        # It also reports the graph tensor name, which loaded signatures do not expose through
-        # public APIs and REST clients never need, so it is left out.
-        if self.shape is None:
-            shape = {"dim": [], "unknown_rank": True}
-        else:
-            dims = [{"size": str(-1 if d is None else d), "name": ""} for d in self.shape]
-            shape = {"dim": dims, "unknown_rank": False}
-        return {"dtype": self.dt_name, "tensor_shape": shape}
-
 
 @dataclass(eq=False)
 class Signature:
-    """A callable signature that takes and returns NumPy arrays keyed by tensor name."""
+    """A callable signature that takes and returns NumPy arrays keyed by tensor name.
+
+    `run` is the loader's call; it raises `tf.errors.OpError` when the graph rejects the
+    values (the server answers those with the error's own status code).
+    """
 
     name: str
     inputs: dict[str, TensorInfo]
     outputs: dict[str, TensorInfo]
-    function: Callable[..., dict[str, tf.Tensor]]
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+    method_name: str = PREDICT_METHOD
 
     @property
     def batchable(self) -> bool:
         """Requests may be merged only if every input and output has a free batch dimension."""
-        return all(t.batched for t in (*self.inputs.values(), *self.outputs.values()))
+        return bool(self.inputs) and all(
+            t.batched for t in (*self.inputs.values(), *self.outputs.values()))
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.function(**{k: tf.constant(v) for k, v in arrays.items()})
-        return {k: v.numpy() for k, v in results.items()}
-
-    def metadata(self) -> dict:
-        return {
-            "inputs": {k: v.metadata() for k, v in self.inputs.items()},
-            "outputs": {k: v.metadata() for k, v in self.outputs.items()},
-            "method_name": PREDICT_METHOD,
-        }
+        return self.run(arrays)
 
 
 @dataclass(eq=False)
 class Servable:
-    """One loaded version. `root` keeps the loaded object, and so its variables, alive."""
+    """One loaded version. `root` keeps the loaded object (or session) and its variables alive."""
 
     version: int
     path: Path
     signatures: dict[str, Signature]
     root: Any = field(repr=False)
     load_seconds: float = 0.0
-    # The SavedModel's own SignatureDef protos (graph tensor names, method names), which
-    # gRPC GetModelMetadata returns as TF Serving does.
+    # The SavedModel's own SignatureDef protos (graph tensor names, method names, defaults),
+    # which both metadata endpoints return as TF Serving does.
     signature_defs: dict = field(default_factory=dict, repr=False)
     # Per-signature request batchers, created by the server on first use and stored here so
     # they live exactly as long as this version does (in-flight requests keep both alive).
     batchers: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def describe_signature(name: str, function) -> Signature:
+def _concrete_call(function) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    def run(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            results = function(**{k: tf.constant(v) for k, v in arrays.items()})
+        except (TypeError, ValueError) as exc:
+            # The function's own input check (shape or dtype against its input signature):
+            # the graph refusing the request, reported like any other graph error.
+            raise tf.errors.InvalidArgumentError(None, None, str(exc)) from None
+        return {k: v.numpy() for k, v in results.items()}
+
+    return run
+
+
+def describe_signature(name: str, function, method_name: str = PREDICT_METHOD) -> Signature:
+    """A loaded TF2 signature (a concrete function) as a `Signature`."""
     _, kwargs = function.structured_input_signature
     inputs = {k: TensorInfo.from_spec(k, spec) for k, spec in kwargs.items()}
     outputs = {k: TensorInfo.from_spec(k, spec) for k, spec in function.structured_outputs.items()}
-    return Signature(name, inputs, outputs, function)
+    return Signature(name, inputs, outputs, _concrete_call(function), method_name)
 
 
 def warm_up(signature: Signature) -> None:
     """Run one row of zeros so the first real request does not pay for lazy initialisation.
 
-    Skipped for signatures whose input shapes are not fully known apart from the batch size.
+    Skipped for signatures without inputs (they may change state, like a counter's
+    increment) and for those whose input shapes are not fully known apart from the batch
+    size.
     """
     arrays = {}
     for name, info in signature.inputs.items():
@@ -124,35 +153,67 @@ def warm_up(signature: Signature) -> None:
         if info.dtype.kind not in "biuf":
             return
         arrays[name] = np.zeros((1, *info.shape[1:]), info.dtype)
-    signature(arrays)
+    if arrays:
+        signature(arrays)
 
 
-def read_signature_defs(path: Path) -> dict:
-    """Signature name -> SignatureDef proto, from the SavedModel's serving meta graph."""
+def read_meta_graph(path: Path):
+    """The SavedModel's serving MetaGraphDef (tagged "serve", else the first one)."""
     saved_model = saved_model_pb2.SavedModel()
     pb, pbtxt = Path(path) / "saved_model.pb", Path(path) / "saved_model.pbtxt"
     if pb.is_file():
         saved_model.ParseFromString(pb.read_bytes())
     else:
         text_format.Parse(pbtxt.read_text(), saved_model)
+    if not saved_model.meta_graphs:
+        raise ValueError(f"{path} holds no MetaGraph")
     for meta_graph in saved_model.meta_graphs:
         if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    return dict(saved_model.meta_graphs[0].signature_def) if saved_model.meta_graphs else {}
+            return meta_graph
+    return saved_model.meta_graphs[0]
+
+
+def read_signature_defs(path: Path) -> dict:
+    """Signature name -> SignatureDef proto, from the SavedModel's serving meta graph."""
+    return dict(read_meta_graph(path).signature_def)
+
+
+def _load_tf2(path: Path, signature_defs: dict) -> tuple[Any, dict[str, Signature]]:
+    root = tf.saved_model.load(str(path))
+    signatures = {}
+    for name, function in root.signatures.items():
+        method = signature_defs[name].method_name if name in signature_defs else PREDICT_METHOD
+        signatures[name] = describe_signature(name, function, method or PREDICT_METHOD)
+    return root, signatures
+
+
+def _load_tf1(path: Path, meta_graph) -> tuple[Any, dict[str, Signature]]:
+    session = open_session(path, list(meta_graph.meta_info_def.tags) or ["serve"])
+    signatures = {}
+    for name, signature_def in meta_graph.signature_def.items():
+        inputs = {k: TensorInfo.from_proto(k, v) for k, v in signature_def.inputs.items()}
+        outputs = {k: TensorInfo.from_proto(k, v) for k, v in signature_def.outputs.items()}
+        signatures[name] = Signature(name, inputs, outputs, session_call(session, signature_def),
+                                     signature_def.method_name or PREDICT_METHOD)
+    return session, signatures
 
 
 def load_servable(path: Path, version: int) -> Servable:
-    """Load a SavedModel directory, describe its signatures and warm them up.
+    """Load a SavedModel directory with the loader it needs, describe its signatures and warm
+    them up.
 
     Raises whatever TensorFlow raises for a broken directory; the caller records it.
     """
     start = time.monotonic()
-    root = tf.saved_model.load(str(path))
-    signatures = {name: describe_signature(name, fn) for name, fn in root.signatures.items()}
+    meta_graph = read_meta_graph(path)
+    signature_defs = dict(meta_graph.signature_def)
+    if meta_graph.object_graph_def.nodes:
+        root, signatures = _load_tf2(path, signature_defs)
+    else:
+        root, signatures = _load_tf1(path, meta_graph)
     if not signatures:
         raise ValueError(f"{path} has no signatures to serve")
     for signature in signatures.values():
         warm_up(signature)
-    signature_defs = read_signature_defs(path)
     return Servable(version, Path(path), signatures, root, time.monotonic() - start,
                     signature_defs={k: v for k, v in signature_defs.items() if k in signatures})

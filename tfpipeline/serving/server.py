@@ -7,10 +7,13 @@ ServingCore, so both protocols see the same loaded versions and join the same ba
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
+import os
 import signal
 import socket
+import stat
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -60,10 +63,11 @@ def configure_threads(intra_op: int, inter_op: int) -> None:
 
 
 async def _start_grpc(config: ServerConfig, core: ServingCore) -> tuple[grpc.aio.Server, int]:
-    options = [("grpc.so_reuseport", 0),  # a port in use must be an error, not shared
-               ("grpc.max_receive_message_length", config.max_body_bytes),
-               ("grpc.max_send_message_length", -1)]
-    server = grpc.aio.server(options=options,
+    options = dict([("grpc.so_reuseport", 0),  # a port in use must be an error, not shared
+                    ("grpc.max_receive_message_length", config.max_body_bytes),
+                    ("grpc.max_send_message_length", -1)])
+    options.update(config.grpc_channel_arguments)  # --grpc_channel_arguments, as given
+    server = grpc.aio.server(options=list(options.items()),
                              maximum_concurrent_rpcs=config.grpc_max_concurrent_rpcs)
     add_services(server, core)
     address = f"[{config.host}]:{config.grpc_port}" if ":" in config.host \
@@ -75,8 +79,24 @@ async def _start_grpc(config: ServerConfig, core: ServingCore) -> tuple[grpc.aio
     if not port:
         raise UserError(f"Cannot listen for gRPC on {address}. Pick another --port (0 picks a "
                         "free one) or check --host.")
+    if config.grpc_socket_path:
+        _listen_on_socket_path(server, config.grpc_socket_path)
     await server.start()
     return server, port
+
+
+def _listen_on_socket_path(server: grpc.aio.Server, path: str) -> None:
+    """--grpc_socket_path: gRPC over a Unix socket too (clients dial "unix:PATH"). A socket
+    file left by an earlier server is replaced, as TF Serving does."""
+    try:
+        if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+        bound = server.add_insecure_port(f"unix:{path}")
+    except (OSError, RuntimeError):
+        bound = 0
+    if not bound:
+        raise UserError(f"Cannot listen for gRPC on the Unix socket {path}. Check that its "
+                        "directory exists and is writable, or change --grpc_socket_path.")
 
 
 async def _poll_config_file(config: ServerConfig, models: ModelRegistry) -> None:
@@ -108,7 +128,8 @@ async def serve(config: ServerConfig) -> None:
              round(batching.timeout_seconds * 1e6), batching.max_enqueued_batches,
              config.intra_op_threads, config.inter_op_threads)
     configure_threads(config.intra_op_threads, config.inter_op_threads)
-    models = ModelRegistry(load_and_warm_up)
+    models = ModelRegistry(functools.partial(load_and_warm_up,
+                                             replay_warmup=config.enable_model_warmup))
     try:
         await models.apply(list(config.models))
     except RequestError as exc:
@@ -127,7 +148,8 @@ async def serve(config: ServerConfig) -> None:
         await web.SockSite(runner, sock).start()
         url = _url(sock)
         grpc_host = f"[{config.host}]" if ":" in config.host else config.host
-        log.info("listening: REST on %s, gRPC on %s:%d", url, grpc_host, grpc_port)
+        log.info("listening: REST on %s, gRPC on %s:%d%s", url, grpc_host, grpc_port,
+                 f" and unix:{config.grpc_socket_path}" if config.grpc_socket_path else "")
         # Stable, parseable lines on stdout: scripts and tests started with port 0 read them.
         names = ", ".join(m.name for m in config.models)
         print(f"Serving gRPC at {grpc_host}:{grpc_port}", flush=True)

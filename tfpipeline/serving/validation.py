@@ -1,9 +1,11 @@
 """Predict request JSON -> arrays checked against the signature, and outputs -> response JSON.
 
 Formats are TF Serving's: row (`instances`, a list with one entry per example) and columnar
-(`inputs`, one value or an object of named values). Every check happens here, before any
-model runs, so a bad request is a 400 with a message naming the problem and can never fail
-a batch it would otherwise have joined.
+(`inputs`, one value or an object of named values). The checks here are TF Serving's own
+(JSON form, input names, value types against the signature's dtypes, with its messages
+where its tests assert them), so a bad request is a 400 and never fails a batch. The shape
+is the request's: it goes to the graph as sent, and the graph accepts it or answers with its
+own error, as in TF Serving.
 
 DT_STRING inputs take JSON strings (sent as their UTF-8 bytes) or, for binary values, TF
 Serving's `{"b64": "<base64>"}` objects, in row and columnar format alike. DT_STRING outputs
@@ -22,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import fastpath
-from .errors import NotFound, RequestError
+from .errors import FailedPrecondition, RequestError
 from .servable import Signature, TensorInfo
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -37,12 +39,16 @@ class PredictRequest:
 
 
 def parse_json_object(body: bytes) -> dict:
+    if not body.strip():
+        raise RequestError("JSON Parse error: The document is empty (Malformed JSON: send a "
+                           "JSON object)")
     try:
         data = json.loads(body)
     except RecursionError:
         raise RequestError("Malformed JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise RequestError(f"Malformed JSON in request body: {exc}") from None
+        raise RequestError(f"JSON Parse error: Invalid value (Malformed JSON in request "
+                           f"body: {exc})") from None
     if not isinstance(data, dict):
         raise RequestError("Request body must be a JSON object, e.g. {\"instances\": [...]}")
     return data
@@ -88,12 +94,10 @@ def _pick_signature(name: Any, signatures: Mapping[str, Signature]) -> Signature
     if name is None or name == "":
         name = DEFAULT_SIGNATURE
     if not isinstance(name, str):
-        raise RequestError("'signature_name' must be a string")
+        raise RequestError(f"JSON Value: {json.dumps(name)} not formatted correctly. "
+                           "'signature_name' key must be a string value.")
     if name not in signatures:
-        raise NotFound(
-            f"Serving signature name: \"{name}\" not found in signature def "
-            f"(available: {', '.join(sorted(signatures))})"
-        )
+        raise FailedPrecondition(f"Serving signature key \"{name}\" not found.")
     return signatures[name]
 
 
@@ -101,7 +105,7 @@ def _parse_rows(instances: Any, signature: Signature, max_instances: int) -> dic
     if not isinstance(instances, list):
         raise RequestError("'instances' must be a list with one entry per example")
     if not instances:
-        raise RequestError("'instances' is empty: send at least one example")
+        raise RequestError("No values in 'instances' array: send at least one example")
     _check_count(len(instances), max_instances, "'instances'")
     names = list(signature.inputs)
     if all(isinstance(item, dict) and not _is_b64(item) for item in instances):
@@ -113,9 +117,8 @@ def _parse_rows(instances: Any, signature: Signature, max_instances: int) -> dic
         columns = {names[0]: instances}
     else:
         raise RequestError(
-            f"This signature has {len(names)} inputs ({', '.join(names)}): each instance must "
-            "be an object mapping input names to values"
-        )
+            "instances is a plain list, but expecting list of objects as multiple input "
+            f"tensors required as per tensorinfo_map ({', '.join(names)})")
     return {n: to_array(v, signature.inputs[n], row_format=True) for n, v in columns.items()}
 
 
@@ -129,15 +132,12 @@ def _parse_columns(inputs: Any, signature: Signature, max_instances: int) -> dic
         columns = {names[0]: inputs}
     else:
         raise RequestError(
-            f"This signature has {len(names)} inputs ({', '.join(names)}): 'inputs' must be an "
-            "object mapping input names to values"
-        )
+            "inputs is a plain value/list, but expecting an object as multiple input tensors "
+            f"required as per tensorinfo_map ({', '.join(names)})")
     arrays = {}
     for name in names:
         value = columns[name]
         if isinstance(value, list):
-            if not value:
-                raise RequestError(f"Input '{name}' is an empty list: send at least one example")
             _check_count(len(value), max_instances, f"input '{name}'")
         arrays[name] = to_array(value, signature.inputs[name], row_format=False)
     return arrays
@@ -160,7 +160,11 @@ def _check_names(given: set, expected: list[str], where: str) -> None:
             parts.append(f"missing input(s) {', '.join(missing)}")
         if unknown:
             parts.append(f"unknown input(s) {', '.join(unknown)}")
-        raise RequestError(f"{where}: {'; '.join(parts)} (expected: {', '.join(expected)})")
+        # TF Serving's wording first: clients match on it.
+        lead = (f"JSON object: does not have named input: {unknown[0]}" if unknown
+                else f"Missing named input: {missing[0]} in {where} object.")
+        raise RequestError(f"{lead} ({where}: {'; '.join(parts)}; expected: "
+                           f"{', '.join(expected)})")
 
 
 def to_array(value: Any, info: TensorInfo, row_format: bool) -> np.ndarray:
@@ -170,23 +174,19 @@ def to_array(value: Any, info: TensorInfo, row_format: bool) -> np.ndarray:
     """
     where = f"Input '{info.name}'"
     if info.dtype.kind == "O":
-        array = _string_array(value, where)
-        _check_shape(array, info, where, row_format)
-        return array
+        return _string_array(value, where, info)
     try:
         array = np.array(value)
     except (ValueError, TypeError):  # ragged nesting
         raise RequestError(f"{where} is not a rectangular nested list of numbers") from None
-    array = _convert_dtype(array, info, where)
-    _check_shape(array, info, where, row_format)
-    return array
+    return _convert_dtype(array, info, where)
 
 
 def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and "b64" in value
 
 
-def _string_array(value: Any, where: str) -> np.ndarray:
+def _string_array(value: Any, where: str, info: TensorInfo) -> np.ndarray:
     """A DT_STRING input: nested lists of strings / {"b64": ...} to an object array of bytes."""
     shape: list[int] = []
 
@@ -203,8 +203,9 @@ def _string_array(value: Any, where: str) -> np.ndarray:
         if isinstance(item, dict):
             raise RequestError(f"{where}: an object in a DT_STRING tensor must be "
                                f"{{\"b64\": \"...\"}}; got keys {sorted(item)}")
-        raise RequestError(f"{where} contains {type(item).__name__} values; expected DT_STRING "
-                           "(strings, or {\"b64\": \"...\"} for binary data)")
+        raise RequestError(f"{where}: JSON Value: {json.dumps(item)} Type: "
+                           f"{_json_type(item)} is not of expected type: {info.type_name} "
+                           "(send strings, or {\"b64\": \"...\"} for binary data)")
 
     ragged = RequestError(f"{where} is not a rectangular nested list of strings")
     rank: list[int] = []  # set by the first leaf: every leaf must be at that depth
@@ -239,9 +240,19 @@ def _string_array(value: Any, where: str) -> np.ndarray:
     return array
 
 
+def _json_type(value: Any) -> str:
+    """rapidjson's name for a JSON value's type, which TF Serving's messages print."""
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return {str: "String", dict: "Object", list: "Array"}.get(type(value), "Number")
+
+
 def _convert_dtype(array: np.ndarray, info: TensorInfo, where: str) -> np.ndarray:
     kind, target = array.dtype.kind, info.dtype
-    expected = f"{info.dt_name} ({_describe_kind(target)})"
+    expected = (f"{info.dt_name} ({_describe_kind(target)}): not of expected type: "
+                f"{info.type_name}")
     if kind in "US":
         raise RequestError(f"{where} contains strings; expected {expected}")
     if kind == "O":
@@ -278,22 +289,6 @@ def _convert_dtype(array: np.ndarray, info: TensorInfo, where: str) -> np.ndarra
 def _describe_kind(dtype: np.dtype) -> str:
     return {"i": "integers", "u": "integers", "f": "numbers", "b": "booleans"}.get(
         dtype.kind, str(dtype))
-
-
-def _check_shape(array: np.ndarray, info: TensorInfo, where: str, row_format: bool) -> None:
-    if info.shape is None:
-        return
-    ok = array.ndim == len(info.shape) and all(
-        want is None or want == got for want, got in zip(info.shape, array.shape))
-    if ok:
-        return
-    if row_format and info.batched:
-        got = list(array.shape[1:])
-        raise RequestError(
-            f"{where}: each instance must have shape {info.shape_text(skip_batch=True)}; "
-            f"got {got}"
-        )
-    raise RequestError(f"{where} must have shape {info.shape_text()}; got {list(array.shape)}")
 
 
 def format_predict_response(request: PredictRequest, outputs: dict[str, np.ndarray]) -> dict:

@@ -44,8 +44,12 @@ def replay(servable: Servable) -> int:
     return len(logs)
 
 
-def load_and_warm_up(path: Path, version: int) -> Servable:
+def load_and_warm_up(path: Path, version: int, replay_warmup: bool = True) -> Servable:
+    """Load a version and, unless `replay_warmup` is False (--enable_model_warmup=false),
+    replay its warm-up file."""
     servable = load_servable(path, version)
+    if not replay_warmup:
+        return servable
     start = time.monotonic()
     count = replay(servable)
     if count:
