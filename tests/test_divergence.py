@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpipeline import errors
-from tfpipeline import models, training
+from tfpipeline import errors, models, training
 from tfpipeline.distribute import multiworker
 from tfpipeline.errors import UserError
 

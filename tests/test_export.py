@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpipeline import errors
-from tfpipeline import export, models
-from tfpipeline.inputs.image import ImageInput
+from tfpipeline import errors, export, models
 from tfpipeline.errors import UserError
+from tfpipeline.inputs.image import ImageInput
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tfpipeline import errors
-from tfpipeline import export, models
+from tfpipeline import errors, export, models
 from tfpipeline.errors import UserError
 from tfpipeline.export import gate
 from tfpipeline.inputs.image import ImageInput

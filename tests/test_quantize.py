@@ -15,8 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import ROOT, quadrant_images
-from tfpipeline import errors
-from tfpipeline import export, models, training
+from tfpipeline import errors, export, models, training
 from tfpipeline.export import tflite as quantize
 from tfpipeline.inputs.image import ImageInput
 

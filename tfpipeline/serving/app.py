@@ -19,7 +19,6 @@ import logging
 import time
 
 from aiohttp import web
-
 from tensorflow_serving.apis import classification_pb2, regression_pb2
 
 from . import inference

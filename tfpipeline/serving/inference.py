@@ -14,7 +14,7 @@ concurrent Classify calls on a batchable signature share one model call.
 from __future__ import annotations
 
 import numpy as np
-from tensorflow_serving.apis import (classification_pb2, inference_pb2, regression_pb2)
+from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
 
 from .core import ServingCore
 from .errors import FailedPrecondition, RequestError, Unimplemented
