@@ -7,8 +7,9 @@ ceiling of these cores for dense arithmetic. `train_step_flops` counts the float
 operations of one training step (forward, loss and gradients) from the step's own TensorFlow
 graph, pruned to the ops its gradients depend on (as TensorFlow prunes it when it runs), with
 TensorFlow's profiler (`tf.compat.v1.profiler`, the ops' registered FLOP statistics:
-convolutions, their backprop kernels, matmuls and the elementwise ops that register one). The optimizer's update and the weight average are not in it; they are a few
-elementwise ops per weight, small next to the convolutions.
+convolutions, their backprop kernels, matmuls and the elementwise ops that register one). The
+optimizer's update and the weight average are not in it; they are a few elementwise ops per
+weight, small next to the convolutions.
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ def family_rate(name: str, datasets, repeats: int, steps: int = 30) -> float:
     keras.utils.set_random_seed(0)
     hp = models.hyperparams(name)
     settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0)
-    model = training.compile_model(models.build(name, datasets.spec.input_shape, datasets.spec.num_classes, hp), settings)
+    model = models.build(name, datasets.spec.input_shape, datasets.spec.num_classes, hp)
+    model = training.compile_model(model, settings)
     train = datasets.batched(datasets.train, batch_size=hp.batch_size, seed=0, training=True)
     ds = always_augmented(name, hp, train).repeat()
     model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # trace and warm up
@@ -152,15 +153,20 @@ def table(result: dict) -> str:
 
     lines = [
         f"{'':32}{'reference':>14}{'ours':>14}{'ours/ref':>10}",
-        f"{'seconds to 99.0% test accuracy':32}{fmt(ref.get('seconds_to_99'), '.1f'):>14}{fmt(ours['seconds_to_99'], '.1f'):>14}"
+        f"{'seconds to 99.0% test accuracy':32}{fmt(ref.get('seconds_to_99'), '.1f'):>14}"
+        f"{fmt(ours['seconds_to_99'], '.1f'):>14}"
         f"{fmt(result['ratios']['seconds_to_99'], '.3f'):>10}",
-        f"{'final test accuracy':32}{fmt(ref.get('final_test_accuracy'), '.2%'):>14}{fmt(ours['final_test_accuracy'], '.2%'):>14}",
-        f"{'training images/s':32}{fmt(ref.get('images_per_second'), ',.0f'):>14}{fmt(ours['images_per_second'], ',.0f'):>14}"
+        f"{'final test accuracy':32}{fmt(ref.get('final_test_accuracy'), '.2%'):>14}"
+        f"{fmt(ours['final_test_accuracy'], '.2%'):>14}",
+        f"{'training images/s':32}{fmt(ref.get('images_per_second'), ',.0f'):>14}"
+        f"{fmt(ours['images_per_second'], ',.0f'):>14}"
         f"{fmt(result['ratios']['images_per_second'], '.2f'):>10}",
-        f"{'training seconds (all epochs)':32}{fmt(ref.get('train_seconds'), '.1f'):>14}{fmt(ours['train_seconds'], '.1f'):>14}",
+        f"{'training seconds (all epochs)':32}{fmt(ref.get('train_seconds'), '.1f'):>14}"
+        f"{fmt(ours['train_seconds'], '.1f'):>14}",
         "",
         f"arithmetic: ours trains at {ours['train_flops_per_second'] / 1e9:.1f} GFLOP/s "
-        f"({ours['train_flops_per_image'] / 1e6:.2f} MFLOP per image) = {result['ratios']['arithmetic_efficiency']:.2f} "
+        f"({ours['train_flops_per_image'] / 1e6:.2f} MFLOP per image) = "
+        f"{result['ratios']['arithmetic_efficiency']:.2f} "
         f"of a large fp32 matmul's {result['machine']['matmul_flops'] / 1e9:.1f} GFLOP/s",
         f"input pipeline alone: {result['input_pipeline_images_per_second']:,.0f} images/s = "
         f"{result['ratios']['input_pipeline_over_training']:.1f}x what our training consumes",

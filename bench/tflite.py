@@ -39,7 +39,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def latest_version(base: Path) -> Path:
-    versions = sorted((int(p.name), p) for p in base.iterdir() if p.name.isdigit() and (p / "model_int8.tflite").exists())
+    versions = sorted((int(p.name), p) for p in base.iterdir()
+                      if p.name.isdigit() and (p / "model_int8.tflite").exists())
     if not versions:
         raise SystemExit(f"No version under {base} has model_int8.tflite; run python -m pipelines.mnist "
                          "--export-tflite first, or pass --version-dir.")

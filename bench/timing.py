@@ -36,10 +36,12 @@ class TimeToAccuracy(keras.callbacks.Callback):
         self.train_seconds += elapsed
         logits = self.model.predict(self.test_images, batch_size=1000, verbose=0)
         accuracy = float((np.asarray(logits).argmax(-1) == self.test_labels).mean())
-        self.epochs.append({"epoch": epoch + 1, "train_seconds": round(self.train_seconds, 2), "test_accuracy": accuracy})
+        self.epochs.append({"epoch": epoch + 1, "train_seconds": round(self.train_seconds, 2),
+                            "test_accuracy": accuracy})
         if self.seconds_to_target is None and accuracy >= self.target:
             self.seconds_to_target = round(self.train_seconds, 2)
-        print(f"    epoch {epoch + 1}: {self.train_seconds:6.1f} s of training, test accuracy {accuracy:.2%}", flush=True)
+        print(f"    epoch {epoch + 1}: {self.train_seconds:6.1f} s of training, test accuracy {accuracy:.2%}",
+              flush=True)
 
     def on_test_begin(self, logs=None):
         self._val_start = time.perf_counter()

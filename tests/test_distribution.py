@@ -102,7 +102,8 @@ def start_workers(base: Path, args, env: dict, n: int = 2) -> list[Process]:
     for i in range(n):
         tmp = base / f"tmp{i}"
         tmp.mkdir(parents=True, exist_ok=True)
-        workers.append(Process(args, base / f"worker{i}", {**env, "TF_CONFIG": tf_config(ports, i), "TMPDIR": str(tmp)}))
+        worker_env = {**env, "TF_CONFIG": tf_config(ports, i), "TMPDIR": str(tmp)}
+        workers.append(Process(args, base / f"worker{i}", worker_env))
     return workers
 
 
@@ -157,7 +158,8 @@ def test_tf_config_roles():
     ('{"cluster": {"worker": ["a:1", "b:2"]}}', 'no "task"'),
     ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "task index 2"),
     ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
-    ('{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, "task": {"type": "worker", "index": 0}}', "ParameterServerStrategy"),
+    ('{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, "task": {"type": "worker", "index": 0}}',
+     "ParameterServerStrategy"),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "evaluator", "index": 0}}', "not supported"),
 ])
 def test_bad_tf_config_is_explained(text, phrase):

@@ -33,7 +33,8 @@ def trained(tiny_images):
 
 def test_round_trip_reload_matches_in_memory_model(trained, tmp_path):
     model, images, labels, accuracy = trained
-    result = export.export_verified(model, ImageInput(28, 28, 1), tmp_path / "m", images, labels, accuracy, metadata={"k": 1})
+    result = export.export_verified(model, ImageInput(28, 28, 1), tmp_path / "m", images, labels, accuracy,
+                                    metadata={"k": 1})
     assert result.version == 1 and result.path == tmp_path / "m" / "1"
     assert result.verified_accuracy == accuracy
 
@@ -102,7 +103,8 @@ def test_kill_during_export_leaves_no_partial_version(tmp_path):
     # Two kills at fixed moments (most likely mid-write), then one just after a version was
     # published (so, on a loaded machine too, at least one finished and the next was begun).
     for delay in (0.3, 0.9, None):
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(base)], stdout=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(base)], stdout=subprocess.PIPE, text=True,
+                                env=env)
         assert proc.stdout.readline().strip() == "ready"
         if delay is None:
             before, deadline = len(export.versions(base)), time.monotonic() + 120

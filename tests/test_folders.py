@@ -33,7 +33,8 @@ def relative(paths, root):
 def test_split_layout_skips_and_reports_bad_files(tmp_path):
     root = split_folder(tmp_path / "shapes", train=12, test=4)
     broken = add_broken(root / "train" / "square", np.random.default_rng(1))
-    broken += [p.rename(p.with_name("test_" + p.name)) for p in add_broken(root / "test" / "circle", np.random.default_rng(2))]
+    broken += [p.rename(p.with_name("test_" + p.name))
+               for p in add_broken(root / "test" / "circle", np.random.default_rng(2))]
     idx = folders.index(root, validation_fraction=0.25, seed=3)
     assert idx.layout == "split" and idx.class_names == CLASSES
     reasons = {Path(p).relative_to(root).as_posix(): why for p, why in idx.skipped}

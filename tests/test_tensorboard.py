@@ -124,7 +124,8 @@ class Board:
 def board(runs, tmp_path_factory):
     board = Board(runs.logdir, tmp_path_factory.mktemp("tblog") / "tensorboard.log")
     try:
-        expected = {f"mnist/{name}{sub}" for name in (CNN_RUN, MLP_RUN) for sub in ("", "/train", "/validation", "/test")}
+        expected = {f"mnist/{name}{sub}" for name in (CNN_RUN, MLP_RUN)
+                    for sub in ("", "/train", "/validation", "/test")}
         board.wait_until(lambda: expected <= set(board.json("/data/runs")), "both runs")
         # Runs can be listed before all their event files are read: wait for the run summaries,
         # the last thing each run writes.
@@ -221,8 +222,8 @@ def test_prediction_images_and_confusion_matrix(runs, board):
 @pytest.mark.slow
 def test_attribution_images_for_the_sample_and_the_mistakes(runs, board):
     tags = board.json("/data/plugin/images/tags")
-    for run in (CNN_RUN, MLP_RUN):
-        assert {"attributions", "attributions_mistakes"} <= set(tags[f"mnist/{run}/test"]), tags
+    for run_name in (CNN_RUN, MLP_RUN):
+        assert {"attributions", "attributions_mistakes"} <= set(tags[f"mnist/{run_name}/test"]), tags
     sample = _image(board, f"mnist/{CNN_RUN}/test", "attributions")
     assert sample.width >= 4 * 2 * 112 and sample.height >= 4 * 112  # 16 pairs of 4x digits, 4 per row
     # Attributions are drawn in red (raised the class) and blue (lowered it).
@@ -263,7 +264,8 @@ def test_hparams_compare_runs_of_different_families(runs, board):
     cnn, mlp = rows[f"mnist/{CNN_RUN}"], rows[f"mnist/{MLP_RUN}"]
     assert cnn["hparams"]["family"] == "cnn" and mlp["hparams"]["family"] == "mlp"
     assert cnn["hparams"]["filters"] == ",".join(map(str, runs.cnn_metadata["model"]["hyperparameters"]["filters"]))
-    assert "filters" not in mlp["hparams"] and mlp["hparams"]["units"] == runs.mlp_metadata["model"]["hyperparameters"]["units"]
+    assert "filters" not in mlp["hparams"]
+    assert mlp["hparams"]["units"] == runs.mlp_metadata["model"]["hyperparameters"]["units"]
     assert cnn["hparams"]["learning_rate"] != mlp["hparams"]["learning_rate"]
     # Optimizer options are columns too (0: off), and metadata.json says the same.
     assert cnn["hparams"]["clipnorm"] == 1.0 and mlp["hparams"]["clipnorm"] == 0.0

@@ -291,7 +291,8 @@ def test_bad_search_flags_are_refused_by_the_parser(args, phrase, capsys):
 
 
 @pytest.mark.parametrize("args, phrase", [
-    (["--no-tune", "--max-trials", "3"], "--max-trials configures the hyperparameter search, which --no-tune turns off"),
+    (["--no-tune", "--max-trials", "3"],
+     "--max-trials configures the hyperparameter search, which --no-tune turns off"),
     (["--no-tune", "--model", "auto"], "--model auto configures the hyperparameter search"),
     (["--families", "mlp,cnn"], "--families chooses among families for --model auto"),
     (["--tuner", "random", "--factor", "3"], "--factor is Hyperband's"),

@@ -114,4 +114,5 @@ def decide(base: Path, test_examples, test_labels: np.ndarray, class_names,
                  for name in candidate.per_class_accuracy}
     worse = candidate.accuracy < baseline.accuracy - max_regression / 100 - 1e-12
     reason = ("forced" if force else "regression") if worse else "not worse"
-    return Decision(not worse or force, reason, candidate.accuracy, max_regression, latest, baseline.accuracy, per_class)
+    return Decision(not worse or force, reason, candidate.accuracy, max_regression, latest, baseline.accuracy,
+                    per_class)

@@ -57,6 +57,7 @@ def summarize(logits: np.ndarray, labels: np.ndarray, class_names) -> Evaluation
     return from_classes(labels, logits.argmax(axis=-1), class_names, float(loss))
 
 
-def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, class_names, batch_size: int = 1000) -> Evaluation:
+def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, class_names,
+             batch_size: int = 1000) -> Evaluation:
     logits = model.predict(images, batch_size=batch_size, verbose=0)
     return summarize(np.asarray(logits, dtype=np.float32), labels, class_names)

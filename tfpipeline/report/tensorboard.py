@@ -259,7 +259,8 @@ def run_summary(config, metadata: dict, export_path) -> str:
         }, header=("model", "value")),
         "**Data**\n\n" + _table({
             "dataset": f"{data['name']} {data['version']}",
-            **{f"{role} examples": f"{count:,} ({data['splits'][role]})" for role, count in data["num_examples"].items()},
+            **{f"{role} examples": f"{count:,} ({data['splits'][role]})"
+               for role, count in data["num_examples"].items()},
         }, header=("data", "value")),
         "**Versions**\n\n" + _table(versions, header=("software", "version")),
         "**Configuration**\n\n" + "\n".join("    " + line for line in config_json.splitlines()),
