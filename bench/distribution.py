@@ -183,12 +183,12 @@ def measure(name: str, strategy: str, args, *, workers: int = 1, cpu_devices: in
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.distribution", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--global-batch", type=int, default=256, 
+    parser.add_argument("--global-batch", type=int, default=256,
                         help="images per step, all replicas together (default 256)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is not timed (default 3)")
-    parser.add_argument("--examples", type=int, default=10240, 
+    parser.add_argument("--examples", type=int, default=10240,
                         help="training images per epoch (default 10240: 40 steps)")
-    parser.add_argument("--rounds", type=int, default=2, 
+    parser.add_argument("--rounds", type=int, default=2,
                         help="rounds of all the configurations, interleaved (default 2)")
     parser.add_argument("--only", help="run only the configurations whose name contains one of these "
                         "comma-separated words (e.g. 'default (,mirrored (,multi_worker (': the three main rows)")
