@@ -105,7 +105,7 @@ class TextInput(InputSpec):
                   "chosen": dict(self.stats)}
         # Last, so the sizes above are what a reader sees first.
         record.update(vocabulary=list(self.vocabulary), ngram_vocabulary=list(self.ngram_vocabulary),
-                      ngram_idf=[round(float(v), 6) for v in self.ngram_idf])
+                      ngram_idf=list(self.ngram_idf))  # rounded by `fit`, so they read back equal
         return record
 
     @classmethod
@@ -270,5 +270,6 @@ def fit(train: tf.data.Dataset, *, ngrams: int = 2, max_tokens: int = MAX_TOKENS
               f"documents); {truncated:,} longer documents ({truncated / max(1, n):.1%}) are truncated to their "
               f"first {length} words by the sequence models.", flush=True)
     return TextInput(vocabulary=tuple(str(words[i]) for i in kept_words),
-                     ngram_vocabulary=tuple(str(grams[i]) for i in kept_grams), ngram_idf=tuple(float(v) for v in idf),
+                     ngram_vocabulary=tuple(str(grams[i]) for i in kept_grams),
+                     ngram_idf=tuple(round(float(v), 6) for v in idf),
                      sequence_length=length, ngrams=ngrams, stats=stats)
