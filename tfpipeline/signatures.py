@@ -13,6 +13,7 @@ DEFAULT = "serving_default"  # TF Serving's default signature key
 IMAGE_BYTES = "serving_bytes"  # encoded image files in (the image input's second signature)
 
 IMAGES = "images"  # serving_default's input for images: uint8 [-1, H, W, C]
+TEXT = "text"  # serving_default's input for text: string [-1], one document per element
 IMAGE_BYTES_INPUT = "image_bytes"  # serving_bytes' input: string [-1]
 CLASSES = "classes"
 PROBABILITIES = "probabilities"

@@ -6,10 +6,14 @@ stage may rely on) and `build(input_shape, num_classes, hp) -> keras.Model`, an 
 functional model that takes raw `uint8` images and returns logits. `search_space(kt_hp)`
 declares the family's KerasTuner space with those defaults.
 
+The same four names exist for text (`tfpipeline.models.text`): `kind="text"` (the input spec's
+kind) picks those, whose `build` takes the `TextInput` in place of an image shape. Without a
+kind, or with "image", everything is as it always was.
+
 Owns: the families, their layers (`layers`) and search-space helpers (`space`).
 
-May import: errors and data (the augmentation a family trains with). It imports nothing from
-training, tuning, distribute, export, report or serving (tests/test_layout.py checks this).
+May import: errors, data (the augmentation a family trains with) and inputs. It imports nothing
+from training, tuning, distribute, export, report or serving (tests/test_layout.py checks this).
 """
 
 from __future__ import annotations
@@ -39,19 +43,29 @@ class FamilyHyperparams(Protocol):
 FAMILIES: dict[str, ModuleType] = {"mlp": mlp, "cnn": cnn, "rnn": rnn, "transformer": transformer}
 
 
-def family(name: str) -> ModuleType:
-    """The family's module; raises `UserError` naming the families for an unknown `name`."""
+def _families(kind: str) -> dict[str, ModuleType]:
+    if kind == "text":
+        from tfpipeline.models import text  # only text runs pay for importing it
+
+        return text.FAMILIES
+    return FAMILIES
+
+
+def family(name: str, kind: str = "image") -> ModuleType:
+    """The module of family `name` for inputs of `kind` ("image" or "text"); raises `UserError`
+    naming the families for an unknown `name`."""
+    families = _families(kind)
     try:
-        return FAMILIES[name]
+        return families[name]
     except KeyError:
         raise UserError(
             f"Unknown model family {name!r}. Choose one of: {', '.join(FAMILIES)}."
         ) from None
 
 
-def hyperparams(name: str, overrides: dict[str, Any] | None = None) -> FamilyHyperparams:
+def hyperparams(name: str, overrides: dict[str, Any] | None = None, kind: str = "image") -> FamilyHyperparams:
     """The family's default hyperparameters with `overrides` applied (checked by name and type)."""
-    defaults = family(name).Hyperparams()
+    defaults = family(name, kind).Hyperparams()
     fields = {f.name: f for f in dataclasses.fields(defaults)}
     values = {}
     for key, value in (overrides or {}).items():
@@ -67,14 +81,35 @@ def hyperparams(name: str, overrides: dict[str, Any] | None = None) -> FamilyHyp
     return dataclasses.replace(defaults, **values)
 
 
-def augmentation(name: str, hp: FamilyHyperparams, seed: int) -> Augmentation:
+def augmentation(name: str, hp: FamilyHyperparams, seed: int, kind: str = "image") -> Augmentation:
     """The family's training augmentation for `hp` (applied to training batches in the input
     pipeline, `Augmentation.apply`); one without a layer if the family has none."""
-    make = getattr(family(name), "augmentation", None)
+    make = getattr(family(name, kind), "augmentation", None)
     return make(hp, seed) if make else Augmentation()
 
 
-def build(name: str, input_shape, num_classes: int, hp: FamilyHyperparams | None = None) -> keras.Model:
-    """The family's uncompiled model for `input_shape` and `num_classes`; `hp` None: its defaults."""
-    module = family(name)
+def build(name: str, input_shape, num_classes: int, hp: FamilyHyperparams | None = None, *,
+          input=None) -> keras.Model:
+    """An uncompiled model of family `name` returning logits.
+
+    Args:
+        name: the family.
+        input_shape: an image's (height, width, channels); ignored when `input` is a text spec.
+        num_classes: outputs.
+        hp: the family's `Hyperparams` (None: its defaults).
+        input: the dataset's input spec (`DatasetSpec.input`); its kind picks the family's
+            variant, and a text family is built on it. None: images.
+    """
+    kind = getattr(input, "kind", "image")
+    module = family(name, kind)
+    if kind == "text":
+        return module.build(input, num_classes, hp or module.Hyperparams())
     return module.build(tuple(input_shape), num_classes, hp or module.Hyperparams())
+
+
+def search_space(name: str, hp, spec):
+    """Family `name`'s KerasTuner space for a `DatasetSpec` (its input kind picks the variant)."""
+    spec_input = getattr(spec, "input", None)
+    if getattr(spec_input, "kind", "image") == "text":
+        return family(name, "text").search_space(hp, spec_input)
+    return family(name).search_space(hp, spec.input_shape)
