@@ -13,3 +13,7 @@ PROBABILITIES = "probabilities"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+
+TABLE_CLASSIFY = "classify"  # a table's TF Serving classification signature (serialized tf.Examples in)
+CLASSIFY_INPUTS = "inputs"  # its input, as TF Serving's Classify API names it
+SCORES = "scores"  # its output beside `classes` (the class names)

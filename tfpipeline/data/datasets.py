@@ -31,6 +31,7 @@ from tensorflow_datasets.core.download.download_manager import NonMatchingChecks
 
 from tfpipeline.data import folders, imaging
 from tfpipeline.errors import UserError
+from tfpipeline.inputs import InputSpec
 
 #: Environment variable naming the folder of manually downloaded files (the `--manual-dir` flag).
 ENV_MANUAL_DIR = "TFPIPELINE_MANUAL_DIR"
@@ -62,9 +63,14 @@ class DatasetSpec:
     # Where the examples came from and how they were prepared: "kind" ("tfds" or "folder"), the
     # cache decision and, for a folder, its layout, split rule and skipped files.
     source: dict = dataclasses.field(default_factory=dict)
+    # What the model takes and the export's signatures (`tfpipeline.inputs`); None: images.
+    input: InputSpec | None = None
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        # An image spec without an input spec keeps the record (and the cache key made from it) it had.
+        record = dataclasses.asdict(dataclasses.replace(self, input=None))
+        del record["input"]
+        return record if self.input is None else {**record, "input": self.input.to_json()}
 
 
 @dataclasses.dataclass
