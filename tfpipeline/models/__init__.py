@@ -4,6 +4,9 @@ Each family is one short module with a `Hyperparams` dataclass (architecture and
 training settings that suit it, all with working defaults) and
 `build(input_shape, num_classes, hp) -> keras.Model`, an uncompiled functional model that
 takes raw `uint8` images and returns logits.
+
+Tables have their own variants of the families that take them (`tfpipeline.models.table`):
+`family`, `hyperparams` and `build` pick them when told the input kind is "table".
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import keras
 
 from tfpipeline.data.augmentation import Augmentation
 from tfpipeline.errors import UserError
-from tfpipeline.models import cnn, mlp, rnn, transformer
+from tfpipeline.models import cnn, mlp, rnn, table, transformer
 
 FAMILIES: dict[str, ModuleType] = {"mlp": mlp, "cnn": cnn, "rnn": rnn, "transformer": transformer}
 
 
-def family(name: str) -> ModuleType:
+def family(name: str, kind: str = "image") -> ModuleType:
+    if kind == "table":
+        return table.family(name)
     try:
         return FAMILIES[name]
     except KeyError:
@@ -30,9 +35,9 @@ def family(name: str) -> ModuleType:
         ) from None
 
 
-def hyperparams(name: str, overrides: dict[str, Any] | None = None):
+def hyperparams(name: str, overrides: dict[str, Any] | None = None, kind: str = "image"):
     """The family's default hyperparameters with `overrides` applied (checked by name and type)."""
-    defaults = family(name).Hyperparams()
+    defaults = family(name, kind).Hyperparams()
     fields = {f.name: f for f in dataclasses.fields(defaults)}
     values = {}
     for key, value in (overrides or {}).items():
@@ -55,6 +60,9 @@ def augmentation(name: str, hp, seed: int) -> Augmentation:
     return make(hp, seed) if make else Augmentation()
 
 
-def build(name: str, input_shape, num_classes: int, hp=None) -> keras.Model:
+def build(name: str, input_shape, num_classes: int, hp=None, input=None) -> keras.Model:
+    """The family's model; `input` (the dataset's `InputSpec`) picks a table variant for a table."""
+    if input is not None and input.kind == "table":
+        return table.build(name, input, num_classes, hp)
     module = family(name)
     return module.build(tuple(input_shape), num_classes, hp or module.Hyperparams())
