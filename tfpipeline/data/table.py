@@ -65,7 +65,7 @@ def infer_column(name: str, values: np.ndarray) -> Column:
         if integers and len(set(numbers.tolist())) <= MAX_CODES:
             return Column(name, CATEGORICAL, "integer code", dtype="int64", missing=missing)
         if integers and _is_row_number(numbers):
-            return Column(name, IGNORED, "identifier", missing=missing, note="a distinct integer per row")
+            return Column(name, IGNORED, "identifier", missing=missing, note="a row number (distinct, increasing)")
         return Column(name, NUMERIC, "number", dtype="float32", missing=missing, unparseable=unparseable)
     lowered = {v.lower() for v in distinct}
     if any(lowered == pair for pair in BOOLEAN_PAIRS):
@@ -80,9 +80,9 @@ def infer_column(name: str, values: np.ndarray) -> Column:
 
 
 def _is_row_number(numbers: np.ndarray) -> bool:
-    distinct = len(set(numbers.tolist()))
-    return (distinct == len(numbers) >= MIN_ROWS_FOR_IDENTIFIER
-            and numbers.max() - numbers.min() + 1 == distinct)
+    """Distinct integers that increase down the file: a row number, not an amount (the splits
+    keep file order)."""
+    return len(numbers) >= MIN_ROWS_FOR_IDENTIFIER and bool(np.all(np.diff(numbers) > 0))
 
 
 def override(column: Column, values: np.ndarray, role: str) -> Column:
