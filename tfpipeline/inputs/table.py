@@ -249,7 +249,7 @@ class TableInput(InputSpec):
     # -- report -----------------------------------------------------------------------------
     def log_samples(self, tag, examples, labels, predictions, class_names, step) -> None:
         from tfpipeline.inputs import table_report
-        table_report.log_samples(self, tag, examples, labels, predictions, class_names, step)
+        table_report.log_samples(self, tag, examples, labels, predictions, class_names, step=step)
 
     def log_attributions(self, model, examples, labels, class_names, step) -> None:
         from tfpipeline.inputs import table_report

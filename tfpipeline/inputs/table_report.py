@@ -38,7 +38,7 @@ def markdown(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows])
 
 
-def log_samples(table, tag, examples, labels, predictions, class_names, step) -> None:
+def log_samples(table, tag, examples, labels, predictions, class_names, *, step) -> None:
     """A few rows, then the most confident mistakes, with predicted and true classes.
 
     `predictions` are probabilities `[n, classes]` (mistakes ranked by confidence) or classes `[n]`.
