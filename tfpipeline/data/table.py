@@ -332,7 +332,8 @@ def load_table(path: str | Path, label: str, *, validation_fraction: float = 0.2
         input=spec_input)
     _announce(spec, spec_input)
     made = {role: to_dataset(spec_input, p) for role, p in parts.items()}
-    return Datasets(spec, made["train"], made["validation"], made["test"])
+    # Made from arrays in memory: nothing to decode or cache between epochs.
+    return Datasets(spec, made["train"], made["validation"], made["test"], in_memory=True)
 
 
 def _announce(spec: DatasetSpec, table: TableInput) -> None:
