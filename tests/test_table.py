@@ -299,6 +299,7 @@ def test_baseline_and_class_metrics(penguins):
     parts, _ = read_parts(penguins, "species", 0.2, 42)
     result = baseline.gradient_boosting(spec, examples(spec, parts["train"]), examples(spec, parts["test"]))
     assert result.accuracy > 0.9 and result.num_test == data.spec.num_examples["test"]
+    assert baseline.for_datasets(data).accuracy == result.accuracy  # the same splits, read from tf.data
     labels = np.array([0, 0, 1, 1])
     probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
     metrics = evaluation.class_metrics(labels, probs, ("a", "b"))
@@ -310,3 +311,20 @@ def test_tsv_is_read_with_tabs(tmp_path):
     header, rows = mixed_rows(40)
     raw = tablefile.read(write(tmp_path / "m.tsv", header, rows, sep="\t"))
     assert raw.names == header and len(raw) == 40
+
+
+def test_table_flags():
+    import argparse
+
+    from tfpipeline.data import tableoptions
+
+    parser = argparse.ArgumentParser()
+    tableoptions.add_flags(parser)
+    opts = tableoptions.options(parser.parse_args(["--label-column", "species", "--categorical", "year, sex",
+                                                   "--class-weight", "balanced", "--no-baseline"]))
+    assert opts.flags()["categorical"] == ("year", "sex") and not opts.baseline
+    opts.validate(is_table=True)
+    with pytest.raises(UserError, match="needs --label-column"):
+        tableoptions.TableOptions().validate(is_table=True)
+    with pytest.raises(UserError, match="--label-column, --categorical only apply to a table"):
+        opts.validate(is_table=False)

@@ -345,3 +345,10 @@ def _announce(spec: DatasetSpec, table: TableInput) -> None:
           flush=True)
     for line in table.summary_lines():
         print(line, flush=True)
+
+
+def arrays(dataset: tf.data.Dataset) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """An unbatched table split as NumPy (strings as `str`): what the baseline and the report read."""
+    features, labels = next(iter(dataset.batch(1 << 30)))
+    return ({k: (np.array([s.decode() for s in v.numpy()], dtype=object) if v.dtype == tf.string else v.numpy())
+             for k, v in features.items()}, labels.numpy())

@@ -72,3 +72,11 @@ def gradient_boosting(table, train: tuple[dict, np.ndarray], test: tuple[dict, n
     return Baseline("HistGradientBoostingClassifier", float((predicted == test[1]).mean()),
                     float(f1_score(test[1], predicted, average="macro")), time.perf_counter() - start,
                     int(len(test[1])))
+
+
+def for_datasets(datasets, seed: int = 42) -> Baseline:
+    """The baseline on a table's `Datasets` (`tfpipeline.data.table.load_table`): trained on its
+    training split, scored on its test split."""
+    from tfpipeline.data.table import arrays
+
+    return gradient_boosting(datasets.spec.input, arrays(datasets.train), arrays(datasets.test), seed)
