@@ -6,9 +6,9 @@ stage may rely on) and `build(input_shape, num_classes, hp) -> keras.Model`, an 
 functional model that takes raw `uint8` images and returns logits. `search_space(kt_hp)`
 declares the family's KerasTuner space with those defaults.
 
-The same four names exist for text (`tfpipeline.models.text`): `kind="text"` (the input spec's
-kind) picks those, whose `build` takes the `TextInput` in place of an image shape. Without a
-kind, or with "image", everything is as it always was.
+Text and tables have their own variants of the families that take them
+(`tfpipeline.models.text`, `tfpipeline.models.table`): `family`, `hyperparams` and `build` pick
+them from the input spec's kind. Without a kind, or with "image", everything is as it always was.
 
 Owns: the families, their layers (`layers`) and search-space helpers (`space`).
 
@@ -26,7 +26,7 @@ import keras
 
 from tfpipeline.data.augmentation import Augmentation
 from tfpipeline.errors import UserError
-from tfpipeline.models import cnn, mlp, rnn, transformer
+from tfpipeline.models import cnn, mlp, rnn, table, transformer
 
 
 @runtime_checkable
@@ -52,8 +52,10 @@ def _families(kind: str) -> dict[str, ModuleType]:
 
 
 def family(name: str, kind: str = "image") -> ModuleType:
-    """The module of family `name` for inputs of `kind` ("image" or "text"); raises `UserError`
-    naming the families for an unknown `name`."""
+    """The module of family `name` for inputs of `kind` ("image", "text" or "table"); raises
+    `UserError` naming the families for an unknown `name` (or one refused for tables)."""
+    if kind == "table":
+        return table.family(name)
     families = _families(kind)
     try:
         return families[name]
@@ -94,13 +96,15 @@ def build(name: str, input_shape, num_classes: int, hp: FamilyHyperparams | None
 
     Args:
         name: the family.
-        input_shape: an image's (height, width, channels); ignored when `input` is a text spec.
+        input_shape: an image's (height, width, channels); ignored for text and tables.
         num_classes: outputs.
         hp: the family's `Hyperparams` (None: its defaults).
         input: the dataset's input spec (`DatasetSpec.input`); its kind picks the family's
-            variant, and a text family is built on it. None: images.
+            variant, and a text or table family is built on it. None: images.
     """
     kind = getattr(input, "kind", "image")
+    if kind == "table":
+        return table.build(name, input, num_classes, hp)
     module = family(name, kind)
     if kind == "text":
         return module.build(input, num_classes, hp or module.Hyperparams())

@@ -61,3 +61,18 @@ def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, class_n
              batch_size: int = 1000) -> Evaluation:
     logits = model.predict(images, batch_size=batch_size, verbose=0)
     return summarize(np.asarray(logits, dtype=np.float32), labels, class_names)
+
+
+def class_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names) -> dict:
+    """Metrics beside accuracy for imbalanced classes: recall per class, macro F1, and ROC AUC
+    when there are two classes (of the second class's probability)."""
+    from sklearn.metrics import f1_score, recall_score, roc_auc_score
+
+    predictions = probabilities.argmax(axis=-1)
+    every = list(range(len(class_names)))
+    recall = recall_score(labels, predictions, labels=every, average=None, zero_division=0)
+    metrics = {"per_class_recall": {str(n): float(r) for n, r in zip(class_names, recall)},
+               "macro_f1": float(f1_score(labels, predictions, labels=every, average="macro", zero_division=0))}
+    if len(class_names) == 2 and len(np.unique(labels)) == 2:
+        metrics["roc_auc"] = float(roc_auc_score(labels, probabilities[:, 1]))
+    return metrics

@@ -1,0 +1,354 @@
+"""Tables: a CSV/TSV file, or a folder of them, → train / validation / test `tf.data` splits of
+`(features dict, int label)` and the `TableInput` spec the model and the export are built from.
+
+Order of work, so that nothing about validation or test leaks into the model:
+
+    read (tablefile) → drop rows without a label → split (seeded, stratified by the label)
+    → infer column types from the training split → statistics and vocabularies from the
+    training split → every split converted with them
+
+Column types are inferred from the values (`infer_column`) and stated; `--numeric`,
+`--categorical` and `--ignore` override them. Identifiers, dates and free text are detected and
+left out with a note: a model that memorizes an identifier learns nothing that generalizes,
+and dates and text need encodings of their own.
+
+The features of an example are a dict of one value per feature column: float32 (NaN when
+missing), int64 for integer codes (the column's `missing_code` when missing) and strings ("" when
+missing). The model's first layers (`tfpipeline.models.table`) impute and encode them, so the
+same raw values are what a SavedModel's caller sends.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfpipeline.data import tablefile
+from tfpipeline.data.datasets import Datasets, DatasetSpec
+from tfpipeline.errors import UserError
+from tfpipeline.inputs.table import CATEGORICAL, IGNORED, NUMERIC, Column, TableInput
+
+#: Integer columns with at most this many distinct values are codes (categories), not amounts.
+MAX_CODES = 10
+#: A category keeps at most this many values (the most frequent); the rest share the OOV slot.
+MAX_VOCABULARY = 100
+#: At least this share of a column's present values must parse as numbers for it to be numeric.
+NUMERIC_SHARE = 0.95
+#: Identifiers are only recognized among at least this many values (all distinct).
+MIN_ROWS_FOR_IDENTIFIER = 20
+BOOLEAN_PAIRS = ({"true", "false"}, {"yes", "no"}, {"t", "f"}, {"y", "n"})
+DATE = re.compile(r"^(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2})?)?$")
+#: Splits carved from a single file: the test share of all rows (the validation share comes from
+#: `validation_fraction`, of the rows left).
+TEST_FRACTION = 0.2
+
+
+def infer_column(name: str, values: np.ndarray) -> Column:
+    """A column's role from its training values (str, or None when missing)."""
+    present = [v for v in values if v is not None]
+    missing = len(values) - len(present)
+    distinct = set(present)
+    if not present:
+        return Column(name, IGNORED, "empty", missing=missing, note="no values in the training split")
+    if len(distinct) == 1:
+        return Column(name, IGNORED, "constant", missing=missing, note=f"always {present[0]!r}: nothing to learn")
+    floats, unparseable = tablefile.parse_floats(np.array(present, dtype=object))
+    if unparseable <= (1 - NUMERIC_SHARE) * len(present):
+        numbers = floats[~np.isnan(floats)]
+        integers = bool(np.all(numbers == np.round(numbers)))
+        if integers and len(set(numbers.tolist())) <= MAX_CODES:
+            return Column(name, CATEGORICAL, "integer code", dtype="int64", missing=missing)
+        if integers and _is_row_number(numbers):
+            return Column(name, IGNORED, "identifier", missing=missing, note="a row number (distinct, increasing)")
+        return Column(name, NUMERIC, "number", dtype="float32", missing=missing, unparseable=unparseable)
+    lowered = {v.lower() for v in distinct}
+    if any(lowered == pair for pair in BOOLEAN_PAIRS):
+        return Column(name, CATEGORICAL, "boolean", missing=missing)
+    if sum(bool(DATE.match(v)) for v in present) >= 0.9 * len(present):
+        return Column(name, IGNORED, "date", missing=missing, note="dates are left out (no date encoding)")
+    if np.mean([len(v.split()) for v in present]) >= 4:
+        return Column(name, IGNORED, "text", missing=missing, note="free text is left out (no text encoding)")
+    if len(distinct) == len(present) >= MIN_ROWS_FOR_IDENTIFIER:
+        return Column(name, IGNORED, "identifier", missing=missing, note="a distinct value per row")
+    return Column(name, CATEGORICAL, "string", missing=missing)
+
+
+def _is_row_number(numbers: np.ndarray) -> bool:
+    """Distinct integers that increase down the file: a row number, not an amount (the splits
+    keep file order)."""
+    return len(numbers) >= MIN_ROWS_FOR_IDENTIFIER and bool(np.all(np.diff(numbers) > 0))
+
+
+def override(column: Column, values: np.ndarray, role: str) -> Column:
+    """`column` as a flag (`--numeric`, `--categorical`, `--ignore`) says."""
+    flag = {NUMERIC: "--numeric", CATEGORICAL: "--categorical", IGNORED: "--ignore"}[role]
+    if role == IGNORED:
+        return Column(column.name, IGNORED, flag, missing=column.missing, note="left out by " + flag)
+    if role == NUMERIC:
+        return Column(column.name, NUMERIC, flag, dtype="float32", missing=column.missing,
+                      unparseable=tablefile.parse_floats(values)[1])
+    floats, unparseable = tablefile.parse_floats(values)
+    numbers = floats[~np.isnan(floats)]
+    integers = unparseable == 0 and len(numbers) and bool(np.all(numbers == np.round(numbers)))
+    return Column(column.name, CATEGORICAL, flag, dtype="int64" if integers else "string", missing=column.missing)
+
+
+def fit_column(column: Column, values: np.ndarray) -> Column:
+    """`column` with its statistics or vocabulary from the training `values`."""
+    if column.role == NUMERIC:
+        floats, unparseable = tablefile.parse_floats(values)
+        numbers = floats[~np.isnan(floats)].astype(np.float64)
+        mean = float(numbers.mean()) if len(numbers) else 0.0
+        std = float(numbers.std()) if len(numbers) > 1 else 1.0
+        return _replace(column, mean=mean, std=std if std > 0 else 1.0, missing=int(np.isnan(floats).sum()),
+                        missing_indicator=bool(np.isnan(floats).any()), unparseable=unparseable)
+    if column.role == CATEGORICAL:
+        raw = column.values(values)
+        present = [v for v in raw.tolist() if v != column.missing_value()] if column.dtype == "string" else [
+            int(v) for v in tablefile.parse_floats(values)[0] if not np.isnan(v)]
+        counts = collections.Counter(present)
+        vocabulary = tuple(v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+        note = column.note
+        if len(vocabulary) > MAX_VOCABULARY:
+            note = f"{len(vocabulary)} values; the {MAX_VOCABULARY} most frequent kept, the rest out-of-vocabulary"
+        vocabulary = vocabulary[:MAX_VOCABULARY]
+        code = int(min(vocabulary)) - 1 if column.dtype == "int64" and vocabulary else -1
+        return _replace(column, vocabulary=vocabulary, missing_code=code, note=note)
+    return column
+
+
+def _replace(column: Column, **changes) -> Column:
+    return dataclasses.replace(column, **changes)
+
+
+def infer_columns(table: tablefile.RawTable, label: str, flags: dict[str, tuple[str, ...]]) -> tuple[Column, ...]:
+    """Every column but the label, typed (flags win) and fitted on `table` (the training split).
+
+    Args:
+        table: the training split.
+        label: the label column (left out).
+        flags: role ("numeric", "categorical", "ignored") → the column names a flag gave it.
+
+    Raises:
+        UserError: a flag names a column the table does not have, or the label, or one column
+            twice; or no feature column is left.
+    """
+    forced = {}
+    for role, chosen in flags.items():
+        for name in chosen:
+            if name not in table.names or name == label:
+                raise UserError(f"The column {name!r} given to --{'ignore' if role == IGNORED else role} is "
+                                + ("the label column" if name == label else "not in the table")
+                                + f"; the columns are: {', '.join(n for n in table.names if n != label)}.")
+            if name in forced:
+                raise UserError(f"The column {name!r} is given to two of --numeric, --categorical and --ignore.")
+            forced[name] = role
+    columns = []
+    for name in table.names:
+        if name == label:
+            continue
+        column = infer_column(name, table.values[name])
+        if name in forced:
+            column = override(column, table.values[name], forced[name])
+        columns.append(fit_column(column, table.values[name]))
+    if not any(c.role != IGNORED for c in columns):
+        raise UserError("No feature column is left to learn from: " + "; ".join(c.describe() for c in columns)
+                        + ". Use --numeric or --categorical to keep a column.")
+    return tuple(columns)
+
+
+def class_names_of(labels: np.ndarray) -> tuple[str, ...]:
+    """The distinct labels, in numeric order when all are numbers, else alphabetical."""
+    distinct = sorted(set(labels.tolist()))
+    try:
+        return tuple(sorted(distinct, key=float))
+    except ValueError:
+        return tuple(distinct)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """`--class-weight balanced`: n / (classes × count of the class), from the training labels."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(c): float(w) for c, w in zip(present, weights)} | {
+        c: 1.0 for c in range(num_classes) if c not in set(present.tolist())}
+
+
+def fingerprint(parts: dict[str, tablefile.RawTable], label: str) -> str:
+    digest = hashlib.sha256(label.encode())
+    for role, part in parts.items():
+        digest.update(role.encode())
+        for name in part.names:
+            digest.update(repr((name, part.values[name].tolist())).encode())
+    return f"rows-{digest.hexdigest()[:12]}"
+
+
+def to_dataset(spec: TableInput, part: tablefile.RawTable) -> tf.data.Dataset:
+    """Unbatched `(features, label)` examples of one split."""
+    features = {c.name: c.values(part.values[c.name]) for c in spec.features}
+    index = {name: i for i, name in enumerate(spec.class_names)}
+    labels = np.array([index[v] for v in part.values[spec.label]], dtype=np.int32)
+    return tf.data.Dataset.from_tensor_slices((features, labels))
+
+
+def examples(spec: TableInput, part: tablefile.RawTable) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One split as NumPy: the feature dict and the label indices (for the baseline and tests)."""
+    index = {name: i for i, name in enumerate(spec.class_names)}
+    return ({c.name: c.values(part.values[c.name]) for c in spec.features},
+            np.array([index[v] for v in part.values[spec.label]], dtype=np.int32))
+
+
+def resolve(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def is_table(name: str) -> bool:
+    """Whether `--dataset name` is a table: a CSV/TSV file, or a folder holding train.csv."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.suffix.lower() in (".csv", ".tsv", ".tab", ".txt")
+    return path.is_dir() and any((path / f"train{ext}").is_file() for ext in (".csv", ".tsv"))
+
+
+def read_parts(path: Path, label: str, validation_fraction: float, seed: int
+               ) -> tuple[dict[str, tablefile.RawTable], dict]:
+    """The three splits of a file or a folder, rows without a label dropped, and how they were made.
+
+    Raises:
+        UserError: no such file or folder, a file without the label column, or a folder whose
+            files have different columns.
+    """
+    if path.is_dir():
+        files = {role: _split_file(path, role) for role in ("train", "validation", "test")}
+        if files["train"] is None or files["test"] is None:
+            raise UserError(f"The folder {path} needs train.csv and test.csv (and may hold validation.csv); "
+                            f"it has: {', '.join(sorted(p.name for p in path.iterdir())) or 'nothing'}.")
+        parts = {role: _labelled(tablefile.read(f), label) for role, f in files.items() if f is not None}
+        for role, part in parts.items():
+            if set(part.names) != set(parts["train"].names):
+                raise UserError(f"{files[role]} has the columns {', '.join(part.names)}, but {files['train']} "
+                                f"has {', '.join(parts['train'].names)}; the files must have the same columns.")
+        rule = {"layout": "files", "files": {r: str(f) for r, f in files.items() if f is not None}}
+        if "validation" not in parts:
+            parts["train"], parts["validation"], how = carve(parts["train"], label, validation_fraction, seed)
+            rule["validation"] = {"carved_from": "train", "fraction": validation_fraction, **how}
+        return parts, rule
+    table = _labelled(tablefile.read(path), label)
+    rest, test, how = carve(table, label, TEST_FRACTION, seed)
+    train, validation, _ = carve(rest, label, validation_fraction, seed)
+    parts = {"train": train, "validation": validation, "test": test}
+    train.skipped = table.skipped  # reported once, with the training split
+    return parts, {"layout": "file", "file": str(path), "test_fraction": TEST_FRACTION,
+                   "validation_fraction": validation_fraction, "seed": seed, **how}
+
+
+def _split_file(folder: Path, role: str) -> Path | None:
+    return next((folder / f"{role}{ext}" for ext in (".csv", ".tsv") if (folder / f"{role}{ext}").is_file()), None)
+
+
+def _labelled(table: tablefile.RawTable, label: str) -> tablefile.RawTable:
+    """`table` without its rows that have no label; rows dropped are listed as skipped."""
+    if label not in table.values:
+        raise UserError(f"The label column {label!r} is not in {table.path}; its columns are: "
+                        f"{', '.join(table.names)}. Pass one of them with --label-column.")
+    keep = np.array([v is not None for v in table.values[label]])
+    kept = table.take(np.flatnonzero(keep))
+    kept.skipped = table.skipped + [(0, "no label")] * int((~keep).sum())
+    return kept
+
+
+def carve(table: tablefile.RawTable, label: str, fraction: float, seed: int):
+    """Split `table` into (rest, held out `fraction`), seeded and stratified by the label when
+    every class has at least two rows (else at random, and said so).
+
+    Raises:
+        UserError: `fraction` is not between 0 and 1 or leaves a side empty.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < fraction < 1.0 or not 1 <= round(len(table) * fraction) < len(table):
+        raise UserError(f"Holding out {fraction} of {len(table)} rows leaves no rows on one side; "
+                        "use a --validation-fraction between 0 and 1 (such as 0.2) or a larger table.")
+    labels = table.values[label].astype(str)
+    counts = collections.Counter(labels.tolist())
+    held = round(len(table) * fraction)
+    stratify = min(counts.values()) >= 2 and held >= len(counts) and len(table) - held >= len(counts)
+    rest, out = train_test_split(np.arange(len(table)), test_size=held, random_state=seed,
+                                 stratify=labels if stratify else None)
+    return table.take(np.sort(rest)), table.take(np.sort(out)), {"stratified": bool(stratify)}
+
+
+def load_table(path: str | Path, label: str, *, validation_fraction: float = 0.2, seed: int = 42,
+               flags: dict[str, tuple[str, ...]] | None = None, quick: bool = False) -> Datasets:
+    """Train / validation / test datasets of a table, and its `TableInput` on `spec.input`.
+
+    Args:
+        path: a CSV/TSV file (validation and test carved from it, seeded and stratified) or a
+            folder holding train.csv, test.csv and optionally validation.csv.
+        label: the label column (required; its distinct values are the classes).
+        validation_fraction: share of the training rows held out for validation.
+        seed: fixes which rows go to which split.
+        flags: role → column names from `--numeric`, `--categorical`, `--ignore`.
+        quick: accepted for the image loader's interface; a table is read whole.
+
+    Returns:
+        `Datasets` of unbatched `(features dict, int32 label)` examples per role.
+
+    Raises:
+        UserError: a missing file or label column, a label with fewer than two classes, an
+            empty file, a bad flag (see `tablefile.read`, `read_parts`, `infer_columns`).
+    """
+    path = resolve(path)
+    if not path.exists():
+        raise UserError(f"The table {path} does not exist. Pass a CSV/TSV file, or a folder holding "
+                        "train.csv and test.csv, with --dataset.")
+    parts, rule = read_parts(path, label, validation_fraction, seed)
+    class_names = class_names_of(np.concatenate([p.values[label] for p in parts.values()]))
+    if len(class_names) < 2:
+        raise UserError(f"The label column {label!r} has only one class ({class_names[0]!r}); a classifier "
+                        "needs at least two. Check --label-column.")
+    columns = infer_columns(parts["train"], label, flags or {})
+    spec_input = TableInput(columns, label, class_names)
+    unparseable = {c.name: sum(tablefile.parse_floats(p.values[c.name])[1] for p in parts.values())
+                   for c in spec_input.features if c.dtype == "float32"}
+    skipped = tablefile.RawTable(path, [], {}, [s for p in parts.values() for s in p.skipped])
+    spec = DatasetSpec(
+        name=path.stem if path.is_file() else path.name, version=fingerprint(parts, label),
+        input_shape=(len(spec_input.features),), num_classes=len(class_names), class_names=class_names,
+        splits={role: rule.get("file", rule.get("files", {}).get(role, "")) for role in parts},
+        num_examples={role: len(p) for role, p in parts.items()},
+        source={"kind": "table", "path": str(path), "label": label, "split": rule,
+                "skipped": skipped.skipped_report(),
+                "unparseable": {"rule": "values that are not numbers in a numeric column are treated as missing",
+                                "counts": {k: v for k, v in unparseable.items() if v}}},
+        input=spec_input)
+    _announce(spec, spec_input)
+    made = {role: to_dataset(spec_input, p) for role, p in parts.items()}
+    # Made from arrays in memory: nothing to decode or cache between epochs.
+    return Datasets(spec, made["train"], made["validation"], made["test"], in_memory=True)
+
+
+def _announce(spec: DatasetSpec, table: TableInput) -> None:
+    skipped = spec.source["skipped"]["count"]
+    print(f"Table {spec.source['path']}: {len(table.class_names)} classes of {table.label!r}, "
+          + ", ".join(f"{spec.num_examples[r]:,} {r}" for r in ("train", "validation", "test")) + " rows"
+          + (f"; {skipped} rows skipped (wrong number of fields, or no label)" if skipped else "")
+          + ". Columns (types inferred from the training split; --numeric/--categorical/--ignore override):",
+          flush=True)
+    for line in table.summary_lines():
+        print(line, flush=True)
+
+
+def arrays(dataset: tf.data.Dataset) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """An unbatched table split as NumPy (strings as `str`): what the baseline and the report read."""
+    features, labels = next(iter(dataset.batch(1 << 30)))
+    return ({k: (np.array([s.decode() for s in v.numpy()], dtype=object) if v.dtype == tf.string else v.numpy())
+             for k, v in features.items()}, labels.numpy())
