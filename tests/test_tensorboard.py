@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -294,12 +295,8 @@ def test_profile_plugin_lists_the_trace(board):
     assert "No step marker" not in overview and '"steptime_ms_average"' in overview, overview[:2000]
 
 
-@pytest.mark.parametrize(
-    "value, phrase",
-    [("4", "START,END"), ("a,b", "two whole numbers"), ("0,3", "1 <= START <= END"),
-     ("5,2", "1 <= START <= END"), ("1,2,3", "START,END")],
-)
-def test_bad_profile_batches_are_explained(value, phrase, capsys):
+@pytest.mark.parametrize("value, phrase", [("4", "START,END"), ("a,b", "two whole numbers"), ("1,2,3", "START,END")])
+def test_malformed_profile_batches_are_explained(value, phrase, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.build_parser().parse_args(["--profile-batches", value])
     assert exit_info.value.code == 2
@@ -307,10 +304,15 @@ def test_bad_profile_batches_are_explained(value, phrase, capsys):
     assert "--profile-batches" in err and phrase in err, err
 
 
-def test_negative_histogram_freq_is_explained(capsys):
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["--histogram-freq", "-1"])
-    assert "0 or a positive whole number" in capsys.readouterr().err
+@pytest.mark.parametrize("args, phrase", [
+    (["--profile-batches", "0,3"], "--profile-batches needs 1 <= START <= END (batches count from 1)"),
+    (["--profile-batches", "5,2"], "--profile-batches needs 1 <= START <= END (batches count from 1)"),
+    (["--histogram-freq", "-1"], "--histogram-freq must be 0 or a positive whole number, got -1."),
+])
+def test_out_of_range_tensorboard_flags_are_explained(args, phrase):
+    config = cli.config_from_args(cli.build_parser().parse_args(args))
+    with pytest.raises(UserError, match=re.escape(phrase)):
+        config.validate()
 
 
 def test_profile_range_past_the_last_batch_is_a_user_error(tmp_path, manual_dir, data_dir):

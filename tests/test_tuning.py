@@ -276,18 +276,28 @@ def plan(args: list[str]) -> SearchSettings | None:
 
 @pytest.mark.parametrize("args, phrase", [
     (["--tuner", "grid"], "invalid choice: 'grid'"),
-    (["--max-trials", "0"], "--max-trials: must be a positive whole number"),
-    (["--max-epochs", "two"], "--max-epochs: expected a positive whole number"),
-    (["--factor", "1"], "--factor: must be at least 2"),
-    (["--search-fraction", "1.5"], "--search-fraction: must be in (0, 1]"),
+    (["--max-epochs", "two"], "--max-epochs: invalid int value: 'two'"),
     (["--families", "mlp,resnet"], "unknown model family 'resnet'"),
     (["--model", "automl"], "invalid choice: 'automl'"),
 ])
-def test_bad_search_flags_are_refused_by_the_parser(args, phrase, capsys):
+def test_malformed_search_flags_are_refused_by_the_parser(args, phrase, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.build_parser().parse_args(args)
     assert exit_info.value.code == 2
     assert phrase in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--max-trials", "0"], "--max-trials must be a positive whole number, got 0."),
+    (["--max-epochs", "-2"], "--max-epochs must be a positive whole number, got -2."),
+    (["--factor", "1"], "--factor must be a whole number of at least 2, got 1."),
+    (["--search-fraction", "1.5"], "--search-fraction must be in (0, 1], got 1.5."),
+])
+def test_out_of_range_search_flags_are_refused_by_the_config(args, phrase):
+    config = cli.config_from_args(cli.build_parser().parse_args(args))
+    with pytest.raises(UserError) as error:
+        config.validate()
+    assert str(error.value) == phrase
 
 
 @pytest.mark.parametrize("args, phrase", [

@@ -195,9 +195,6 @@ class PipelineConfig:
             _check(name, getattr(self, name), rule)
         _check("strategy", self.strategy, _one_of(*distribute.STRATEGIES))
         _check("lr_scaling", self.lr_scaling, _one_of(*distribute.LR_SCALING))
-        if self.profile_batches and self.profile_batches[1] < self.profile_batches[0]:
-            start, end = self.profile_batches
-            raise UserError(f"--profile-batches needs 1 <= START <= END (batches count from 1), got {start},{end}.")
         multi_worker = self.strategy == "multi_worker" or (self.strategy == "auto" and self._tf_config_workers() > 1)
         if (self.ensemble or 1) > 1 and multi_worker:
             raise UserError(f"--ensemble {self.ensemble} trains several models one after another, which the "
@@ -307,8 +304,8 @@ _RULES = {
     "cache_budget": (_non_negative_int, "must be 0 or a number of bytes"),
     "histogram_freq": (_non_negative_int, "must be 0 or a positive whole number"),
     "image_freq": (_non_negative_int, "must be 0 or a positive whole number"),
-    "profile_batches": (lambda v: len(v) == 2 and all(_positive_int(b) for b in v),
-                        "needs two batch numbers START,END counted from 1"),
+    "profile_batches": (lambda v: len(v) == 2 and all(_positive_int(b) for b in v) and v[0] <= v[1],
+                        "needs 1 <= START <= END (batches count from 1)"),
     "max_regression": (_non_negative, "must be 0 or a positive number of points"),
     "max_quantization_drop": (_non_negative, "must be 0 or a positive number of points"),
 }

@@ -18,6 +18,10 @@ IMAGE_BYTES_INPUT = "image_bytes"  # serving_bytes' input: string [-1]
 CLASSES = "classes"
 PROBABILITIES = "probabilities"
 
+TABLE_CLASSIFY = "classify"  # a table's TF Serving classification signature (serialized tf.Examples in)
+CLASSIFY_INPUTS = "inputs"  # its input, as TF Serving's Classify API names it
+SCORES = "scores"  # its output beside `classes` (the class names)
+
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -40,6 +44,3 @@ def version_dirs(base: Path) -> dict[int, Path]:
         if _VERSION_NAME.fullmatch(entry.name) and entry.is_dir():
             found.setdefault(int(entry.name), Path(entry.path))
     return found
-TABLE_CLASSIFY = "classify"  # a table's TF Serving classification signature (serialized tf.Examples in)
-CLASSIFY_INPUTS = "inputs"  # its input, as TF Serving's Classify API names it
-SCORES = "scores"  # its output beside `classes` (the class names)

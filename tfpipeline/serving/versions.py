@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from tfpipeline.signatures import version_dirs
 
 from .errors import FailedPrecondition, NotFound, RequestError
 from .model_config import VersionPolicy
 
 log = logging.getLogger("tfpipeline.serving")
 
-_VERSION_NAME = re.compile(r"[0-9]{1,18}")  # plain digits; temp dirs like ".tmp-3" never match
 _MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
@@ -37,23 +36,13 @@ def _model_file(directory: Path) -> Path | None:
 
 
 def discover_versions(base: Path) -> dict[int, Path]:
-    """Version number -> directory, for integer-named directories holding a SavedModel file.
+    """Version number -> directory: the one rule the export uses too (`signatures.version_dirs`).
 
-    Anything else (temp dirs of an export in progress, stray files, empty or half-copied
-    version dirs without saved_model.pb) is ignored rather than reported as an error.
+    An integer-named folder without a SavedModel (empty, or half copied) is a version that fails
+    to load and is reported as such, as TF Serving reports it; a hidden `.tmp-*` folder of an
+    export in progress is not a version.
     """
-    found: dict[int, Path] = {}
-    try:
-        entries = sorted(os.scandir(base), key=lambda e: e.name)
-    except OSError:
-        return found
-    for entry in entries:
-        if not _VERSION_NAME.fullmatch(entry.name) or not entry.is_dir():
-            continue
-        path = Path(entry.path)
-        if _model_file(path) is not None:
-            found.setdefault(int(entry.name), path)
-    return found
+    return version_dirs(base)
 
 
 def _stamp(path: Path) -> float:
