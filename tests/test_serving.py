@@ -281,7 +281,7 @@ def unbatched_server(tmp_path_factory):
     higher version, a broken higher version, and a temp dir of an export in progress."""
     base = tmp_path_factory.mktemp("junk") / "mnist"
     export_version(base, 1)
-    (base / "9").mkdir()  # no saved_model.pb: an incomplete copy, ignored
+    (base / "9").mkdir()  # no saved_model.pb: an incomplete copy, a version that fails to load
     (base / "5").mkdir()
     (base / "5" / "saved_model.pb").write_bytes(b"not a protobuf")  # fails to load
     (base / ".tmp-7").mkdir()
@@ -308,10 +308,12 @@ def test_incomplete_and_broken_versions_do_not_stop_serving(unbatched_server):
     status, body = unbatched_server.get("/v1/models/mnist")
     assert status == 200
     states = {row["version"]: row for row in body["model_version_status"]}
-    assert set(states) == {"1", "5"}  # 9, .tmp-7 and README are not versions
+    # An integer-named folder is a version (the export's rule too); .tmp-7 and README are not.
+    assert set(states) == {"1", "5", "9"}
     assert states["1"]["state"] == "AVAILABLE"
-    assert states["5"]["state"] == "END" and states["5"]["status"]["error_code"] != "OK"
-    assert states["5"]["status"]["error_message"]
+    for broken in ("5", "9"):  # a bad SavedModel, an empty folder: reported, not fatal
+        assert states[broken]["state"] == "END" and states[broken]["status"]["error_code"] != "OK"
+        assert states[broken]["status"]["error_message"]
     assert unbatched_server.get("/v1/models/mnist/metadata")[1]["model_spec"]["version"] == "1"
     assert unbatched_server.post(PREDICT, {"instances": ONE})[0] == 200
     assert "failed to load mnist version 5" in unbatched_server.log()
