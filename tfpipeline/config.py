@@ -17,17 +17,17 @@ from tfpipeline.errors import UserError
 TUNERS = ("hyperband", "random", "bayesian")
 
 # The default search budget, sized for a laptop CPU (docs/tuning.md): Hyperband trains trials
-# of 4 and 15 epochs (the CNN's default run) on a fifth of the training split (~6x cheaper
-# per epoch than the full data), then the best is retrained for the epochs it needed on all of it.
+# of 4 and 15 epochs (the CNN's default run) on a fifth of the training split (several times
+# cheaper per epoch than the full data), then the best is retrained on all of it.
 DEFAULT_MAX_EPOCHS, DEFAULT_FACTOR, DEFAULT_FRACTION = 15, 4, 0.2
 DEFAULT_TRIALS = 10  # random and bayesian (Hyperband's own schedule sets its number)
 # --quick: a smoke test of the search in seconds (its data is already a small subset).
 QUICK_MAX_EPOCHS, QUICK_FRACTION, QUICK_TRIALS = 2, 1.0, 3
 
 # The promotion gate's default tolerance, in percentage points of test accuracy: about the
-# binomial noise (one standard error) of a 10,000-image test split near 99%.
+# binomial noise (one standard error) of MNIST's test split (docs/index.md, the gate).
 DEFAULT_MAX_REGRESSION = 0.1
-# Models the tuned run trains with the chosen hyperparameters and averages (tfpipeline/ensemble.py):
+# Models the tuned run trains with the chosen hyperparameters and averages (tfpipeline/training/ensemble.py):
 # the search's spare time buys the accuracy a single model no longer gains (docs/benchmarks.md).
 TUNED_ENSEMBLE = 3
 
@@ -111,7 +111,7 @@ class PipelineConfig:
     """One run of the pipeline: data → [search] → train → evaluate → gate → export.
 
     Args:
-        dataset: TFDS dataset name, or a folder of images (tfpipeline/folders.py).
+        dataset: TFDS dataset name, or a folder of images (tfpipeline/data/folders.py).
         model: model family (tfpipeline/models), or "auto" to search the family too.
         epochs, batch_size, learning_rate: None takes the family's own default (or, after a
             search, the best trial's); `batch_size` is per replica.
@@ -128,14 +128,14 @@ class PipelineConfig:
         cache_budget: bytes of decoded examples kept in memory; a larger dataset is cached on
             disk under `work_dir`, or not at all. None: a quarter of the RAM.
         histogram_freq, image_freq, profile_batches: TensorBoard extras
-            (tfpipeline/tensorboard_logs.py).
-        strategy, cpu_devices, lr_scaling: distribution (tfpipeline/distribute.py).
-        clipnorm, clipvalue, weight_decay: optimizer options (tfpipeline/training.py); None is
+            (tfpipeline/report/tensorboard.py).
+        strategy, cpu_devices, lr_scaling: distribution (tfpipeline/distribute/).
+        clipnorm, clipvalue, weight_decay: optimizer options (tfpipeline/training/); None is
             off (weight decay 0: Adam; above 0: AdamW).
         export_tflite, max_quantization_drop: also publish the int8 model_int8.tflite, checked by
-            LiteRT, unless it loses more than that many points of test accuracy (tfpipeline/quantize.py).
+            LiteRT, unless it loses more than that many points of test accuracy (tfpipeline/export/tflite.py).
         ensemble: models trained (seeds seed, seed+1, ...) and exported as one that averages their
-            probabilities (tfpipeline/ensemble.py). None: `TUNED_ENSEMBLE` after a search, else 1.
+            probabilities (tfpipeline/training/ensemble.py). None: `TUNED_ENSEMBLE` after a search, else 1.
     """
 
     dataset: str = "mnist"

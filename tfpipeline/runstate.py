@@ -90,7 +90,7 @@ def write_json(path: str | Path, state: dict) -> None:
 
     KerasTuner truncates its state files and then writes them (oracle.json, trial.json,
     tuner0.json); a kill -9 in between would leave a search that cannot be reloaded
-    (tfpipeline/oracles.py saves them with this instead).
+    (tfpipeline/tuning/oracles.py saves them with this instead).
     """
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:

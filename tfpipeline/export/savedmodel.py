@@ -11,7 +11,7 @@ tfpipeline/inputs/image.py.
 
 A version is written into a hidden temporary folder beside its final place (`staged`),
 reloaded with plain `tf.saved_model.load` and checked against the in-memory model on the test
-set, and only then, if the promotion gate (tfpipeline/gate.py) lets it, renamed to the next
+set, and only then, if the promotion gate (tfpipeline/export/gate.py) lets it, renamed to the next
 free integer (`publish`); a held-back candidate goes to `<base>/candidates/<run-id>/` (`hold`).
 A crash at any point leaves at most a hidden `.tmp-*` folder, which TF Serving ignores (it
 only looks at integer names) and the next export removes; never a half-written version.

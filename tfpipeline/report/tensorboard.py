@@ -14,7 +14,7 @@ Layout of one run, `<logdir>/<dataset>/<run-id>/`:
     validation/           also, with --image-freq N, the same images every N epochs
     (the run folder)      the HParams session (the run's hyperparameters) and a Markdown
                           run summary (text tag run_summary)
-    trials/<id>/...       a search's trials (tfpipeline/tuning.py): train/, validation/
+    trials/<id>/...       a search's trials (tfpipeline/tuning/): train/, validation/
                           and each trial's own HParams session, named <dataset>/<run-id>/trials/<id>
 
 HParams: every run is a session (`hp.hparams` in the run folder). No experiment summary

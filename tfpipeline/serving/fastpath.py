@@ -2,9 +2,9 @@
 
 `{"instances": [[[[0], [12], ...]]]}` for a uint8 image input is what nearly every client
 sends. Decoding it with `json.loads` makes a Python list for every pixel and `np.array` walks
-them all again: about 0.25 ms per 28x28 image, more than the rest of the server's work on a
-request. Here the body's bytes are checked and converted with a few C-level passes instead
-(regex, `bytes.translate`, `np.fromstring`), about 4 times faster.
+them all again, which costs more than the rest of the server's work on a small image request
+(docs/serving.md has the figures). Here the body's bytes are checked and converted with a few
+C-level passes instead (regex, `bytes.translate`, `np.fromstring`).
 
 The shortcut either returns exactly the array the general parser would build or returns
 None, and then the general parser handles the body, errors included. It takes a body only

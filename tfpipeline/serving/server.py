@@ -55,8 +55,7 @@ def configure_threads(intra_op: int, inter_op: int) -> None:
 
     A server's model calls already run side by side (batch threads) next to an event loop
     that needs a core of its own. For a small model, splitting one call across cores costs
-    more in hand-offs than it gains: on 2 cores this MNIST CNN uses 0.55 ms of CPU per image
-    at batch 1 with one intra-op thread and about 0.9 ms with TensorFlow's default of two.
+    more in hand-offs than it gains (docs/serving.md measures the MNIST CNN both ways).
     """
     tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     tf.config.threading.set_inter_op_parallelism_threads(inter_op)
