@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from tfpipeline.argtypes import boolean, non_negative_float, non_negative_int, port, positive_int
-from tfpipeline.errors import UserError
+from tfpipeline.errors import UserError, exit_on_error
 from tfpipeline.serving.versions import discover_versions
 
 DEFAULT_BATCH_THREADS = min(2, os.cpu_count() or 1)
@@ -292,62 +292,68 @@ def _batch_config(args):
     return config, values["num_batch_threads"]
 
 
+def server_config(args: argparse.Namespace):
+    """The `ServerConfig` the flags ask for; raises `UserError` for a setup mistake."""
+    specs = _model_specs(args)
+    prometheus_path = None
+    if args.monitoring_config_file is not None:
+        from tfpipeline.serving.model_config import read_monitoring_config
+
+        prometheus_path = read_monitoring_config(args.monitoring_config_file)
+    batching, num_batch_threads = _batch_config(args)
+    intra, inter = default_tf_threads(num_batch_threads)
+    if args.tensorflow_session_parallelism is not None:
+        intra = inter = args.tensorflow_session_parallelism
+    if args.tensorflow_intra_op_parallelism is not None:
+        intra = args.tensorflow_intra_op_parallelism
+    if args.tensorflow_inter_op_parallelism is not None:
+        inter = args.tensorflow_inter_op_parallelism
+    # TensorFlow's C++ start-up chatter would drown the server's own log lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfpipeline.serving.core import ServerConfig
+
+    return ServerConfig(
+        models=tuple(specs),
+        model_config_file=args.model_config_file,
+        model_config_poll_seconds=args.model_config_file_poll_wait_seconds,
+        host=args.host,
+        rest_port=args.rest_api_port,
+        grpc_port=args.port,
+        batching=batching,
+        num_batch_threads=num_batch_threads,
+        intra_op_threads=intra,
+        inter_op_threads=inter,
+        poll_wait_seconds=args.file_system_poll_wait_seconds,
+        max_body_bytes=args.max_body_bytes,
+        max_instances=args.max_instances,
+        rest_timeout_seconds=args.rest_api_timeout_in_ms / 1000,
+        prometheus_path=prometheus_path,
+        grpc_max_concurrent_rpcs=args.grpc_max_threads,
+        grpc_socket_path=args.grpc_socket_path,
+        grpc_channel_arguments=args.grpc_channel_arguments,
+        tensor_content=args.enable_serialization_as_tensor_content,
+        method_name_check=args.enable_signature_method_name_check,
+        enable_model_warmup=args.enable_model_warmup,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warn_unimplemented(args)
-    try:
-        specs = _model_specs(args)
-        prometheus_path = None
-        if args.monitoring_config_file is not None:
-            from tfpipeline.serving.model_config import read_monitoring_config
 
-            prometheus_path = read_monitoring_config(args.monitoring_config_file)
-        batching, num_batch_threads = _batch_config(args)
-        intra, inter = default_tf_threads(num_batch_threads)
-        if args.tensorflow_session_parallelism is not None:
-            intra = inter = args.tensorflow_session_parallelism
-        if args.tensorflow_intra_op_parallelism is not None:
-            intra = args.tensorflow_intra_op_parallelism
-        if args.tensorflow_inter_op_parallelism is not None:
-            inter = args.tensorflow_inter_op_parallelism
-        # TensorFlow's C++ start-up chatter would drown the server's own log lines.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from tfpipeline.serving.core import ServerConfig
+    def work() -> int:
+        config = server_config(args)
         from tfpipeline.serving.server import serve
 
-        config = ServerConfig(
-            models=tuple(specs),
-            model_config_file=args.model_config_file,
-            model_config_poll_seconds=args.model_config_file_poll_wait_seconds,
-            host=args.host,
-            rest_port=args.rest_api_port,
-            grpc_port=args.port,
-            batching=batching,
-            num_batch_threads=num_batch_threads,
-            intra_op_threads=intra,
-            inter_op_threads=inter,
-            poll_wait_seconds=args.file_system_poll_wait_seconds,
-            max_body_bytes=args.max_body_bytes,
-            max_instances=args.max_instances,
-            rest_timeout_seconds=args.rest_api_timeout_in_ms / 1000,
-            prometheus_path=prometheus_path,
-            grpc_max_concurrent_rpcs=args.grpc_max_threads,
-            grpc_socket_path=args.grpc_socket_path,
-            grpc_channel_arguments=args.grpc_channel_arguments,
-            tensor_content=args.enable_serialization_as_tensor_content,
-            method_name_check=args.enable_signature_method_name_check,
-            enable_model_warmup=args.enable_model_warmup,
-        )
-        asyncio.run(serve(config))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
+        try:
+            asyncio.run(serve(config))
+        except KeyboardInterrupt:  # Ctrl-C is how a server in a terminal is stopped: not a failure
+            pass
+        return 0
 
+    return exit_on_error(work)
 
 if __name__ == "__main__":
     sys.exit(main())
