@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,12 @@ def test_nan_loss_stops_and_publishes_nothing(tmp_path, data_dir):
     assert "halved" in proc.stderr and "clipnorm" in proc.stderr and "diverged again" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "exported" / "mnist").glob("[0-9]*"))
+
+
+def test_help_answers_without_starting_tensorflow():
+    # --help and flag mistakes must answer at once: nothing on the way imports TensorFlow.
+    code = ("import sys\nfrom pipelines import mnist\ntry:\n    mnist.main(['--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('loaded:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "loaded: []", proc.stdout[-500:]

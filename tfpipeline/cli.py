@@ -32,7 +32,7 @@ EXIT_STATUS = (f"exit status: 0 published, {EXIT_USER_ERROR} a usage or input mi
 
 def families(text: str) -> tuple[str, ...]:
     """`A,B`: model families for --model auto."""
-    from tfpipeline.models import FAMILIES
+    from tfpipeline.models import FAMILY_NAMES as FAMILIES
 
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     unknown = [n for n in names if n not in FAMILIES]
@@ -108,7 +108,7 @@ def _images_parser() -> argparse.ArgumentParser:
 
 
 def _what(parser: argparse.ArgumentParser, dataset: str) -> None:
-    from tfpipeline.models import FAMILIES
+    from tfpipeline.models import FAMILY_NAMES as FAMILIES
 
     what = parser.add_argument_group("what to train")
     what.add_argument("--dataset", default=dataset, required=dataset is None,

@@ -10,22 +10,37 @@ training, tuning, distribute, export, report or serving: every later stage build
 (tests/test_layout.py checks this).
 """
 
-from tfpipeline.data.datasets import (  # noqa: F401
-    ENV_DATA_DIR,
-    ENV_MANUAL_DIR,
-    QUICK_EXAMPLES,
-    SHUFFLE_BUFFER_BYTES,
-    Datasets,
-    DatasetSpec,
-    batched,
-    dataset_name,
-    get_builder,
-    is_folder,
-    load,
-    make_pipeline,
-    prepare,
-    resolve_data_dir,
-    resolve_manual_dir,
-    shuffle_buffer_for,
-    split_strings,
-)
+#: Environment variable naming the folder of manually downloaded files (the `--manual-dir` flag).
+ENV_MANUAL_DIR = "TFPIPELINE_MANUAL_DIR"
+#: TFDS's own variable for where prepared datasets live (the `--data-dir` flag).
+ENV_DATA_DIR = "TFDS_DATA_DIR"
+
+# The loaders import TensorFlow and TFDS: they load on first use, so a command's --help and its
+# flag checks stay fast.
+_LAZY = {name: "tfpipeline.data.datasets" for name in (
+    "QUICK_EXAMPLES",
+    "SHUFFLE_BUFFER_BYTES",
+    "Datasets",
+    "DatasetSpec",
+    "batched",
+    "dataset_name",
+    "get_builder",
+    "is_folder",
+    "load",
+    "make_pipeline",
+    "prepare",
+    "resolve_data_dir",
+    "resolve_manual_dir",
+    "shuffle_buffer_for",
+    "split_strings",
+)}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -29,15 +29,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
-from tfpipeline.data import folders, imaging
+from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR, folders, imaging
 from tfpipeline.errors import UserError
 from tfpipeline.inputs import InputSpec
 from tfpipeline.inputs import image as image_input  # the module, not its class: it imports data.imaging
-
-#: Environment variable naming the folder of manually downloaded files (the `--manual-dir` flag).
-ENV_MANUAL_DIR = "TFPIPELINE_MANUAL_DIR"
-#: TFDS's own variable for where prepared datasets live (the `--data-dir` flag).
-ENV_DATA_DIR = "TFDS_DATA_DIR"
 
 # Quick mode trains on this many examples: enough for a smoke test to exercise every stage
 # (several batches, a real validation pass) in seconds. It still evaluates on the whole test

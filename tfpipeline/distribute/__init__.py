@@ -9,20 +9,33 @@ May import: errors, data and training. It imports nothing from tuning, export, r
 serving.
 """
 
-from tfpipeline.distribute.strategies import (  # noqa: F401
-    ENV_CPU_BFC,
-    ENV_TF_CONFIG,
-    LR_SCALING,
-    STRATEGIES,
-    TF_CONFIG_EXAMPLE,
-    ClusterInfo,
-    Distribution,
-    local_copy,
-    parse_tf_config,
-    resolve,
-    scale_learning_rate,
-    setup,
-    split_cpu,
-    use_bfc_cpu_allocator,
-    weights_digest,
-)
+#: --strategy's choices and --lr-scaling's rules (`strategies.setup` and `scale_learning_rate`).
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+LR_SCALING = ("linear", "sqrt", "none")
+
+# The strategies import TensorFlow: they load on first use, so a command's --help stays fast.
+_LAZY = {name: "tfpipeline.distribute.strategies" for name in (
+    "ENV_CPU_BFC",
+    "ENV_TF_CONFIG",
+    "TF_CONFIG_EXAMPLE",
+    "ClusterInfo",
+    "Distribution",
+    "local_copy",
+    "parse_tf_config",
+    "resolve",
+    "scale_learning_rate",
+    "setup",
+    "split_cpu",
+    "use_bfc_cpu_allocator",
+    "weights_digest",
+)}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -38,10 +38,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tfpipeline.distribute import LR_SCALING, STRATEGIES
 from tfpipeline.errors import UserError
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-LR_SCALING = ("linear", "sqrt", "none")
 ENV_TF_CONFIG = "TF_CONFIG"
 
 TF_CONFIG_EXAMPLE = (
