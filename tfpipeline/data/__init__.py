@@ -1,6 +1,7 @@
 """The data stage: a TFDS dataset or the user's own files → unbatched, cached `tf.data` splits.
 
-Owns: loading and splitting (`datasets.load`, `Datasets`, `DatasetSpec`), batching
+Owns: loading and splitting (`load`, which picks the kind's loader in `kinds`: images in
+`datasets`, text in `text`/`textfiles`, tables in `table`/`tablefile`; `Datasets`, `DatasetSpec`), batching
 (`batched`, `Datasets.batched`), image folders and their cache plan (`folders`), decoding
 and resizing (`imaging`), and the training augmentation applied in the input pipeline
 (`augmentation`).
@@ -21,7 +22,6 @@ from tfpipeline.data.datasets import (  # noqa: F401
     dataset_name,
     get_builder,
     is_folder,
-    load,
     make_pipeline,
     prepare,
     resolve_data_dir,
@@ -29,3 +29,4 @@ from tfpipeline.data.datasets import (  # noqa: F401
     shuffle_buffer_for,
     split_strings,
 )
+from tfpipeline.data.kinds import load  # noqa: F401
