@@ -88,6 +88,11 @@ class InputSpec(abc.ABC):
         return {names.DEFAULT: {"inputs": {name: {"dtype": str(value.dtype), "shape": [-1, *value.shape[1:]]}
                                            for name, value in one.items()}}}
 
+    def method_names(self) -> dict[str, str]:
+        """Signature name → its method name, for signatures that are not TF Serving predict
+        signatures (e.g. a classify one); the export writes them into saved_model.pb."""
+        return {}
+
     def warmup_requests(self, examples: Examples) -> dict[str, dict[str, np.ndarray]]:
         """TF Serving warm-up requests: signature name → its inputs, from a few examples."""
         return {names.DEFAULT: self.request(examples)}
@@ -198,4 +203,4 @@ def take(examples: Examples, index) -> Examples:
 
 def _load_kinds() -> None:
     """Import the kinds' modules, so `register` has run for each (they import this one)."""
-    from tfpipeline.inputs import image  # noqa: F401
+    from tfpipeline.inputs import image, table, text  # noqa: F401
