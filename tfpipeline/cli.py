@@ -162,18 +162,21 @@ def _kind_parser(kind: str) -> argparse.ArgumentParser:
     )
     _what_kind(parser, kind, texts["dataset"])
     (_text if kind == "text" else _table)(parser)
-    for add in (_how, _distribution, _search, _gate, _where, _tensorboard):
+    for add in (_how, _distribution, _search, _gate):
         add(parser, None)
+    _where(parser, None, tfds=False)
+    _tensorboard(parser, None)
     return parser
 
 
 def _what_kind(parser: argparse.ArgumentParser, kind: str, dataset_help: str) -> None:
-    from tfpipeline.models import families
+    from tfpipeline.models import FAMILIES
 
     default = config.DEFAULT_MODELS[kind]
     what = parser.add_argument_group("what to train")
     what.add_argument("--dataset", required=True, help=dataset_help)
-    what.add_argument("--model", default=default, choices=[*families(kind), "auto"],
+    # Every family's name: one a kind does not take is refused with the reason (config.validate).
+    what.add_argument("--model", default=default, choices=[*FAMILIES, "auto"],
                       help=f"model family, or auto: the search chooses the family too (default: {default})"
                            + ("; cnn and rnn do not take tables" if kind == "table" else ""))
     what.add_argument("--hparam", type=argtypes.key_value, action="append", default=[], metavar="KEY=VALUE",
@@ -317,14 +320,16 @@ def _gate(parser: argparse.ArgumentParser, dataset: str) -> None:
     group.add_argument("--force-publish", action="store_true", help="publish even if the gate would hold it back")
 
 
-def _where(parser: argparse.ArgumentParser, dataset: str) -> None:
+def _where(parser: argparse.ArgumentParser, dataset: str, tfds: bool = True) -> None:
+    """Where data, exports, logs and checkpoints go; `tfds` False: without TFDS's folders (text, tables)."""
     from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR
 
     where = parser.add_argument_group("where things go")
-    where.add_argument("--data-dir",
-                       help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
-    where.add_argument("--manual-dir",
-                       help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")
+    if tfds:
+        where.add_argument("--data-dir",
+                           help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
+        where.add_argument("--manual-dir", help="folder with the dataset's downloaded files, for offline use "
+                                                f"(default: ${ENV_MANUAL_DIR})")
     where.add_argument("--export-dir", default=_DEFAULTS["export_dir"],
                        help=f"SavedModel root; versions go to <dir>/<dataset>/<N> (default: {_DEFAULTS['export_dir']})")
     where.add_argument("--export-tflite", action="store_true",
@@ -373,7 +378,8 @@ def config_from_args(args: argparse.Namespace, kind: str = "image"):
         learning_rate=args.learning_rate, hparams=dict(args.hparam), seed=args.seed,
         deterministic=args.deterministic, validation_fraction=args.validation_fraction,
         cache_budget=args.cache_budget,
-        data_dir=args.data_dir, manual_dir=args.manual_dir, export_dir=args.export_dir,
+        data_dir=getattr(args, "data_dir", None), manual_dir=getattr(args, "manual_dir", None),
+        export_dir=args.export_dir,
         logdir=args.logdir, work_dir=args.work_dir, run_name=args.run_name, quick=args.quick,
         histogram_freq=args.histogram_freq, image_freq=args.image_freq, profile_batches=args.profile_batches,
         strategy=args.strategy, cpu_devices=args.cpu_devices, lr_scaling=args.lr_scaling,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 from tfpipeline.errors import UserError
@@ -249,6 +250,9 @@ class PipelineConfig:
     @property
     def dataset_name(self) -> str:
         """What exports, logs and checkpoints are filed under: a folder's base name or the TFDS name."""
+        if self.kind != "image":  # always a path: a folder's name, a file's without its suffix
+            path = Path(self.dataset).expanduser().resolve()
+            return path.stem if path.is_file() else path.name
         from tfpipeline import data  # TFDS and TensorFlow: only when asked
 
         return data.dataset_name(self.dataset)
@@ -297,8 +301,10 @@ class PipelineConfig:
             # an unknown family, one the kind does not take, --hparam names → UserError
             models.hyperparams(self.model, self.pinned(), kind=self.kind)
         training.check_optimizer_options(self.clipnorm, self.clipvalue, self.weight_decay)
-        if self.export_tflite:
-            tflite.check_available()  # before any training time is spent
+        # Before any training time is spent; text and tables are refused with their spec's
+        # sentence once the data is read (`tflite.check_supported`), still before training.
+        if self.export_tflite and self.kind == "image":
+            tflite.check_available()
         self.search.validate(self.kind)
 
     def members(self, tuned: bool) -> int:

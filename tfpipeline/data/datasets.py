@@ -257,7 +257,7 @@ def is_folder(name: str) -> bool:
         return False
     try:
         tfds.builder_cls(name.split(":")[0].split("/")[0])
-    except tfds.core.registered.DatasetNotFoundError:
+    except (tfds.core.registered.DatasetNotFoundError, ValueError):  # ValueError: not even a TFDS name's form
         return True
     return False
 
