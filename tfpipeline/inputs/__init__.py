@@ -201,6 +201,15 @@ def take(examples: Examples, index) -> Examples:
     return examples[index]
 
 
+def ensemble_members(model) -> list:
+    """The members of an ensemble model (`training.ensemble.combine` names them member0, member1,
+    ...), else `[model]`: attributions are computed per member and averaged, which is the
+    ensemble's own attribution when, as here, it averages the members' probabilities."""
+    members = [layer for layer in getattr(model, "layers", []) if layer.name.startswith("member")
+               and layer.name[len("member"):].isdigit()]
+    return members or [model]
+
+
 def _load_kinds() -> None:
     """Import the kinds' modules, so `register` has run for each (they import this one)."""
     from tfpipeline.inputs import image, table, text  # noqa: F401

@@ -86,8 +86,18 @@ def integrated_gradients(model: keras.Model, texts: np.ndarray, classes: np.ndar
         steps: Riemann steps along the straight path from the baseline.
 
     Returns:
-        (attributions per text, classes, probabilities of those classes).
+        (attributions per text, classes, probabilities of those classes). An ensemble's are the
+        mean of its members' attributions to the class the ensemble predicts.
     """
+    from tfpipeline.inputs import ensemble_members
+
+    members = ensemble_members(model)
+    if len(members) > 1:
+        probabilities = tf.nn.softmax(model(texts, training=False), -1).numpy()
+        classes = probabilities.argmax(-1) if classes is None else np.asarray(classes)
+        parts = [integrated_gradients(member, texts, classes, steps)[0] for member in members]
+        return ([np.mean(words, axis=0) for words in zip(*parts)], classes,
+                probabilities[np.arange(len(texts)), classes])
     point_name = _attribution_point(model)
     vectorize = model.get_layer("vectorize")
     head = keras.Model(model.get_layer(point_name).output, model.output)
