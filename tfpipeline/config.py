@@ -252,7 +252,7 @@ class PipelineConfig:
         """What exports, logs and checkpoints are filed under: a folder's base name or the TFDS name."""
         if self.kind != "image":  # always a path: a folder's name, a file's without its suffix
             path = Path(self.dataset).expanduser().resolve()
-            return path.stem if path.is_file() else path.name
+            return path.stem if path.is_file() or path.suffix.lower() in (".csv", ".tsv") else path.name
         from tfpipeline import data  # TFDS and TensorFlow: only when asked
 
         return data.dataset_name(self.dataset)
