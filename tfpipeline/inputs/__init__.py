@@ -139,6 +139,10 @@ class InputSpec(abc.ABC):
                          step: int) -> None:
         """Write attribution summaries for a few samples and the worst mistakes (optional)."""
 
+    def log_embeddings(self, model, logdir: Path) -> None:
+        """Write what TensorBoard's Projector shows (learned embeddings with their labels) into
+        `logdir` (optional)."""
+
     def explain(self, model, source: str, out: Path, class_names: Sequence[str]) -> str:
         """`predict --explain`: read the user's file or string `source`, write the attribution
         for it to `out`; return the line to print."""

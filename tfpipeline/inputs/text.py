@@ -193,6 +193,12 @@ class TextInput(InputSpec):
 
         textreport.log_attributions(model, as_strings(examples), labels, class_names, step)
 
+    def log_embeddings(self, model, logdir: Path) -> None:
+        """The sequence families' word embeddings in the Projector, the vocabulary as metadata."""
+        from tfpipeline.inputs import textreport
+
+        textreport.log_embeddings(model, Path(logdir))
+
     def explain(self, model, source: str, out: Path, class_names: Sequence[str]) -> str:
         """`source`: a text file, or the text itself (as `read` takes it)."""
         from tfpipeline.inputs import textreport

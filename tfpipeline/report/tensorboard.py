@@ -377,6 +377,8 @@ class RunLog:
             if model is not None:
                 self.spec.log_attributions(model, test_examples, test_labels, self.class_names, step)
         test_writer.close()
+        if model is not None:
+            self.spec.log_embeddings(model, self.logdir)
         with self.writer.as_default():
             tf.summary.text("run_summary", run_summary(self.config, metadata, export_path), step=step)
         self.writer.close()
