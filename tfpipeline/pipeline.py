@@ -34,7 +34,7 @@ from tfpipeline.export import gate
 from tfpipeline.export import tflite as quantize
 from tfpipeline.report import evaluation
 from tfpipeline.report import tensorboard as tensorboard_logs
-from tfpipeline.training import ensemble
+from tfpipeline.training import ensemble, internals
 
 __all__ = ["PipelineConfig", "PipelineResult", "WorkerResult", "run"]
 
@@ -274,6 +274,8 @@ def _train(ctx: _Run) -> _Trained:
         with dist.strategy.scope():  # model, optimizer and metric variables: one copy per replica
             model = training.compile_model(models.build(job.family, spec.input_shape, spec.num_classes, job.hp,
                                                         input=spec.input), job.settings)
+        if config.kind != "image" and dist.replicas > 1:  # string inputs: see training.internals
+            internals.build_from_one_replica(model)
         if not member:  # HParams session now (a failed run still gets its row); images and summary at the end.
             logs["run"] = tensorboard_logs.RunLog(ctx.logdir, dataclasses.replace(config, model=job.family), job.hp,
                                                   model, spec.class_names,
