@@ -42,7 +42,9 @@ def runs(tmp_path_factory) -> dict:
     header, rows = mixed_rows(240)
     write(folder / "train.csv", header, rows[:180])
     write(folder / "test.csv", header, rows[180:])
-    jobs = {"penguins": (PENGUINS, "species", ()), "folder": (folder, "label", ("--class-weight", "balanced"))}
+    # The folder also trains on two replicas (string columns under a strategy: training.internals).
+    jobs = {"penguins": (PENGUINS, "species", ()),
+            "folder": (folder, "label", ("--class-weight", "balanced", "--strategy", "mirrored", "--cpu-devices", "2"))}
     started = {}
     for name, (dataset, label, flags) in jobs.items():
         out = tmp_path_factory.mktemp(name)
@@ -83,7 +85,7 @@ def test_table_trains_exports_and_the_export_reproduces_its_accuracy(runs, name)
         "island" if name == "penguins" else "id"] == ("categorical" if name == "penguins" else "ignored")
     if name == "folder":
         assert "roc_auc" in test and metadata["training"]["class_weight"] == "balanced"
-        assert "Class weights (balanced)" in output
+        assert "Class weights (balanced)" in output and metadata["distribution"]["replicas"] == 2
 
 
 def _rows(features: dict, count: int) -> list[dict]:

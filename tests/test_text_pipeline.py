@@ -34,7 +34,8 @@ def _layouts(root: Path) -> dict[str, tuple[Path, tuple[str, ...]]]:
     (flat / "cooking" / "latin1.txt").write_bytes("crème brûlée".encode("latin-1"))
     (flat / "sports" / "empty.txt").write_text("")
     table = write_table(root / "topics.csv", documents(40, seed=3))
-    return {"split": (root / "split", ()), "flat": (flat, ()),
+    # The flat folder also trains on two replicas (strings under a strategy: training.internals).
+    return {"split": (root / "split", ()), "flat": (flat, ("--strategy", "mirrored", "--cpu-devices", "2")),
             "csv": (table, ("--text-column", "body", "--label-column", "topic"))}
 
 
@@ -85,6 +86,7 @@ def test_text_trains_exports_and_the_export_reproduces_its_accuracy(runs, name):
     skipped = metadata["dataset"]["source"]["skipped"]["by_reason"]
     assert sum(skipped.values()) == {"split": 1, "flat": 2, "csv": 0}[name], skipped
     assert "macro_f1" in metadata["metrics"]["test"]
+    assert metadata["distribution"]["replicas"] == (2 if name == "flat" else 1)
 
 
 @pytest.mark.slow
