@@ -353,11 +353,10 @@ def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
         member["test_accuracy"] = evaluation.evaluate(trained.model.get_layer(f"member{i}"), test_images,
                                                       test_labels, spec.class_names).accuracy
     validation = _validation_metrics(ctx, trained)
-    ctx.logdir.mkdir(parents=True, exist_ok=True)
-    (ctx.logdir / "metrics.json").write_text(json.dumps({"validation": validation, "test": test_eval.to_json()},
-                                                        indent=2))
     metadata = _metadata(ctx, trained, validation=validation, test_eval=test_eval)
     _kind_metrics(ctx, metadata, test_labels, test_eval)
+    ctx.logdir.mkdir(parents=True, exist_ok=True)
+    (ctx.logdir / "metrics.json").write_text(json.dumps(metadata["metrics"], indent=2))
     tflite = quantize.settings_for(config, datasets.train, spec.input)  # None without --export-tflite
     with export.staged(trained.model, spec.input, ctx.export_base, test_images, test_labels,
                        test_eval.accuracy) as candidate:
