@@ -373,7 +373,9 @@ def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
         else:
             path = export.hold(candidate, metadata, state.run_id)
             metadata_path = path / "metadata.json"
-    trained.run_log.finish(test_images, test_labels, test_eval.predictions, metadata, path, model=trained.model)
+    # Text and table samples rank the mistakes by confidence: they get the probabilities.
+    shown = test_eval.predictions if config.kind == "image" else test_eval.probabilities
+    trained.run_log.finish(test_images, test_labels, shown, metadata, path, model=trained.model)
     ensemble.discard(state.run_dir)  # the members are in the export now
     state.finish()  # the next run of this command starts anew
     result = PipelineResult(state.run_id, path, metadata_path, ctx.logdir, test_eval.accuracy, metadata)

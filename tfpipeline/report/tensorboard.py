@@ -150,7 +150,9 @@ def write_prediction_images(spec: InputSpec, split: str, examples, labels, predi
     `mistakes`) and `confusion_matrix`, to the default writer (the split's own folder, so the
     tags are the same for every split)."""
     spec.log_samples(split, examples, labels, predictions, class_names, step)
-    matrix = evaluation.confusion_matrix(labels, predictions, len(class_names))
+    predictions = np.asarray(predictions)
+    classes = predictions.argmax(axis=-1) if predictions.ndim == 2 else predictions  # probabilities, or classes
+    matrix = evaluation.confusion_matrix(labels, classes, len(class_names))
     tf.summary.image("confusion_matrix", confusion_matrix_image(matrix, class_names)[np.newaxis], step=step,
                      description=f"Confusion matrix on the {len(labels):,} {split} examples: rows true, "
                                  "columns predicted.")
@@ -358,8 +360,8 @@ class RunLog:
 
         Args:
             test_examples, test_labels: the test split.
-            test_predictions: the exported model's predicted classes on it (from the evaluation,
-                so the test set is not run through the model a second time).
+            test_predictions: the exported model's predicted classes on it, or its probabilities
+                (from the evaluation, so the test set is not run through the model a second time).
             metadata: the run's metadata.json contents.
             export_path: where the version went (published, or held back by the gate).
             model: the exported model, for the input spec's attributions.
