@@ -132,6 +132,33 @@ def test_help_reads_well(tmp_path):
     assert "TFPIPELINE_MANUAL_DIR" in proc.stdout
 
 
+@pytest.mark.parametrize("kind, own", [("text", ("--text-column", "--label-column")),
+                                        ("table", ("--label-column", "--numeric", "--categorical", "--ignore",
+                                                   "--class-weight", "--no-baseline"))])
+def test_text_and_table_help_have_their_flags_and_no_image_ones(kind, own, capsys):
+    from tfpipeline import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--help"], dataset=None, kind=kind)
+    shown = capsys.readouterr().out
+    assert stopped.value.code == 0 and f"python -m pipelines.{kind}" in shown
+    for flag in (*own, "--dataset", "--model", "--no-tune", "--export-dir", "--max-regression", "--ensemble"):
+        assert flag in shown
+    for flag in ("--image-size", "--channels", "--data-dir", "--manual-dir"):
+        assert flag not in shown
+
+
+def test_kind_options_become_the_config():
+    from tfpipeline import cli
+
+    args = cli.build_parser(None, "text").parse_args(["--dataset", "d.csv", "--label-column", "author"])
+    config = cli.config_from_args(args, "text")
+    assert (config.kind, config.text.label_column, config.model, config.image_size) == ("text", "author", "mlp", None)
+    assert config.dataset_name == "d"
+    images = cli.config_from_args(cli.build_parser(None).parse_args(["--dataset", "photos", "--channels", "1"]))
+    assert (images.kind, images.channels) == ("image", 1)
+
+
 def _assert_user_error(proc, *phrases):
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -184,10 +211,12 @@ def test_nan_loss_stops_and_publishes_nothing(tmp_path, data_dir):
     assert not list((tmp_path / "exported" / "mnist").glob("[0-9]*"))
 
 
-def test_help_answers_without_starting_tensorflow():
+@pytest.mark.parametrize("command", ["mnist", "images", "text", "table"])
+def test_help_answers_without_starting_tensorflow(command):
     # --help and flag mistakes must answer at once: nothing on the way imports TensorFlow.
-    code = ("import sys\nfrom pipelines import mnist\ntry:\n    mnist.main(['--help'])\nexcept SystemExit:\n"
-            "    pass\nprint('loaded:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    code = (f"import sys\nfrom pipelines import {command}\ntry:\n    {command}.main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print('loaded:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "loaded: []", proc.stdout[-500:]

@@ -38,8 +38,14 @@ def test_the_dataset_spec_records_its_input_beside_the_input_shape():
 
 def test_a_spec_is_found_from_a_signature_without_metadata():
     assert inputs.from_signature({"images": PIXELS}) == ImageInput(28, 28, 1)
+    assert inputs.from_signature({"text": BYTES}).kind == "text"  # one string [batch]: documents
+    columns = {"island": InputInfo("island", np.dtype(object), (None,)),
+               "mass": InputInfo("mass", np.dtype("float32"), (None,))}
+    table = inputs.from_signature(columns)
+    assert table.kind == "table" and [(c.name, c.dtype) for c in table.features] == [("island", "string"),
+                                                                                      ("mass", "float32")]
     with pytest.raises(UserError, match="Cannot tell what serving_default"):
-        inputs.from_signature({"text": BYTES})
+        inputs.from_signature({"volume": InputInfo("volume", np.dtype("float32"), (None, 8, 8))})
 
 
 def _png(path, seed=0, size=28):

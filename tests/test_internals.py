@@ -112,3 +112,16 @@ def test_hyperband_init_sets_nothing_beyond_the_tuner_init(tmp_path):
 def test_profiler_trace_takes_the_step_marker_argument():
     with tf.profiler.experimental.Trace("train", step_num=1, _r=1):
         pass
+
+
+def test_a_string_input_model_builds_from_one_replica_under_a_strategy():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        text = keras.Input(shape=(), dtype="string", name="text")
+        ids = keras.layers.StringLookup(vocabulary=["a", "b"])(keras.layers.Reshape((1,))(text))
+        model = keras.Model(text, keras.layers.Dense(2)(keras.layers.Flatten()(keras.ops.cast(ids, "float32"))))
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    internals.build_from_one_replica(model)  # by name: fails if Keras renames the method
+    data = tf.data.Dataset.from_tensor_slices((["a", "b", "c", "a"], [0, 1, 1, 0])).batch(2)
+    history = model.fit(data, epochs=1, verbose=0)
+    assert len(history.history["loss"]) == 1 and model.built

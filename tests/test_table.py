@@ -18,8 +18,9 @@ from tfpipeline import models
 from tfpipeline import signatures as names
 from tfpipeline.data import table, tablefile
 from tfpipeline.errors import UserError
+from tfpipeline.export.savedmodel import set_method_names
 from tfpipeline.inputs import from_json, table_report
-from tfpipeline.inputs.table import TableInput, set_method_names
+from tfpipeline.inputs.table import TableInput
 from tfpipeline.report import baseline, evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,17 +315,19 @@ def test_tsv_is_read_with_tabs(tmp_path):
 
 
 def test_table_flags():
-    import argparse
+    from tfpipeline import cli
+    from tfpipeline.config import PipelineConfig, TableOptions
 
-    from tfpipeline.data import tableoptions
-
-    parser = argparse.ArgumentParser()
-    tableoptions.add_flags(parser)
-    opts = tableoptions.options(parser.parse_args(["--label-column", "species", "--categorical", "year, sex",
-                                                   "--class-weight", "balanced", "--no-baseline"]))
-    assert opts.flags()["categorical"] == ("year", "sex") and not opts.baseline
-    opts.validate(is_table=True)
+    args = cli.build_parser(None, "table").parse_args(
+        ["--dataset", "x.csv", "--label-column", "species", "--categorical", "year, sex", "--class-weight",
+         "balanced", "--no-baseline"])
+    config = cli.config_from_args(args, "table")
+    assert config.kind == "table" and config.table.flags()["categorical"] == ("year", "sex")
+    assert not config.table.baseline and config.table.class_weight == "balanced" and config.model == "mlp"
+    config.table.validate()
     with pytest.raises(UserError, match="needs --label-column"):
-        tableoptions.TableOptions().validate(is_table=True)
-    with pytest.raises(UserError, match="--label-column, --categorical only apply to a table"):
-        opts.validate(is_table=False)
+        TableOptions().validate()
+    with pytest.raises(UserError, match="--label-column, --categorical, .*do not apply to image"):
+        PipelineConfig(table=config.table).validate()
+    with pytest.raises(UserError, match="The CNN family does not take tables"):
+        PipelineConfig(kind="table", model="cnn", table=TableOptions(label_column="species")).validate()

@@ -295,3 +295,15 @@ def test_samples_and_mistakes_go_to_tensorboard(flat_data, tmp_path):
     for event in tf.compat.v1.train.summary_iterator(str(next(tmp_path.glob("events*")))):
         tags |= {v.tag for v in event.summary.value}
     assert {"test/samples", "test/mistakes"} <= tags
+
+
+def test_the_learned_embedding_goes_to_the_projector_with_its_words(flat_data, tmp_path):
+    spec = flat_data.spec.input
+    model = models.build("cnn", (), 3, input=spec)
+    folder = textreport.log_embeddings(model, tmp_path)
+    words = (folder / "words_0.tsv").read_text(encoding="utf-8").splitlines()
+    assert words[:2] == ["[PAD]", "[UNK]"] and len(words) == spec.vocabulary_size
+    saved = tf.train.load_checkpoint(str(folder))
+    assert saved.get_tensor("words_0/.ATTRIBUTES/VARIABLE_VALUE").shape[0] == len(words)
+    assert "words_0.tsv" in (folder / "projector_config.pbtxt").read_text()
+    assert textreport.log_embeddings(models.build("mlp", (), 3, input=spec), tmp_path / "mlp") is None

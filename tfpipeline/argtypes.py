@@ -116,6 +116,14 @@ def key_value(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
+def names(text: str) -> tuple[str, ...]:
+    """`A,B,...`: column names (spaces around each are dropped)."""
+    found = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not found:
+        raise argparse.ArgumentTypeError(f"expected one or more column names A,B,..., got {text!r}")
+    return found
+
+
 def boolean(text: str) -> bool:
     """TF Serving's spelling of booleans: `--enable_batching=true|false` (also 1/0, yes/no)."""
     lowered = text.strip().lower()

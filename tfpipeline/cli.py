@@ -25,6 +25,8 @@ from tfpipeline.errors import (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(config.PipelineConfig)}
+_TEXT_DEFAULTS = config.TextOptions()
+_TABLE_DEFAULTS = config.TableOptions()
 EXIT_STATUS = (f"exit status: 0 published, {EXIT_USER_ERROR} a usage or input mistake, {EXIT_DIVERGED} training "
                f"diverged,\n{EXIT_EXPORT_FAILED} export verification failed, {EXIT_HELD_BACK} held back by the "
                f"promotion gate, {EXIT_INTERRUPTED} interrupted.\n")
@@ -43,10 +45,13 @@ def families(text: str) -> tuple[str, ...]:
     return names
 
 
-def build_parser(dataset: str | None = "mnist") -> argparse.ArgumentParser:
-    """The flags; `dataset` None (`python -m pipelines.images`): --dataset is required."""
+def build_parser(dataset: str | None = "mnist", kind: str = "image") -> argparse.ArgumentParser:
+    """The flags; `dataset` None (`python -m pipelines.images`, `.text`, `.table`): --dataset is
+    required. `kind` "text" or "table": that command's flags (no image flags, its own group)."""
     from tfpipeline.data import ENV_MANUAL_DIR
 
+    if kind != "image":
+        return _kind_parser(kind)
     if dataset is None:
         return _images_parser()
     parser = argparse.ArgumentParser(
@@ -105,6 +110,101 @@ def _images_parser() -> argparse.ArgumentParser:
     for add in (_what, _how, _distribution, _search, _gate, _where, _tensorboard):
         add(parser, None)
     return parser
+
+
+_KIND_HELP = {
+    "text": dict(
+        description="""\
+            Search, train, evaluate, gate and export a text classifier: labelled documents →
+            TextVectorization inside the model (vocabulary and sequence length chosen from the
+            training split) → [KerasTuner search] → Keras model → test evaluation → promotion gate →
+            verified SavedModel in <export-dir>/<dataset name>/<version>/ whose serving_default
+            takes raw strings (`text`, DT_STRING). See docs/text.md.""",
+        dataset="a folder of class folders of .txt files (DIR/<class>/*.txt, or DIR/train/<class>/*.txt with "
+                "optional validation/ and test/), a CSV/TSV file, or a folder of train.csv [validation.csv] "
+                "test.csv",
+        examples="""\
+            examples:
+              python -m pipelines.text --dataset reviews/                        # search, train the best
+              python -m pipelines.text --dataset tweets.tsv --label-column author --no-tune
+              python -m pipelines.text --dataset reviews/ --model auto           # search all four families
+              python -m tfpipeline.predict --model-dir exported/reviews --text "a wonderful film"
+            """),
+    "table": dict(
+        description="""\
+            Search, train, evaluate, gate and export a classifier on a table: a CSV/TSV file → column
+            types inferred from the training split → preprocessing inside the model → [KerasTuner
+            search] → Keras model → test evaluation, beside a gradient-boosted tree baseline →
+            promotion gate → verified SavedModel in <export-dir>/<dataset name>/<version>/ that takes
+            one raw value per feature column (serving_default) or tf.Examples (classify). See
+            docs/tables.md.""",
+        dataset="a CSV/TSV file (validation and test carved, seeded and stratified), or a folder of train.csv "
+                "[validation.csv] test.csv",
+        examples="""\
+            examples:
+              python -m pipelines.table --dataset penguins.csv --label-column species
+              python -m pipelines.table --dataset penguins.csv --label-column species --no-tune --class-weight balanced
+              python -m pipelines.table --dataset data/ --label-column y --categorical zip --ignore id
+              python -m tfpipeline.predict rows.csv --model-dir exported/penguins
+            """),
+}
+
+
+def _kind_parser(kind: str) -> argparse.ArgumentParser:
+    """`python -m pipelines.text` and `python -m pipelines.table`: the image commands' flags
+    without the image ones, --dataset required, and the kind's own group."""
+    texts = _KIND_HELP[kind]
+    parser = argparse.ArgumentParser(
+        prog=f"python -m pipelines.{kind}",
+        description=textwrap.dedent(texts["description"]),
+        epilog=textwrap.dedent(texts["examples"]) + EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _what_kind(parser, kind, texts["dataset"])
+    (_text if kind == "text" else _table)(parser)
+    for add in (_how, _distribution, _search, _gate):
+        add(parser, None)
+    _where(parser, None, tfds=False)
+    _tensorboard(parser, None)
+    return parser
+
+
+def _what_kind(parser: argparse.ArgumentParser, kind: str, dataset_help: str) -> None:
+    from tfpipeline.models import FAMILY_NAMES as FAMILIES
+
+    default = config.DEFAULT_MODELS[kind]
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--dataset", required=True, help=dataset_help)
+    # Every family's name: one a kind does not take is refused with the reason (config.validate).
+    what.add_argument("--model", default=default, choices=[*FAMILIES, "auto"],
+                      help=f"model family, or auto: the search chooses the family too (default: {default})"
+                           + ("; cnn and rnn do not take tables" if kind == "table" else ""))
+    what.add_argument("--hparam", type=argtypes.key_value, action="append", default=[], metavar="KEY=VALUE",
+                      help="set one of the family's hyperparameters (repeatable; pinned during a search); "
+                           f"see tfpipeline/models/{kind}/")
+
+
+def _text(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("text tables (a CSV/TSV file or a folder of them; not for folders of files)")
+    group.add_argument("--text-column", default=_TEXT_DEFAULTS.text_column, metavar="COL",
+                       help="the column holding the documents (default: detected, e.g. a column named text)")
+    group.add_argument("--label-column", default=_TEXT_DEFAULTS.label_column, metavar="COL",
+                       help="the column holding the classes (default: detected, e.g. a column named label)")
+
+
+def _table(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("table columns and metrics")
+    group.add_argument("--label-column", required=True, metavar="COL", help="the column to predict (required)")
+    for flag, what in (("numeric", "numbers"), ("categorical", "categories"), ("ignore", "not features")):
+        group.add_argument(f"--{flag}", type=argtypes.names, default=getattr(_TABLE_DEFAULTS, flag),
+                           metavar="COL[,COL...]", help=f"treat these columns as {what}, whatever their values "
+                                                        "look like (default: inferred from the training split)")
+    group.add_argument("--class-weight", choices=config.CLASS_WEIGHTS, default=_TABLE_DEFAULTS.class_weight,
+                       help="balanced: weigh each class by the inverse of its training frequency "
+                            f"(default: {_TABLE_DEFAULTS.class_weight})")
+    group.add_argument("--no-baseline", dest="baseline", action="store_false", default=_TABLE_DEFAULTS.baseline,
+                       help="skip the gradient-boosted tree baseline (default: trained and reported beside the "
+                            "network's accuracy)")
 
 
 def _what(parser: argparse.ArgumentParser, dataset: str) -> None:
@@ -220,14 +320,16 @@ def _gate(parser: argparse.ArgumentParser, dataset: str) -> None:
     group.add_argument("--force-publish", action="store_true", help="publish even if the gate would hold it back")
 
 
-def _where(parser: argparse.ArgumentParser, dataset: str) -> None:
+def _where(parser: argparse.ArgumentParser, dataset: str, tfds: bool = True) -> None:
+    """Where data, exports, logs and checkpoints go; `tfds` False: without TFDS's folders (text, tables)."""
     from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR
 
     where = parser.add_argument_group("where things go")
-    where.add_argument("--data-dir",
-                       help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
-    where.add_argument("--manual-dir",
-                       help=f"folder with the dataset's downloaded files, for offline use (default: ${ENV_MANUAL_DIR})")
+    if tfds:
+        where.add_argument("--data-dir",
+                           help=f"where TFDS keeps prepared data (default: ${ENV_DATA_DIR} or ~/tensorflow_datasets)")
+        where.add_argument("--manual-dir", help="folder with the dataset's downloaded files, for offline use "
+                                                f"(default: ${ENV_MANUAL_DIR})")
     where.add_argument("--export-dir", default=_DEFAULTS["export_dir"],
                        help=f"SavedModel root; versions go to <dir>/<dataset>/<N> (default: {_DEFAULTS['export_dir']})")
     where.add_argument("--export-tflite", action="store_true",
@@ -259,15 +361,25 @@ def _tensorboard(parser: argparse.ArgumentParser, dataset: str) -> None:
                             "e.g. 2,4; the first batch includes tracing and compilation")
 
 
-def config_from_args(args: argparse.Namespace):
+def kind_options(args: argparse.Namespace, kind: str) -> dict:
+    """PipelineConfig's kind fields from the kind's flag group."""
+    if kind == "image":
+        return {"image_size": args.image_size, "channels": args.channels}
+    group = config.TextOptions if kind == "text" else config.TableOptions
+    return {"kind": kind, kind: group(**{f.name: getattr(args, f.name) for f in dataclasses.fields(group)})}
+
+
+def config_from_args(args: argparse.Namespace, kind: str = "image"):
     from tfpipeline.config import PipelineConfig, SearchSettings
 
     return PipelineConfig(
-        dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+        dataset=args.dataset, **kind_options(args, kind), model=args.model, epochs=args.epochs,
+        batch_size=args.batch_size,
         learning_rate=args.learning_rate, hparams=dict(args.hparam), seed=args.seed,
         deterministic=args.deterministic, validation_fraction=args.validation_fraction,
-        image_size=args.image_size, channels=args.channels, cache_budget=args.cache_budget,
-        data_dir=args.data_dir, manual_dir=args.manual_dir, export_dir=args.export_dir,
+        cache_budget=args.cache_budget,
+        data_dir=getattr(args, "data_dir", None), manual_dir=getattr(args, "manual_dir", None),
+        export_dir=args.export_dir,
         logdir=args.logdir, work_dir=args.work_dir, run_name=args.run_name, quick=args.quick,
         histogram_freq=args.histogram_freq, image_freq=args.image_freq, profile_batches=args.profile_batches,
         strategy=args.strategy, cpu_devices=args.cpu_devices, lr_scaling=args.lr_scaling,
@@ -287,19 +399,45 @@ def summary(result) -> str:
     metadata = result.metadata
     test = metadata["metrics"]["test"]
     examples = metadata["dataset"]["num_examples"]["test"]
+    extra = ensemble_summary(metadata) + kind_summary(metadata)
     serve = (f"python -m tfpipeline.serve --model-name {metadata['dataset']['name']} "
              f"--model-base-path {result.export_path.parent}")
     return textwrap.dedent(
         f"""\
 
         Done in {metadata['run']['wall_seconds']:.0f} s.
-          test accuracy   {test['accuracy']:.2%} on {examples:,} examples{ensemble_summary(metadata)}
+          test accuracy   {test['accuracy']:.2%} on {examples:,} examples{extra}
           exported model  {result.export_path}  (reloaded and verified with tf.saved_model.load)
           metadata        {result.metadata_path}{tflite_summary(metadata)}
           metrics         {result.logdir / 'metrics.json'}
           inspect it      tensorboard --logdir {result.logdir.parent}
           serve it        {serve}"""
     ) + search_summary(metadata)
+
+
+def kind_summary(metadata: dict) -> str:
+    """Text and tables: what the input was chosen to be, the metrics beside accuracy and the baseline."""
+    record, test, source = metadata["dataset"]["input"], metadata["metrics"]["test"], metadata["dataset"]["source"]
+    pad = "\n          "
+    lines = []
+    if record.get("kind") == "text":
+        skipped = (source.get("skipped") or {}).get("by_reason") or {}
+        lines.append(f"text input      vocabulary {record['vocabulary_size']:,} words, sequences of "
+                     f"{record['sequence_length']} words; skipped: "
+                     + (", ".join(f"{count} {reason}" for reason, count in skipped.items()) or "nothing"))
+    if record.get("kind") == "table":
+        roles = {}
+        for column in record["columns"]:
+            roles.setdefault(column["role"], []).append(f"{column['name']} ({column['detected']})")
+        lines += [f"{role:<16}{', '.join(names)}" for role, names in roles.items()]
+    if "macro_f1" in test:
+        recall = ", ".join(f"{k} {v:.2%}" for k, v in test["per_class_recall"].items())
+        auc = f", ROC AUC {test['roc_auc']:.4f}" if "roc_auc" in test else ""
+        lines.append(f"class metrics   macro F1 {test['macro_f1']:.4f}{auc}; recall per class: {recall}")
+    if "baseline" in metadata:
+        lines.append(f"baseline        {metadata['baseline']['accuracy']:.2%} test accuracy "
+                     f"({metadata['baseline']['model']}, same splits)")
+    return "".join(pad + line for line in lines)
 
 
 def ensemble_summary(metadata: dict) -> str:
@@ -344,13 +482,13 @@ def worker_summary(result) -> str:
             "and exports the model.")
 
 
-def main(argv: list[str] | None = None, dataset: str | None = "mnist") -> int:
-    args = build_parser(dataset).parse_args(argv)  # exits 2 with a usage message on bad flags
+def main(argv: list[str] | None = None, dataset: str | None = "mnist", kind: str = "image") -> int:
+    args = build_parser(dataset, kind).parse_args(argv)  # exits 2 with a usage message on bad flags
 
     from tfpipeline.pipeline import WorkerResult, run
 
     def work() -> int:
-        result = run(config_from_args(args))
+        result = run(config_from_args(args, kind))
         print(worker_summary(result) if isinstance(result, WorkerResult) else summary(result))
         return 0
 

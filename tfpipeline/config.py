@@ -10,11 +10,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 from tfpipeline.errors import UserError
 
 TUNERS = ("hyperband", "random", "bayesian")
+#: The kinds of input a run trains on (`tfpipeline.inputs`); each has its own command (pipelines/).
+KINDS = ("image", "text", "table")
+CLASS_WEIGHTS = ("none", "balanced")
+#: `--model`'s default per kind: the CNN for images; for text and tables the MLP (TF-IDF n-grams
+#: and encoded columns), the field's strong first choice on both (docs/text.md, docs/tables.md).
+DEFAULT_MODELS = {"image": "cnn", "text": "mlp", "table": "mlp"}
 
 # The default search budget, sized for a laptop CPU (docs/tuning.md): Hyperband trains trials
 # of 4 and 15 epochs (the CNN's default run) on a fifth of the training split (several times
@@ -86,7 +93,8 @@ class SearchSettings:
             search_fraction=self.search_fraction or (QUICK_FRACTION if quick else DEFAULT_FRACTION),
         )
 
-    def validate(self) -> None:
+    def validate(self, kind: str = "image") -> None:
+        """Raises UserError naming the flag: a value out of range, or a family `kind` lacks."""
         if self.tuner is not None and self.tuner not in TUNERS:
             raise UserError(f"Unknown tuner {self.tuner!r}; choose one of {', '.join(TUNERS)}.")
         for name in ("max_trials", "max_epochs"):
@@ -101,9 +109,66 @@ class SearchSettings:
             from tfpipeline import models
 
             if not self.families:
-                raise UserError("--families is empty; name at least one of " + ", ".join(models.FAMILIES) + ".")
+                raise UserError("--families is empty; name at least one of " + ", ".join(models.families(kind))
+                                + ".")
             for name in self.families:
-                models.family(name)
+                models.family(name, kind)
+
+
+@dataclasses.dataclass
+class TextOptions:
+    """How a text dataset is read (`python -m pipelines.text`; tfpipeline/data/text.py).
+
+    Args:
+        text_column, label_column: a table's columns (None: detected when only one can be meant);
+            ignored for folders of text files.
+    """
+
+    text_column: str | None = None
+    label_column: str | None = None
+
+    def given(self) -> list[str]:
+        """The options set, as flag names."""
+        return _given(self)
+
+
+@dataclasses.dataclass
+class TableOptions:
+    """How a table is read and measured (`python -m pipelines.table`; tfpipeline/data/table.py).
+
+    Args:
+        label_column: the column to predict (required for a table).
+        numeric, categorical, ignore: columns whose inferred type a flag overrides.
+        class_weight: "balanced" weighs each class by n / (classes x its training count).
+        baseline: train the gradient-boosted tree baseline on the same splits.
+    """
+
+    label_column: str | None = None
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    class_weight: str = "none"
+    baseline: bool = True
+
+    def flags(self) -> dict[str, tuple[str, ...]]:
+        """The type overrides as `tfpipeline.data.table.load_table` takes them (role → columns)."""
+        return {"numeric": self.numeric, "categorical": self.categorical, "ignored": self.ignore}
+
+    def given(self) -> list[str]:
+        """The options set, as flag names (`--no-baseline` for `baseline=False`)."""
+        return [("--no-baseline" if flag == "--baseline" else flag) for flag in _given(self)]
+
+    def validate(self) -> None:
+        """Raises UserError: no --label-column, or an unknown --class-weight."""
+        if not self.label_column:
+            raise UserError("A table needs --label-column COLUMN: the column whose values are the classes.")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise UserError(f"--class-weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}.")
+
+
+def _given(options) -> list[str]:
+    return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(options)
+            if getattr(options, f.name) != f.default]
 
 
 @dataclasses.dataclass
@@ -111,7 +176,11 @@ class PipelineConfig:
     """One run of the pipeline: data → [search] → train → evaluate → gate → export.
 
     Args:
-        dataset: TFDS dataset name, or a folder of images (tfpipeline/data/folders.py).
+        dataset: TFDS dataset name, or a folder of images (tfpipeline/data/folders.py); for text
+            and tables, a folder or a CSV/TSV file (docs/text.md, docs/tables.md).
+        kind: the kind of input, one of `KINDS` ("image", the default; "text"; "table").
+        text, table: how a text dataset or a table is read (`TextOptions`, `TableOptions`); only
+            for that kind.
         model: model family (tfpipeline/models), or "auto" to search the family too.
         epochs, batch_size, learning_rate: None takes the family's own default (or, after a
             search, the best trial's); `batch_size` is per replica.
@@ -139,6 +208,9 @@ class PipelineConfig:
     """
 
     dataset: str = "mnist"
+    kind: str = "image"
+    text: TextOptions = dataclasses.field(default_factory=TextOptions)
+    table: TableOptions = dataclasses.field(default_factory=TableOptions)
     model: str = "cnn"
     epochs: int | None = None
     batch_size: int | None = None
@@ -178,19 +250,44 @@ class PipelineConfig:
     @property
     def dataset_name(self) -> str:
         """What exports, logs and checkpoints are filed under: a folder's base name or the TFDS name."""
+        if self.kind != "image":  # always a path: a folder's name, a file's without its suffix
+            path = Path(self.dataset).expanduser().resolve()
+            return path.stem if path.is_file() or path.suffix.lower() in (".csv", ".tsv") else path.name
         from tfpipeline import data  # TFDS and TensorFlow: only when asked
 
         return data.dataset_name(self.dataset)
 
     def input_identity(self) -> dict[str, Any]:
-        """--image-size and --channels for a resume key, when given (older runs keep their keys)."""
+        """--image-size and --channels for a resume key, when given (older runs keep their keys);
+        the kind and its options for text and tables."""
+        if self.kind != "image":
+            return {"kind": self.kind, "options": dataclasses.asdict(self.options())}
         return {key: getattr(self, key) for key in ("image_size", "channels") if getattr(self, key) is not None}
+
+    def options(self) -> TextOptions | TableOptions | None:
+        """The options of this run's kind (None for images)."""
+        return {"text": self.text, "table": self.table}.get(self.kind)
+
+    def _validate_kind(self) -> None:
+        """The kind is known, and only its own options are given."""
+        _check("kind", self.kind, _one_of(*KINDS))
+        if self.kind == "table":
+            self.table.validate()
+        foreign = [*([] if self.kind == "text" else self.text.given()),
+                   *([] if self.kind == "table" else self.table.given()),
+                   *(["--image-size"] if self.kind != "image" and self.image_size else []),
+                   *(["--channels"] if self.kind != "image" and self.channels else [])]
+        if foreign:
+            commands = {"image": "pipelines.images", "text": "pipelines.text", "table": "pipelines.table"}
+            raise UserError(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to {self.kind} "
+                            f"data (python -m {commands[self.kind]}); drop {'it' if len(foreign) == 1 else 'them'}.")
 
     def validate(self) -> None:
         """Check every value and combination; raises `UserError` naming the flag, the value and the fix."""
         from tfpipeline import distribute, models, training
         from tfpipeline.export import tflite
 
+        self._validate_kind()
         for name, rule in _RULES.items():
             _check(name, getattr(self, name), rule)
         _check("strategy", self.strategy, _one_of(*distribute.STRATEGIES))
@@ -201,11 +298,14 @@ class PipelineConfig:
                             "multi-worker loop (TF_CONFIG, --strategy multi_worker) does not do yet. Train one "
                             "model on the workers (drop --ensemble), or train the ensemble on one machine.")
         if self.model != "auto":
-            models.hyperparams(self.model, self.pinned())  # unknown family, --hparam names → UserError
+            # an unknown family, one the kind does not take, --hparam names → UserError
+            models.hyperparams(self.model, self.pinned(), kind=self.kind)
         training.check_optimizer_options(self.clipnorm, self.clipvalue, self.weight_decay)
-        if self.export_tflite:
-            tflite.check_available()  # before any training time is spent
-        self.search.validate()
+        # Before any training time is spent; text and tables are refused with their spec's
+        # sentence once the data is read (`tflite.check_supported`), still before training.
+        if self.export_tflite and self.kind == "image":
+            tflite.check_available()
+        self.search.validate(self.kind)
 
     def members(self, tuned: bool) -> int:
         """How many models the training stage trains and averages (`ensemble`)."""
@@ -216,7 +316,7 @@ class PipelineConfig:
     def search_plan(self) -> SearchSettings | None:
         """The search this run does, or None to train the family's defaults (printing why,
         when the default was to search). Refuses combinations that cannot both hold."""
-        self.search.validate()
+        self.search.validate(self.kind)
         given = self.search.customized() + (["--model auto"] if self.model == "auto" else [])
         if self.tune is False:
             if given:

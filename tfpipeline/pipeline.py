@@ -34,7 +34,7 @@ from tfpipeline.export import gate
 from tfpipeline.export import tflite as quantize
 from tfpipeline.report import evaluation
 from tfpipeline.report import tensorboard as tensorboard_logs
-from tfpipeline.training import ensemble
+from tfpipeline.training import ensemble, internals
 
 __all__ = ["PipelineConfig", "PipelineResult", "WorkerResult", "run"]
 
@@ -146,14 +146,12 @@ def run(config: PipelineConfig) -> PipelineResult | WorkerResult:
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: same weights, same order
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    datasets = data_lib.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
-                             validation_fraction=config.validation_fraction, quick=config.quick,
-                             image_size=config.image_size, channels=config.channels,
-                             cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed,
-                             scanner=sharding.shared_scan(dist))  # None unless multi-worker
+    datasets = _load(config, dist)
     if config.export_tflite:  # refused before any training time is spent
         quantize.check_supported(datasets.spec.input)
-    if dist.kind != "multi_worker":  # each worker decodes only what it reads (tfpipeline.distribute.sharding)
+    # Each worker decodes only what it reads (tfpipeline.distribute.sharding); text and tables
+    # are in memory already (`Datasets.in_memory`), so this is a no-op for them.
+    if dist.kind != "multi_worker":
         datasets = datasets.decode_into_memory(verbose=1 if config.verbose is None else config.verbose)
     state = _run_state(config, plan, dist)
     logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)
@@ -171,6 +169,21 @@ def run(config: PipelineConfig) -> PipelineResult | WorkerResult:
         return WorkerResult(state.run_id, logdir, worker=dist.worker_name, workers=dist.workers,
                             distribution=_distribution(ctx, trained))
     return _evaluate_and_publish(ctx, trained)
+
+
+def _load(config: PipelineConfig, dist: distribute.Distribution) -> data_lib.Datasets:
+    """The run's datasets, read by the loader of its kind (`data.load`)."""
+    if config.kind != "image":
+        options = config.options()
+        return data_lib.load(config.dataset, kind=config.kind, validation_fraction=config.validation_fraction,
+                             quick=config.quick, seed=config.seed, label_column=options.label_column,
+                             text_column=getattr(options, "text_column", None),
+                             table_flags=options.flags() if config.kind == "table" else None)
+    return data_lib.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
+                         validation_fraction=config.validation_fraction, quick=config.quick,
+                         image_size=config.image_size, channels=config.channels,
+                         cache_budget=config.cache_budget, work_dir=config.work_dir, seed=config.seed,
+                         scanner=sharding.shared_scan(dist))  # None unless multi-worker
 
 
 def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> runstate.RunState:
@@ -203,7 +216,7 @@ def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> r
 def _family_hyperparams(config: PipelineConfig):
     """The family's defaults with the user's overrides (--hparam, --epochs, ...)."""
     overrides = {**config.pinned(), **({"epochs": config.epochs} if config.epochs is not None else {})}
-    hp = models.hyperparams(config.model, overrides)
+    hp = models.hyperparams(config.model, overrides, kind=config.kind)
     if config.quick and config.epochs is None:  # an explicit --epochs still counts (e.g. resume tests)
         hp = dataclasses.replace(hp, epochs=1)
     return hp
@@ -218,6 +231,7 @@ def _training(ctx: _Run) -> _Training:
     train, trained_on = datasets.train, ["train"]
     if found:
         train, trained_on = datasets.train.concatenate(datasets.validation), ["train", "validation"]
+    train = _class_weighted(config, datasets, train)
     num_train = sum(datasets.spec.num_examples[role] for role in trained_on)
     validation = None if found else datasets.batched(
         datasets.validation, batch_size=dist.global_batch(hp.batch_size), seed=config.seed, training=False)
@@ -229,6 +243,18 @@ def _training(ctx: _Run) -> _Training:
                                      **({"early_stopping_patience": 0} if found else {}),
                                      **training.optimizer_options(config))
     return _Training(family, hp, settings, train, trained_on, validation)
+
+
+def _class_weighted(config: PipelineConfig, datasets: data_lib.Datasets, train: tf.data.Dataset) -> tf.data.Dataset:
+    """`--class-weight balanced` (tables): the training examples with their class's weight."""
+    if config.kind != "table" or config.table.class_weight != "balanced":
+        return train
+    from tfpipeline.data import table
+
+    weighted, weights = table.balanced(datasets, train)
+    print("Class weights (balanced): " + ", ".join(f"{datasets.spec.class_names[c]} {w:.3g}"
+                                                   for c, w in sorted(weights.items())), flush=True)
+    return weighted
 
 
 def _train(ctx: _Run) -> _Trained:
@@ -246,8 +272,10 @@ def _train(ctx: _Run) -> _Trained:
         if member:  # the first member is the single model a run without an ensemble trains
             keras.utils.set_random_seed(config.seed + member)
         with dist.strategy.scope():  # model, optimizer and metric variables: one copy per replica
-            model = training.compile_model(models.build(job.family, spec.input_shape, spec.num_classes, job.hp),
-                                           job.settings)
+            model = training.compile_model(models.build(job.family, spec.input_shape, spec.num_classes, job.hp,
+                                                        input=spec.input), job.settings)
+        if config.kind != "image" and dist.replicas > 1:  # string inputs: see training.internals
+            internals.build_from_one_replica(model)
         if not member:  # HParams session now (a failed run still gets its row); images and summary at the end.
             logs["run"] = tensorboard_logs.RunLog(ctx.logdir, dataclasses.replace(config, model=job.family), job.hp,
                                                   model, spec.class_names,
@@ -288,7 +316,7 @@ def _fit_member(ctx: _Run, job: _Training, model: keras.Model, *, member: int,
     if resumed:
         print(f"Resuming interrupted run {state.run_id} from its last saved epoch ({backup}).", flush=True)
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
-    augmentation = models.augmentation(job.family, hp, seed)
+    augmentation = models.augmentation(job.family, hp, seed, kind=config.kind)
     train_input = augmentation.apply(ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size),
                                                           seed=seed, training=True))
     input_sharding = None
@@ -325,10 +353,10 @@ def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
         member["test_accuracy"] = evaluation.evaluate(trained.model.get_layer(f"member{i}"), test_images,
                                                       test_labels, spec.class_names).accuracy
     validation = _validation_metrics(ctx, trained)
-    ctx.logdir.mkdir(parents=True, exist_ok=True)
-    (ctx.logdir / "metrics.json").write_text(json.dumps({"validation": validation, "test": test_eval.to_json()},
-                                                        indent=2))
     metadata = _metadata(ctx, trained, validation=validation, test_eval=test_eval)
+    _kind_metrics(ctx, metadata, test_labels, test_eval)
+    ctx.logdir.mkdir(parents=True, exist_ok=True)
+    (ctx.logdir / "metrics.json").write_text(json.dumps(metadata["metrics"], indent=2))
     tflite = quantize.settings_for(config, datasets.train, spec.input)  # None without --export-tflite
     with export.staged(trained.model, spec.input, ctx.export_base, test_images, test_labels,
                        test_eval.accuracy) as candidate:
@@ -345,13 +373,34 @@ def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
         else:
             path = export.hold(candidate, metadata, state.run_id)
             metadata_path = path / "metadata.json"
-    trained.run_log.finish(test_images, test_labels, test_eval.predictions, metadata, path, model=trained.model)
+    # Text and table samples rank the mistakes by confidence: they get the probabilities.
+    shown = test_eval.predictions if config.kind == "image" else test_eval.probabilities
+    trained.run_log.finish(test_images, test_labels, shown, metadata, path, model=trained.model)
     ensemble.discard(state.run_dir)  # the members are in the export now
     state.finish()  # the next run of this command starts anew
     result = PipelineResult(state.run_id, path, metadata_path, ctx.logdir, test_eval.accuracy, metadata)
     if not decision.publish:
         raise HeldBack(decision, path, result)
     return result
+
+
+def _kind_metrics(ctx: _Run, metadata: dict, test_labels, test_eval) -> None:
+    """Text and tables: the metrics beside accuracy for imbalanced classes (per-class recall,
+    macro F1, ROC AUC for two classes) in metadata.json's test metrics; tables: the gradient-
+    boosted baseline on the same splits (`baseline`), unless --no-baseline."""
+    config, spec = ctx.config, ctx.datasets.spec
+    if config.kind == "image":
+        return
+    metadata["metrics"]["test"].update(evaluation.class_metrics(test_labels, test_eval.probabilities,
+                                                                spec.class_names))
+    if config.kind == "table":
+        metadata["training"]["class_weight"] = config.table.class_weight
+        if config.table.baseline:
+            from tfpipeline.report import baseline
+
+            metadata["baseline"] = baseline.for_datasets(ctx.datasets, seed=config.seed).to_json()
+            print(f"Baseline ({metadata['baseline']['model']}, same splits): test accuracy "
+                  f"{metadata['baseline']['accuracy']:.2%}; this model: {test_eval.accuracy:.2%}.", flush=True)
 
 
 def _validation_metrics(ctx: _Run, trained: _Trained) -> dict:

@@ -4,6 +4,8 @@
     python -m tfpipeline.predict digit.png --server http://127.0.0.1:8501 [--model-name mnist]
     python -m tfpipeline.predict digit.png --grpc 127.0.0.1:8500 [--model-name mnist]
     python -m tfpipeline.predict --tflite exported/mnist/1/model_int8.tflite digit.png
+    python -m tfpipeline.predict --text "a wonderful film" --model-dir exported/reviews
+    python -m tfpipeline.predict rows.csv --model-dir exported/penguins
 
 A thin command: a client (tfpipeline/serving/clients.py) reaches the model, the model's input
 spec (tfpipeline/inputs) turns the files into its request, and this module prints one line per
@@ -91,8 +93,14 @@ def predict(args: argparse.Namespace) -> int:
     fixed = all(info.shape is not None and None not in info.shape[1:] for info in signature_inputs.values())
     step = _CHUNK if fixed else 1
     sources = [str(source) for source in args.sources]
+    read = spec.read
+    if args.text:  # the strings themselves, never looked up as files
+        if not hasattr(spec, "read_strings"):
+            raise UserError(f"--text is for text models; the model {client.where} takes {spec.kind} inputs. "
+                            "Give files instead.")
+        sources, read = list(args.text), spec.read_strings
     for start in range(0, len(sources), step):
-        labels, request = spec.read(sources[start:start + step], signature_inputs)
+        labels, request = read(sources[start:start + step], signature_inputs)
         classes, probabilities = _classify(client.predict(signature, request))
         for label, cls, prob in zip(labels, classes, probabilities):
             print(f"{label}: class {int(cls)} (probability {prob:.4f})")
@@ -107,19 +115,24 @@ def explain(args: argparse.Namespace) -> int:
     if args.signature_name:
         raise UserError("--explain works on the Keras model rebuilt from the export, not through a signature: "
                         "leave out --signature-name")
-    if len(args.sources) != 1:
-        raise UserError(f"--explain writes one picture: give one file, not {len(args.sources)}")
+    sources = args.text or args.sources
+    if len(sources) != 1:
+        raise UserError(f"--explain explains one input: give one file (or one --text), not {len(sources)}")
     _, version_dir = clients.latest_version_dir(args.model_dir)
     from tfpipeline.report import explain as explanations
 
-    print(explanations.explain_file(version_dir, str(args.sources[0]), args.explain))
+    print(explanations.explain_file(version_dir, str(sources[0]), args.explain))
     return 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tfpipeline.predict",
                                 description="Print the predicted class of each file.")
-    p.add_argument("sources", nargs="+", metavar="FILE", help="files to classify (for images: PNG, JPEG, GIF, BMP)")
+    p.add_argument("sources", nargs="*", metavar="FILE",
+                   help="files to classify (images: PNG, JPEG, GIF, BMP; text: .txt files; tables: CSV/TSV files of "
+                        "rows, one prediction per row)")
+    p.add_argument("--text", action="append", metavar="TEXT",
+                   help="a text model: classify this string (repeatable), instead of files")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--model-dir", type=Path,
                        help="exported base path (its highest version is used) or a version dir")
@@ -136,7 +149,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--explain", type=Path, metavar="OUT.png",
                    help="with --model-dir and one file: write the input's attribution for the predicted class "
                         "(for images, beside its integrated-gradients map; docs/explanations.md)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if bool(args.sources) == bool(args.text):
+        p.error("give the files to classify, or --text \"...\" for a text model (not both)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

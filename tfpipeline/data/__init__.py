@@ -1,6 +1,7 @@
 """The data stage: a TFDS dataset or the user's own files → unbatched, cached `tf.data` splits.
 
-Owns: loading and splitting (`datasets.load`, `Datasets`, `DatasetSpec`), batching
+Owns: loading and splitting (`load`, which picks the kind's loader in `kinds`: images in
+`datasets`, text in `text`/`textfiles`, tables in `table`/`tablefile`; `Datasets`, `DatasetSpec`), batching
 (`batched`, `Datasets.batched`), image folders and their cache plan (`folders`), decoding
 and resizing (`imaging`), and the training augmentation applied in the input pipeline
 (`augmentation`).
@@ -17,7 +18,7 @@ ENV_DATA_DIR = "TFDS_DATA_DIR"
 
 # The loaders import TensorFlow and TFDS: they load on first use, so a command's --help and its
 # flag checks stay fast.
-_LAZY = {name: "tfpipeline.data.datasets" for name in (
+_LAZY = {"load": "tfpipeline.data.kinds"} | {name: "tfpipeline.data.datasets" for name in (
     "QUICK_EXAMPLES",
     "SHUFFLE_BUFFER_BYTES",
     "Datasets",
@@ -26,7 +27,6 @@ _LAZY = {name: "tfpipeline.data.datasets" for name in (
     "dataset_name",
     "get_builder",
     "is_folder",
-    "load",
     "make_pipeline",
     "prepare",
     "resolve_data_dir",

@@ -252,15 +252,18 @@ def is_folder(name: str) -> bool:
         return False
     try:
         tfds.builder_cls(name.split(":")[0].split("/")[0])
-    except tfds.core.registered.DatasetNotFoundError:
+    except (tfds.core.registered.DatasetNotFoundError, ValueError):  # ValueError: not even a TFDS name's form
         return True
     return False
 
 
 def dataset_name(name: str) -> str:
-    """The name exports, logs and checkpoints are filed under: a folder's base name, else the
-    TFDS name."""
-    return Path(name).expanduser().resolve().name if is_folder(name) else name
+    """The name exports, logs and checkpoints are filed under: a folder's base name (a file's,
+    such as a CSV, without its suffix), else the TFDS name."""
+    if not is_folder(name):
+        return name
+    path = Path(name).expanduser().resolve()
+    return path.stem if path.is_file() else path.name
 
 
 def _example_bytes(shape) -> int:

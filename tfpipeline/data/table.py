@@ -182,6 +182,19 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
         c: 1.0 for c in range(num_classes) if c not in set(present.tolist())}
 
 
+def class_weighted(dataset: tf.data.Dataset, weights: dict[int, float]) -> tf.data.Dataset:
+    """Unbatched `(features, label)` examples → `(features, label, weight)`: `--class-weight` as
+    Keras's sample weights, so the search's trials and the final training weigh alike."""
+    table = tf.constant([weights.get(i, 1.0) for i in range(max(weights) + 1)], tf.float32)
+    return dataset.map(lambda features, label: (features, label, tf.gather(table, label)))
+
+
+def balanced(datasets: Datasets, examples: tf.data.Dataset) -> tuple[tf.data.Dataset, dict[int, float]]:
+    """`--class-weight balanced`: `examples` weighted by the training split's class frequencies."""
+    weights = class_weights(arrays(datasets.train)[1], datasets.spec.num_classes)
+    return class_weighted(examples, weights), weights
+
+
 def fingerprint(parts: dict[str, tablefile.RawTable], label: str) -> str:
     digest = hashlib.sha256(label.encode())
     for role, part in parts.items():

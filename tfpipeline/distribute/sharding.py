@@ -10,7 +10,8 @@ prints which, and `metadata.json` records it under `distribution.input`:
   i, i + N, i + 2N, ...) before any file is read: it reads, decodes and caches its share
   only. The shares are disjoint and together are the whole training split. Each worker
   shuffles its share and batches it by the per-replica batch.
-* **data** (a TFDS dataset). Every worker reads the whole split, and tf.data's auto-sharding
+* **data** (a TFDS dataset; text and tables, which are read into memory whole). Every worker
+  reads the whole split, and tf.data's auto-sharding
   by DATA keeps each worker's part of every global batch (`data.make_pipeline`), so the
   global batches are exactly those of a one-machine run. TFDS's own sharding by file
   (`tfds.ReadConfig(input_context=...)`) needs at least as many files as workers, and MNIST's
@@ -135,7 +136,8 @@ def training_input(datasets: data.Datasets, train: tf.data.Dataset, *, workers: 
         `strategy.distribute_datasets_from_function`.
     """
     if datasets.train_files is None:
-        print(f"Input: {DATA_RULE} (a TFDS dataset).", flush=True)
+        print(f"Input: {DATA_RULE} ({datasets.spec.source.get('kind', 'tfds')} data, not files read per worker).",
+              flush=True)
         return train, {"sharding": "data", "rule": DATA_RULE}
     paths, _ = datasets.train_files
     shards = plan(paths, datasets.spec.source["path"], workers=workers, replicas=replicas,

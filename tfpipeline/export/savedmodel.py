@@ -80,6 +80,24 @@ def write_savedmodel(model: keras.Model, spec: InputSpec, path: Path) -> None:
     for name, function in spec.signatures(model).items():
         archive.add_endpoint(name, function)
     archive.write_out(str(path), verbose=False)
+    set_method_names(path, spec.method_names())
+
+
+def set_method_names(path: str | Path, methods: dict[str, str]) -> None:
+    """Rewrite the method names of signatures in the SavedModel at `path` (e.g. a table's
+    `classify` to TF Serving's classify method): `tf.saved_model.save` writes all as predict
+    signatures, and TF Serving's Classify API refuses those."""
+    if not methods:
+        return
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = Path(path) / "saved_model.pb"
+    model = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+    for meta_graph in model.meta_graphs:
+        for key, method in methods.items():
+            if key in meta_graph.signature_def:
+                meta_graph.signature_def[key].method_name = method
+    pb.write_bytes(model.SerializeToString())
 
 
 def savedmodel_predict(path: Path, spec: InputSpec, examples, batch_size: int = 1000,

@@ -68,7 +68,7 @@ def check_supported(spec: InputSpec) -> None:
     """Raise `UserError` (before any training) if `--export-tflite` cannot convert this input."""
     refusal = spec.tflite_refusal()
     if refusal:
-        raise UserError(f"--export-tflite: {refusal}")
+        raise UserError(refusal)  # the spec's sentence names the flag
 
 
 def settings_for(config, train, spec: InputSpec) -> TFLiteSettings | None:

@@ -88,6 +88,11 @@ class InputSpec(abc.ABC):
         return {names.DEFAULT: {"inputs": {name: {"dtype": str(value.dtype), "shape": [-1, *value.shape[1:]]}
                                            for name, value in one.items()}}}
 
+    def method_names(self) -> dict[str, str]:
+        """Signature name → its method name, for signatures that are not TF Serving predict
+        signatures (e.g. a classify one); the export writes them into saved_model.pb."""
+        return {}
+
     def warmup_requests(self, examples: Examples) -> dict[str, dict[str, np.ndarray]]:
         """TF Serving warm-up requests: signature name → its inputs, from a few examples."""
         return {names.DEFAULT: self.request(examples)}
@@ -133,6 +138,10 @@ class InputSpec(abc.ABC):
     def log_attributions(self, model, examples: Examples, labels: np.ndarray, class_names: Sequence[str],
                          step: int) -> None:
         """Write attribution summaries for a few samples and the worst mistakes (optional)."""
+
+    def log_embeddings(self, model, logdir: Path) -> None:
+        """Write what TensorBoard's Projector shows (learned embeddings with their labels) into
+        `logdir` (optional)."""
 
     def explain(self, model, source: str, out: Path, class_names: Sequence[str]) -> str:
         """`predict --explain`: read the user's file or string `source`, write the attribution
@@ -196,6 +205,15 @@ def take(examples: Examples, index) -> Examples:
     return examples[index]
 
 
+def ensemble_members(model) -> list:
+    """The members of an ensemble model (`training.ensemble.combine` names them member0, member1,
+    ...), else `[model]`: attributions are computed per member and averaged, which is the
+    ensemble's own attribution when, as here, it averages the members' probabilities."""
+    members = [layer for layer in getattr(model, "layers", []) if layer.name.startswith("member")
+               and layer.name[len("member"):].isdigit()]
+    return members or [model]
+
+
 def _load_kinds() -> None:
     """Import the kinds' modules, so `register` has run for each (they import this one)."""
-    from tfpipeline.inputs import image  # noqa: F401
+    from tfpipeline.inputs import image, table, text  # noqa: F401

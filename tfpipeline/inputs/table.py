@@ -20,7 +20,7 @@ Signatures:
   and `scores` (`[-1, n]`). A feature absent from an Example is a missing value, as tf.Example
   users expect. Its method name must be `tensorflow/serving/classify` for TF Serving's Classify
   API to accept it; TensorFlow's saver writes every signature as a predict signature, so the
-  export rewrites the method name afterwards (`set_method_names`).
+  export rewrites the method name afterwards (`method_names`, applied by `export.savedmodel`).
 
 Attributions and TensorBoard samples live in `tfpipeline.inputs.table_report`.
 """
@@ -177,7 +177,7 @@ class TableInput(InputSpec):
         return {names.DEFAULT: serve, names.TABLE_CLASSIFY: classify}
 
     def method_names(self) -> dict[str, str]:
-        """Signatures whose method name is not TF Serving's predict (see `set_method_names`)."""
+        """Signatures whose method name is not TF Serving's predict (`InputSpec.method_names`)."""
         return {names.TABLE_CLASSIFY: names.CLASSIFY_METHOD}
 
     def request(self, examples: Examples) -> dict[str, np.ndarray]:
@@ -232,7 +232,8 @@ class TableInput(InputSpec):
     def read(self, sources: Sequence[str], signature_inputs: dict[str, Any]) -> tuple[list[str], dict]:
         """CSV/TSV files of rows (the label column, if present, is ignored) → one label per row
         ("file:line") and `serving_default`'s inputs."""
-        from tfpipeline.data import tablefile
+        # The module alone, not data's hub: the hub imports this package.
+        import tfpipeline.data.tablefile as tablefile
 
         labels, parts = [], []
         for source in sources:
@@ -246,33 +247,49 @@ class TableInput(InputSpec):
         request = {c.name: np.concatenate([p[c.name] for p in parts]) for c in self.features}
         return labels, {k: v for k, v in request.items() if k in signature_inputs or not signature_inputs}
 
+    @classmethod
+    def from_signature(cls, inputs: dict[str, Any]) -> TableInput | None:
+        """A table spec when every input is a `[batch]` vector and there is more than one, or one
+        that is not text's (no statistics: enough for `read`, which needs the columns' names and
+        dtypes). Floats are numbers; integers and strings are categories."""
+        vectors = all(i.shape is not None and len(i.shape) == 1 for i in inputs.values())
+        if not inputs or not vectors or (len(inputs) == 1 and next(iter(inputs)) == names.TEXT):
+            return None
+        dtypes = {"f": "float32", "i": "int64", "u": "int64"}
+        columns = tuple(Column(name, NUMERIC if i.dtype.kind == "f" else CATEGORICAL, "signature",
+                               dtype=dtypes.get(i.dtype.kind, "string")) for name, i in inputs.items())
+        return cls(columns, "", ())
+
+    def random_examples(self, count: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Rows of values drawn per column: numbers around the training mean, known categories."""
+        rng = np.random.default_rng(seed)
+        rows = {}
+        for c in self.features:
+            if c.role == NUMERIC:
+                rows[c.name] = (c.mean + c.std * rng.standard_normal(count)).astype(np.float32)
+            else:
+                choices = list(c.vocabulary) or [c.missing_value()]
+                rows[c.name] = np.array([choices[i] for i in rng.integers(0, len(choices), count)],
+                                        dtype=NUMPY_DTYPES[c.dtype])
+        return rows
+
     # -- report -----------------------------------------------------------------------------
-    def log_samples(self, tag, examples, labels, predictions, class_names, step) -> None:
+    def log_samples(self, split, examples, labels, predictions, class_names, step) -> None:
         from tfpipeline.inputs import table_report
-        table_report.log_samples(self, tag, examples, labels, predictions, class_names, step=step)
+        table_report.log_samples(self, f"{split}_rows", examples, labels, predictions, class_names, step=step)
 
     def log_attributions(self, model, examples, labels, class_names, step) -> None:
         from tfpipeline.inputs import table_report
         table_report.log_attributions(self, model, examples, labels, class_names, step)
 
-    def explain(self, model, example, out: Path, class_names) -> str:
+    def explain(self, model, source, out: Path, class_names) -> str:
+        """`source`: a CSV/TSV file of rows (the first is explained), or the row as a dict of arrays."""
         from tfpipeline.inputs import table_report
-        return table_report.explain(self, model, example, out, class_names)
+
+        if not isinstance(source, dict):
+            _, source = self.read([str(source)], {})
+        return table_report.explain(self, model, {k: v[:1] for k, v in source.items()}, out, class_names)
 
 
 def _rows(request: dict[str, np.ndarray]) -> int:
     return len(next(iter(request.values())))
-
-
-def set_method_names(path: str | Path, methods: dict[str, str]) -> None:
-    """Rewrite the method names of signatures in the SavedModel at `path` (e.g. `classify` to
-    TF Serving's classify method): `tf.saved_model.save` writes all as predict signatures."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    pb = Path(path) / "saved_model.pb"
-    model = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
-    for meta_graph in model.meta_graphs:
-        for key, method in methods.items():
-            if key in meta_graph.signature_def:
-                meta_graph.signature_def[key].method_name = method
-    pb.write_bytes(model.SerializeToString())

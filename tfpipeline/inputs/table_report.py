@@ -63,7 +63,16 @@ def log_samples(table, tag, examples, labels, predictions, class_names, *, step)
 
 
 def integrated_gradients(table, model, examples: dict, targets: np.ndarray | None = None, steps: int = STEPS):
-    """Attributions `[n, columns]` (columns as `table.features`) and the explained classes `[n]`."""
+    """Attributions `[n, columns]` (columns as `table.features`) and the explained classes `[n]`
+    (an ensemble's: the mean of its members' attributions to the class it predicts)."""
+    from tfpipeline.inputs import ensemble_members
+
+    members = ensemble_members(model)
+    if len(members) > 1:
+        if targets is None:
+            targets = np.asarray(model({k: tf.constant(v) for k, v in table.request(examples).items()})).argmax(-1)
+        parts = [integrated_gradients(table, member, examples, targets, steps)[0] for member in members]
+        return np.mean(parts, axis=0), targets
     encoded = model.get_layer(ENCODER)({k: tf.constant(v) for k, v in table.request(examples).items()})
     body = model.get_layer(BODY)
     if targets is None:

@@ -162,24 +162,49 @@ class TextInput(InputSpec):
         (name,) = signature_inputs or (names.TEXT,)
         return {name: np.array(texts, dtype=object)}
 
+    @classmethod
+    def from_signature(cls, inputs: dict[str, Any]) -> TextInput | None:
+        """A text spec when the signature's single input is a string `[batch]` (no vocabulary:
+        enough for `read`, which only needs the input's name)."""
+        if len(inputs) != 1:
+            return None
+        (info,) = inputs.values()
+        if info.dtype.kind not in "OSU" or info.shape is None or len(info.shape) != 1:
+            return None
+        return cls(vocabulary=(), ngram_vocabulary=(), ngram_idf=(), sequence_length=8)
+
+    def random_examples(self, count: int, seed: int = 0) -> np.ndarray:
+        """Documents of random vocabulary words, a sequence's length each."""
+        rng = np.random.default_rng(seed)
+        words = np.array(self.vocabulary or ("word",), dtype=object)
+        return np.array([" ".join(rng.choice(words, self.sequence_length)) for _ in range(count)], dtype=object)
+
     # -- report -----------------------------------------------------------------------------
-    def log_samples(self, tag: str, examples, labels: np.ndarray, predictions: np.ndarray,
+    def log_samples(self, split: str, examples, labels: np.ndarray, predictions: np.ndarray,
                     class_names: Sequence[str], step: int) -> None:
-        """A table of the first test documents with their true and predicted classes and, when
-        `predictions` are probabilities, the most confident mistakes."""
+        """A table of the first documents of `split` with their true and predicted classes and,
+        when `predictions` are probabilities, the most confident mistakes."""
         from tfpipeline.inputs import textreport
 
-        textreport.log_samples(tag, as_strings(examples), labels, predictions, class_names, step)
+        textreport.log_samples(split, as_strings(examples), labels, predictions, class_names, step)
 
     def log_attributions(self, model, examples, labels: np.ndarray, class_names: Sequence[str], step: int) -> None:
         from tfpipeline.inputs import textreport
 
         textreport.log_attributions(model, as_strings(examples), labels, class_names, step)
 
-    def explain(self, model, example, out: Path, class_names: Sequence[str]) -> str:
+    def log_embeddings(self, model, logdir: Path) -> None:
+        """The sequence families' word embeddings in the Projector, the vocabulary as metadata."""
         from tfpipeline.inputs import textreport
 
-        return textreport.explain(model, as_strings(np.atleast_1d(example))[0], Path(out), class_names)
+        textreport.log_embeddings(model, Path(logdir))
+
+    def explain(self, model, source: str, out: Path, class_names: Sequence[str]) -> str:
+        """`source`: a text file, or the text itself (as `read` takes it)."""
+        from tfpipeline.inputs import textreport
+
+        _, request = self.read([source], {names.TEXT: None})
+        return textreport.explain(model, str(request[names.TEXT][0]), Path(out), class_names)
 
 
 def as_strings(examples) -> np.ndarray:

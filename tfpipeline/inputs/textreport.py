@@ -86,8 +86,18 @@ def integrated_gradients(model: keras.Model, texts: np.ndarray, classes: np.ndar
         steps: Riemann steps along the straight path from the baseline.
 
     Returns:
-        (attributions per text, classes, probabilities of those classes).
+        (attributions per text, classes, probabilities of those classes). An ensemble's are the
+        mean of its members' attributions to the class the ensemble predicts.
     """
+    from tfpipeline.inputs import ensemble_members
+
+    members = ensemble_members(model)
+    if len(members) > 1:
+        probabilities = tf.nn.softmax(model(texts, training=False), -1).numpy()
+        classes = probabilities.argmax(-1) if classes is None else np.asarray(classes)
+        parts = [integrated_gradients(member, texts, classes, steps)[0] for member in members]
+        return ([np.mean(words, axis=0) for words in zip(*parts)], classes,
+                probabilities[np.arange(len(texts)), classes])
     point_name = _attribution_point(model)
     vectorize = model.get_layer("vectorize")
     head = keras.Model(model.get_layer(point_name).output, model.output)
@@ -202,3 +212,36 @@ def explain(model: keras.Model, text: str, out: Path, class_names: Sequence[str]
     words = str(text).split()
     top = [words[i] for i in np.argsort(-scores)[:MARKED] if scores[i] > 0]
     return f"{name} p={p:.3f}; words for it: {', '.join(top) or '(none)'}; explanation in {out}"
+
+
+def log_embeddings(model: keras.Model, logdir: Path) -> Path | None:
+    """TensorBoard's Projector: each member's learned word embeddings (the `embedding` layer of
+    the CNN, RNN and Transformer; the MLP has none) in a checkpoint under `logdir/projector`, with
+    the words of its vocabulary as metadata. Returns the folder, or None when there is nothing
+    to show."""
+    from tensorboard.plugins import projector
+
+    from tfpipeline.inputs import ensemble_members
+
+    tables = {}
+    for i, member in enumerate(ensemble_members(model)):
+        if "embedding" not in {layer.name for layer in member.layers}:
+            continue
+        words = member.get_layer("vectorize").get_vocabulary()
+        weights = member.get_layer("embedding").get_weights()[0][: len(words)]
+        # Keras's first two ids: padding ("") and out-of-vocabulary ("[UNK]").
+        tables[f"words_{i}"] = (weights, ["[PAD]" if not w else w.replace("\t", " ") for w in words])
+    if not tables:
+        return None
+    folder = logdir / "projector"
+    folder.mkdir(parents=True, exist_ok=True)
+    tf.train.Checkpoint(**{name: tf.Variable(weights) for name, (weights, _) in tables.items()}).save(
+        str(folder / "embedding.ckpt"))
+    config = projector.ProjectorConfig()
+    for name, (_, words) in tables.items():
+        (folder / f"{name}.tsv").write_text("".join(f"{w}\n" for w in words), encoding="utf-8")
+        embedding = config.embeddings.add()
+        embedding.tensor_name = f"{name}/.ATTRIBUTES/VARIABLE_VALUE"
+        embedding.metadata_path = f"{name}.tsv"
+    projector.visualize_embeddings(str(folder), config)
+    return folder

@@ -39,6 +39,11 @@ def _families(kind: str) -> dict[str, ModuleType]:
     return FAMILIES
 
 
+def families(kind: str = "image") -> tuple[str, ...]:
+    """The families that take inputs of `kind`: what `--model auto` searches across."""
+    return tuple(table.FAMILIES) if kind == "table" else tuple(_families(kind))
+
+
 def family(name: str, kind: str = "image") -> ModuleType:
     """The module of family `name` for inputs of `kind` ("image", "text" or "table"); raises
     `UserError` naming the families for an unknown `name` (or one refused for tables)."""
@@ -102,6 +107,7 @@ def build(name: str, input_shape, num_classes: int, hp: FamilyHyperparams | None
 def search_space(name: str, hp, spec):
     """Family `name`'s KerasTuner space for a `DatasetSpec` (its input kind picks the variant)."""
     spec_input = getattr(spec, "input", None)
-    if getattr(spec_input, "kind", "image") == "text":
-        return family(name, "text").search_space(hp, spec_input)
+    kind = getattr(spec_input, "kind", "image")
+    if kind in ("text", "table"):
+        return family(name, kind).search_space(hp, spec_input)
     return family(name).search_space(hp, spec.input_shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import keras
 import numpy as np
@@ -17,18 +18,35 @@ class Evaluation:
     per_class_accuracy: dict[str, float]
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
     predictions: np.ndarray = dataclasses.field(repr=False, default=None)  # predicted class per example
+    probabilities: np.ndarray = dataclasses.field(repr=False, default=None)  # per example and class, when known
 
     def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "predictions"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("predictions", "probabilities")}
 
 
-def collect(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """All `(images, labels)` of a finite batched dataset, in order, as NumPy arrays."""
-    images, labels = [], []
+def collect(dataset: tf.data.Dataset) -> tuple[Any, np.ndarray]:
+    """All `(examples, labels)` of a finite batched dataset, in order, as NumPy: an array of
+    examples (images; text as `str`), or a dict of arrays for named inputs (a table's columns).
+
+    Strings come back as Python `str`, not the `bytes` a string tensor's `.numpy()` gives:
+    `Model.predict` refuses arrays of `bytes`, and `str` is what a request carries.
+    """
+    examples, labels = [], []
     for x, y in dataset:
-        images.append(x.numpy())
+        examples.append(tf.nest.map_structure(_numpy, x))
         labels.append(y.numpy())
-    return np.concatenate(images), np.concatenate(labels)
+    if isinstance(examples[0], dict):
+        return {name: np.concatenate([batch[name] for batch in examples]) for name in examples[0]}, \
+            np.concatenate(labels)
+    return np.concatenate(examples), np.concatenate(labels)
+
+
+def _numpy(tensor: tf.Tensor) -> np.ndarray:
+    if tensor.dtype == tf.string:
+        return np.array([v.decode("utf-8", "replace") for v in tensor.numpy().reshape(-1)],
+                        dtype=object).reshape(tensor.shape)
+    return tensor.numpy()
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -57,10 +75,14 @@ def summarize(logits: np.ndarray, labels: np.ndarray, class_names) -> Evaluation
     return from_classes(labels, logits.argmax(axis=-1), class_names, float(loss))
 
 
-def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, class_names,
+def evaluate(model: keras.Model, examples, labels: np.ndarray, class_names,
              batch_size: int = 1000) -> Evaluation:
-    logits = model.predict(images, batch_size=batch_size, verbose=0)
-    return summarize(np.asarray(logits, dtype=np.float32), labels, class_names)
+    """Metrics of `model` on `examples` as `collect` gives them (the model takes them as they are);
+    `probabilities` of the evaluation holds the model's softmax for the class metrics."""
+    logits = np.asarray(model.predict(examples, batch_size=batch_size, verbose=0), dtype=np.float32)
+    evaluation = summarize(logits, labels, class_names)
+    evaluation.probabilities = np.asarray(tf.nn.softmax(logits, axis=-1))
+    return evaluation
 
 
 def class_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names) -> dict:

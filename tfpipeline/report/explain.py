@@ -85,9 +85,10 @@ def load_exported(version_dir: Path) -> tuple[keras.Model, InputSpec]:
     loaded = tf.saved_model.load(str(version_dir))
     serve = loaded.signatures[names.DEFAULT]
     spec = input_spec(metadata, serve)
-    hp = models.hyperparams(family, hyperparameters)
-    (tensor,) = serve.structured_input_signature[1].values()
-    model = ensemble.combine([models.build(family, tuple(tensor.shape[1:]), num_classes, hp) for _ in range(members)])
+    hp = models.hyperparams(family, hyperparameters, kind=spec.kind)
+    # Images are built on the signature's shape; text and tables on their spec (`input=`).
+    shape = tuple(next(iter(serve.structured_input_signature[1].values())).shape[1:]) if spec.kind == "image" else ()
+    model = ensemble.combine([models.build(family, shape, num_classes, hp, input=spec) for _ in range(members)])
     # Keras's exporter saves the model's variables in `model.variables` order. Names agree but
     # for the number Keras appends to auto-named ones (dropout's seed_generator_22 in one
     # process is seed_generator_3 in another), so compare them without it, and the shapes.
@@ -101,7 +102,7 @@ def load_exported(version_dir: Path) -> tuple[keras.Model, InputSpec]:
         variable.assign(source)
     probe = spec.random_examples(4)
     expected = serve(**{k: tf.constant(v) for k, v in spec.request(probe).items()})[names.PROBABILITIES]
-    got = tf.nn.softmax(model(probe, training=False), -1)
+    got = tf.nn.softmax(model(tf.nest.map_structure(tf.constant, probe), training=False), -1)
     if not np.allclose(expected.numpy(), got.numpy(), atol=1e-4):
         raise UserError(f"The model rebuilt from {version_dir}/metadata.json does not reproduce the SavedModel's "
                         "outputs; --explain cannot explain it.")

@@ -129,10 +129,11 @@ def write_op_graph(model: keras.Model, logdir: Path) -> None:
     Keras 3 writes only the layer-level "keras" graph, and with profiling an empty batch_N
     graph, which the Graphs page opened on ("The graph is empty"). A run graph comes first.
     """
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype)
+    # The model's inputs as it takes them: one tensor (images, text) or a dict (a table's columns).
+    spec = keras.tree.map_structure(lambda t: tf.TensorSpec((None, *t.shape[1:]), t.dtype), model.input)
     # model.call, not model(...): without the model's own name scope around everything, the
     # layers are the top-level boxes of the graph instead of one collapsed "cnn_1" node.
-    graph = tf.function(lambda images: model.call(images, training=False)).get_concrete_function(spec).graph
+    graph = tf.function(lambda inputs: model.call(inputs, training=False)).get_concrete_function(spec).graph
     writer = tf.summary.create_file_writer(str(logdir))
     with writer.as_default():
         tf.summary.graph(graph)
@@ -149,7 +150,9 @@ def write_prediction_images(spec: InputSpec, split: str, examples, labels, predi
     `mistakes`) and `confusion_matrix`, to the default writer (the split's own folder, so the
     tags are the same for every split)."""
     spec.log_samples(split, examples, labels, predictions, class_names, step)
-    matrix = evaluation.confusion_matrix(labels, predictions, len(class_names))
+    predictions = np.asarray(predictions)
+    classes = predictions.argmax(axis=-1) if predictions.ndim == 2 else predictions  # probabilities, or classes
+    matrix = evaluation.confusion_matrix(labels, classes, len(class_names))
     tf.summary.image("confusion_matrix", confusion_matrix_image(matrix, class_names)[np.newaxis], step=step,
                      description=f"Confusion matrix on the {len(labels):,} {split} examples: rows true, "
                                  "columns predicted.")
@@ -262,9 +265,48 @@ def run_summary(config, metadata: dict, export_path) -> str:
             **{f"{role} examples": f"{count:,} ({data['splits'][role]})"
                for role, count in data["num_examples"].items()},
         }, header=("data", "value")),
+        *(["**Input**\n\n" + _table(input_rows(metadata), header=("input", "value"))]
+          if input_rows(metadata) else []),
         "**Versions**\n\n" + _table(versions, header=("software", "version")),
         "**Configuration**\n\n" + "\n".join("    " + line for line in config_json.splitlines()),
     ])
+
+
+def write_class_metrics(metadata: dict, step: int) -> None:
+    """Text and tables: macro F1, ROC AUC (two classes), recall per class and the gradient-boosted
+    baseline's accuracy, as test scalars beside the accuracy (to the default writer)."""
+    test = metadata["metrics"]["test"]
+    for name in ("macro_f1", "roc_auc"):
+        if name in test:
+            tf.summary.scalar(name, test[name], step=step)
+    for class_name, recall in test.get("per_class_recall", {}).items():
+        tf.summary.scalar(f"recall/{class_name}", recall, step=step)
+    if "baseline" in metadata:
+        tf.summary.scalar("baseline_accuracy", metadata["baseline"]["accuracy"], step=step,
+                          description=f"{metadata['baseline']['model']} on the same splits")
+
+
+def input_rows(metadata: dict) -> dict:
+    """The run summary's input rows: what a text or table input was chosen to be."""
+    data, test = metadata["dataset"], metadata["metrics"]["test"]
+    record, rows = data["input"], {}
+    if record.get("kind") == "text":
+        rows["vocabulary size"] = f"{record['vocabulary_size']:,} words ({record['ngram_vocabulary_size']:,} n-grams)"
+        rows["sequence length"] = (f"{record['sequence_length']} words "
+                                   f"({record['chosen'].get('truncated_documents', 0):,} training documents truncated)")
+        rows["skipped files"] = json.dumps(data["source"].get("skipped", {}).get("by_reason", {}))
+    elif record.get("kind") == "table":
+        for column in record["columns"]:
+            rows[f"column {column['name']}"] = f"{column['role']} ({column['detected']}, {column['dtype']})"
+        rows["skipped rows"] = data["source"].get("skipped", {}).get("count", 0)
+    for name in ("macro_f1", "roc_auc"):
+        if name in test:
+            rows[f"test {name.replace('_', ' ')}"] = f"{test[name]:.4f}"
+    if "per_class_recall" in test:
+        rows["test recall per class"] = ", ".join(f"{k} {v:.3f}" for k, v in test["per_class_recall"].items())
+    if "baseline" in metadata:
+        rows["baseline accuracy"] = f"{metadata['baseline']['accuracy']:.4f} ({metadata['baseline']['model']})"
+    return rows
 
 
 def _tensorboard_version() -> str:
@@ -318,8 +360,8 @@ class RunLog:
 
         Args:
             test_examples, test_labels: the test split.
-            test_predictions: the exported model's predicted classes on it (from the evaluation,
-                so the test set is not run through the model a second time).
+            test_predictions: the exported model's predicted classes on it, or its probabilities
+                (from the evaluation, so the test set is not run through the model a second time).
             metadata: the run's metadata.json contents.
             export_path: where the version went (published, or held back by the gate).
             model: the exported model, for the input spec's attributions.
@@ -331,11 +373,14 @@ class RunLog:
             # The exported model on the test split, as one more point at the last epoch.
             tf.summary.scalar("epoch_accuracy", test["accuracy"], step=step)
             tf.summary.scalar("epoch_loss", test["loss"], step=step)
+            write_class_metrics(metadata, step)
             write_prediction_images(self.spec, "test", test_examples, test_labels, test_predictions,
                                     self.class_names, step=step)
             if model is not None:
                 self.spec.log_attributions(model, test_examples, test_labels, self.class_names, step)
         test_writer.close()
+        if model is not None:
+            self.spec.log_embeddings(model, self.logdir)
         with self.writer.as_default():
             tf.summary.text("run_summary", run_summary(self.config, metadata, export_path), step=step)
         self.writer.close()

@@ -39,15 +39,19 @@ class ProbabilityAverage(keras.layers.Layer):
 
 
 def combine(members: list[keras.Model]) -> keras.Model:
-    """One model over the same `images` input that averages the members' probabilities; a
-    single member is returned as it is."""
+    """One model over the members' inputs (`images`, or those of a text or table model) that
+    averages the members' probabilities; a single member is returned as it is."""
     if len(members) == 1:
         return members[0]
     for i, member in enumerate(members):
         member.name = f"member{i}"  # the functional model needs unique layer names
-    images = keras.Input(shape=members[0].input_shape[1:], dtype=members[0].inputs[0].dtype, name="images")
-    logits = ProbabilityAverage(name="average", dtype="float32")([member(images) for member in members])
-    return keras.Model(images, logits, name="ensemble")
+    if len(members[0].inputs) == 1 and members[0].inputs[0].dtype != "string":
+        inputs = keras.Input(shape=members[0].input_shape[1:], dtype=members[0].inputs[0].dtype, name="images")
+    else:  # text (one string input) and tables (one input per column): the members' own inputs
+        inputs = keras.tree.map_structure(
+            lambda t: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name.split(":")[0]), members[0].input)
+    logits = ProbabilityAverage(name="average", dtype="float32")([member(inputs) for member in members])
+    return keras.Model(inputs, logits, name="ensemble")
 
 
 def train_members(count: int, train: Callable[[int], tuple[keras.Model, dict]],

@@ -21,6 +21,11 @@ uses it for, so the fix (a new name, or another way to get the same effect) can 
 - `keras_tuner.Hyperband.__init__` makes its own oracle; `tuning.tuners.PipelineHyperband`
   calls `keras_tuner.Tuner.__init__` instead, to use ours, so Hyperband's `__init__` must set
   nothing beyond what `Tuner.__init__` sets.
+- `keras.Model._maybe_symbolic_build` / `_symbolic_build` (Keras's TF trainer): under a
+  `tf.distribute` strategy `fit` builds the model from a first batch that it averages across
+  the replicas, which fails on string inputs (text, a table's categories: no AddN for strings).
+  `build_from_one_replica` replaces it on such a model with a build from the first replica's
+  batch (only its shapes and dtypes are read).
 - `tf.profiler.experimental.Trace(..., _r=1)`: the step marker the profiler's overview page
   counts (`report.tensorboard`).
 """
@@ -31,6 +36,7 @@ import keras
 
 INITIAL_EPOCH = "_initial_epoch"
 OPTIMIZER_ITERATIONS = "_iterations"
+SYMBOLIC_BUILD, BUILD = "_maybe_symbolic_build", "_symbolic_build"
 
 
 def clear_initial_epoch(model: keras.Model) -> None:
@@ -41,3 +47,22 @@ def clear_initial_epoch(model: keras.Model) -> None:
 def has_step_counter(optimizer) -> bool:
     """Whether the optimizer's step counter (`iterations`) exists yet."""
     return hasattr(optimizer, OPTIMIZER_ITERATIONS)
+
+
+def build_from_one_replica(model: keras.Model) -> None:
+    """Let `model.fit` under a strategy build `model` from the first replica's batch instead of
+    the batch averaged across replicas (which string inputs cannot be)."""
+    strategy = model.distribute_strategy
+
+    def build(iterator=None, data_batch=None):
+        if data_batch is None and iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda value: strategy.experimental_local_results(value)[0], next(batches))
+                break
+        with strategy.scope():
+            getattr(model, BUILD)(data_batch=data_batch)
+
+    getattr(model, SYMBOLIC_BUILD)  # fails here, by name, if Keras renames it
+    setattr(model, SYMBOLIC_BUILD, build)
+

@@ -79,7 +79,8 @@ class PipelineHyperModel(kt.HyperModel):
         super().__init__(name="tfpipeline")
         self.setup = setup
         # Validated overrides (--hparam, --learning-rate, --batch-size), with their types fixed.
-        self.fixed = {name: {k: getattr(models.hyperparams(name, setup.fixed), k) for k in setup.fixed}
+        kind = setup.config.kind
+        self.fixed = {name: {k: getattr(models.hyperparams(name, setup.fixed, kind=kind), k) for k in setup.fixed}
                       for name in setup.families}
         self.trial_id = "unknown"  # set by the tuner before each trial
 
@@ -89,21 +90,21 @@ class PipelineHyperModel(kt.HyperModel):
 
     def family_hyperparams(self, kt_hp: kt.HyperParameters):
         """(family, its Hyperparams) for these hyperparameter values; declares the space."""
-        families, input_shape = self.setup.families, self.setup.spec.input_shape
+        families, spec = self.setup.families, self.setup.spec
         if len(families) == 1:
             family = families[0]
             # Fixed first: the family's own declaration of the same name then returns it, so
             # the oracle does not spend trials varying what the user pinned.
             for name, value in self.fixed[family].items():
                 kt_hp.Fixed(name, encode(value))
-            chosen = models.family(family).search_space(kt_hp, input_shape)
+            chosen = models.search_space(family, kt_hp, spec)
         else:
             family = kt_hp.Choice(FAMILY, list(families), default=families[0])
             chosen = None
             for name in families:
                 # Name scopes keep each family's names apart ("cnn/dropout", "mlp/dropout").
                 with kt_hp.conditional_scope(FAMILY, [name]), kt_hp.name_scope(name):
-                    declared = models.family(name).search_space(kt_hp, input_shape)
+                    declared = models.search_space(name, kt_hp, spec)
                 if name == family:
                     chosen = declared
         return family, dataclasses.replace(chosen, **self.fixed[family])
@@ -127,7 +128,8 @@ class PipelineHyperModel(kt.HyperModel):
         # their hyperparameters only, and a trial run again after a kill starts from the same weights.
         keras.utils.set_random_seed(self.setup.config.seed)
         try:
-            model = models.build(family, self.setup.spec.input_shape, self.setup.spec.num_classes, hparams)
+            spec = self.setup.spec
+            model = models.build(family, spec.input_shape, spec.num_classes, hparams, input=spec.input)
         except ValueError as exc:  # e.g. a patch size that does not divide the image
             raise kt.errors.FailedTrialError(f"{family}: {exc}") from exc
         return training.compile_model(model, self.trial_settings(kt_hp, hparams))
@@ -136,7 +138,7 @@ class PipelineHyperModel(kt.HyperModel):
         setup = self.setup
         family, hparams = self.family_hyperparams(kt_hp)
         train, validation = setup.data.pipelines(hparams.batch_size)
-        augmentation = models.augmentation(family, hparams, setup.config.seed)
+        augmentation = models.augmentation(family, hparams, setup.config.seed, kind=setup.config.kind)
         train = augmentation.apply(train)
         logdir = setup.logdir / "trials" / self.trial_id
         # The row the HParams dashboard shows: the same names as a run's row

@@ -59,8 +59,9 @@ def identity(config: PipelineConfig, settings: SearchSettings) -> dict:
 
 
 def families_of(config: PipelineConfig, settings: SearchSettings) -> tuple[str, ...]:
-    """The families searched: all (or `settings.families`) with `--model auto`, else `config.model`."""
-    return tuple(settings.families or models.FAMILIES) if config.model == "auto" else (config.model,)
+    """The families searched: all that take the run's kind (or `settings.families`) with `--model auto`,
+    else `config.model`."""
+    return tuple(settings.families or models.families(config.kind)) if config.model == "auto" else (config.model,)
 
 
 def search(config: PipelineConfig, settings: SearchSettings, datasets: data_lib.Datasets, state: RunState,
@@ -92,8 +93,8 @@ def search(config: PipelineConfig, settings: SearchSettings, datasets: data_lib.
     num_search = max(1, round(spec.num_examples["train"] * budget.search_fraction))
     verbose = training.default_verbosity() if config.verbose is None else config.verbose
     setup = TrialSetup(config=config, families=families, fixed=config.pinned(), spec=spec,
-                       data=TrialData(datasets.train.take(num_search), datasets.validation, config.seed,
-                                      datasets.batched),
+                       data=TrialData(_weighted(config, datasets, datasets.train.take(num_search)),
+                                      datasets.validation, config.seed, datasets.batched),
                        num_search=num_search, max_epochs=budget.max_epochs, logdir=logdir, run_id=state.run_id,
                        verbose=verbose)
     hypermodel = PipelineHyperModel(setup)
@@ -122,6 +123,15 @@ def search(config: PipelineConfig, settings: SearchSettings, datasets: data_lib.
     if this_role == "worker":
         return _worker_result(tuner, info)
     return _best(tuner, hypermodel, info, directory, epochs=config.epochs)
+
+
+def _weighted(config: PipelineConfig, datasets: data_lib.Datasets, train):
+    """The trials' training examples with `--class-weight balanced` (tables) as sample weights."""
+    if config.kind != "table" or config.table.class_weight != "balanced":
+        return train
+    from tfpipeline.data import table
+
+    return table.balanced(datasets, train)[0]
 
 
 def _worker_result(tuner, info: dict) -> SearchResult:
