@@ -314,7 +314,8 @@ def _distribution(ctx: _Run, trained: _Trained) -> dict:
 
 
 def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
-    """Evaluate once on test, gate against the latest published version, then publish (or
+    """Export, score the test split through the exported function (its figures are the ones
+    recorded), gate against the best published version of the same data, then publish (or
     hold back) the verified export and write the run's TensorBoard summary."""
     config, datasets, state = ctx.config, ctx.datasets, ctx.state
     spec = datasets.spec
@@ -335,8 +336,12 @@ def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
         if tflite is not None:  # raises quantize.QuantizationError past the allowed drop
             metadata["export"] = {"tflite": quantize.write_verified(tflite, candidate.path, test_images, test_labels,
                                                                     candidate.verified_accuracy)}
+        split = _gate_split(datasets)
         decision = gate.decide(ctx.export_base, test_images, test_labels, spec.class_names, test_eval, spec=spec.input,
-                               max_regression=config.max_regression, force=config.force_publish)
+                               split=split, max_regression=config.max_regression,
+                               confidence=config.gate_confidence, force=config.force_publish)
+        if split.trained_keys is not None:  # the images later versions must not score this one on
+            gate.write_trained_on(candidate.path, split.trained_keys)
         metadata["gate"] = decision.to_json()
         print(decision.message(), flush=True)
         if decision.publish:
@@ -352,6 +357,13 @@ def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
     if not decision.publish:
         raise HeldBack(decision, path, result)
     return result
+
+
+def _gate_split(datasets: data_lib.Datasets) -> gate.Split:
+    """What the gate needs of this run's data: its identity and a folder's file keys (the model
+    trained on train and chose its epochs, or its search, on validation)."""
+    keys = datasets.file_keys
+    return gate.Split(datasets.spec.identity, keys and keys["test"], keys and keys["train"] + keys["validation"])
 
 
 def _validation_metrics(ctx: _Run, trained: _Trained) -> dict:

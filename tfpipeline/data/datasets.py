@@ -67,6 +67,9 @@ class DatasetSpec:
     # Where the examples came from and how they were prepared: "kind" ("tfds" or "folder"), the
     # cache decision and, for a folder, its layout, split rule and skipped files.
     source: dict = dataclasses.field(default_factory=dict)
+    # Which data this is and which test examples it holds (`split_identity`): the promotion gate
+    # compares a new version only with versions of the same dataset, on examples neither trained on.
+    identity: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         record = dataclasses.asdict(dataclasses.replace(self, input=None))
@@ -90,6 +93,10 @@ class Datasets:
     train_files: tuple[list[str], list[int]] | None = None
     # True once `decode_into_memory` has filled each split's memory cache.
     in_memory: bool = False
+    # A folder dataset's `file_key` of each file, by role, in the order each split reads them
+    # (None for TFDS, whose test split is never a training split): which test images a
+    # published version trained on, for the promotion gate.
+    file_keys: dict[str, list[str]] | None = None
 
     def batched(self, dataset: tf.data.Dataset, *, batch_size: int, seed: int, training: bool,
                 own_splits: bool = True) -> tf.data.Dataset:
@@ -331,7 +338,7 @@ def load(
     roles = {"train": datasets.train, "validation": datasets.validation, "test": datasets.test}
     if plan.kind == "disk":  # each split's decoded examples in a file (TF writes it on the first full pass)
         roles = {role: ds.cache(str(Path(plan.directory) / role)) for role, ds in roles.items()}
-    return Datasets(spec, roles["train"], roles["validation"], roles["test"], plan, datasets.train_files)
+    return dataclasses.replace(datasets, spec=spec, **roles, cache_plan=plan)
 
 
 def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, *, image_size, channels) -> Datasets:
@@ -382,6 +389,7 @@ def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, *, image_
         num_examples={role: int(info.splits[split].num_examples) for role, split in splits.items()},
         source={"kind": "tfds"},
     )
+    spec = dataclasses.replace(spec, identity=split_identity(spec.to_json()))
     return Datasets(spec, datasets["train"], datasets["validation"], datasets["test"])
 
 
@@ -429,10 +437,48 @@ def _load_folder(path, validation_fraction, quick, *, image_size, channels, seed
                 "files": [Path(p).relative_to(idx.root).as_posix() for p, _ in idx.skipped[:folders.SHOW_SKIPPED]],
             },
         },
+        identity={"dataset": f"folder:{idx.root}",
+                  "test_digest": _test_files_digest(idx.root, files["test"], labels["test"])},
     )
     made = {role: folders.dataset(files[role], labels[role], size, out_channels) for role in files}
+    keys = {role: [file_key(Path(f).relative_to(idx.root).as_posix()) for f in files[role]] for role in files}
     return Datasets(spec, made["train"], made["validation"], made["test"],
-                    train_files=(files["train"], labels["train"]))
+                    train_files=(files["train"], labels["train"]), file_keys=keys)
+
+
+def file_key(relative: str) -> str:
+    """A folder file's key in a version's record of what it trained on: its path in the folder."""
+    return hashlib.sha256(relative.encode()).hexdigest()[:16]
+
+
+def _test_files_digest(root: Path, files: list[str], labels: list[int]) -> str:
+    """Which test images these are: each file's path, label and content hash. Another digest
+    means other test images (files added, removed or edited, or another split)."""
+    digest = hashlib.sha256()
+    for path, label in sorted(zip((Path(f).relative_to(root).as_posix() for f in files), labels)):
+        content = hashlib.sha256(Path(root, path).read_bytes()).hexdigest()
+        digest.update(f"{path}:{label}:{content}\n".encode())
+    return digest.hexdigest()
+
+
+def split_identity(dataset: dict) -> dict:
+    """The `identity` of a dataset as metadata.json's "dataset" records it: its own record when
+    it has one, else what the record implies (a TFDS dataset's name, version and test split
+    string; a folder's path, with its test images unknown: such versions did not record them).
+
+    Returns:
+        {"dataset": which data ("tfds:NAME", "folder:PATH", "KIND:NAME"), "test_digest": which
+        test examples (None: unknown)}.
+    """
+    if dataset.get("identity"):
+        return dataset["identity"]
+    source = dataset.get("source") or {}
+    kind = source.get("kind", "tfds")
+    if kind == "folder":
+        return {"dataset": f"folder:{source.get('path')}", "test_digest": None}
+    test = (dataset.get("splits") or {}).get("test")
+    text = f"{kind}:{dataset.get('name')}:{dataset.get('version')}:{test}"
+    return {"dataset": f"{kind}:{dataset.get('name')}", "test_digest": hashlib.sha256(text.encode()).hexdigest()}
 
 
 def shuffle_buffer_for(dataset: tf.data.Dataset, max_bytes: int = SHUFFLE_BUFFER_BYTES) -> int:
