@@ -321,18 +321,18 @@ def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
     spec = datasets.spec
     test_images, test_labels = evaluation.collect(
         datasets.batched(datasets.test, batch_size=1000, seed=config.seed, training=False))
-    test_eval = evaluation.evaluate(trained.model, test_images, test_labels, spec.class_names)
     for i, member in enumerate(trained.members or []):  # each alone, to show what averaging added
         member["test_accuracy"] = evaluation.evaluate(trained.model.get_layer(f"member{i}"), test_images,
                                                       test_labels, spec.class_names).accuracy
     validation = _validation_metrics(ctx, trained)
-    ctx.logdir.mkdir(parents=True, exist_ok=True)
-    (ctx.logdir / "metrics.json").write_text(json.dumps({"validation": validation, "test": test_eval.to_json()},
-                                                        indent=2))
-    metadata = _metadata(ctx, trained, validation=validation, test_eval=test_eval)
     tflite = quantize.settings_for(config, datasets.train, spec.input)  # None without --export-tflite
     with export.staged(trained.model, spec.input, ctx.export_base, test_images, test_labels,
-                       test_eval.accuracy) as candidate:
+                       class_names=spec.class_names) as candidate:
+        test_eval = candidate.evaluation  # the figures of the exported function, as it will serve
+        ctx.logdir.mkdir(parents=True, exist_ok=True)
+        (ctx.logdir / "metrics.json").write_text(json.dumps({"validation": validation, "test": test_eval.to_json()},
+                                                            indent=2))
+        metadata = _metadata(ctx, trained, validation=validation, test_eval=test_eval)
         if tflite is not None:  # raises quantize.QuantizationError past the allowed drop
             metadata["export"] = {"tflite": quantize.write_verified(tflite, candidate.path, test_images, test_labels,
                                                                     candidate.verified_accuracy)}

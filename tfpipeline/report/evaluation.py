@@ -57,6 +57,13 @@ def summarize(logits: np.ndarray, labels: np.ndarray, class_names) -> Evaluation
     return from_classes(labels, logits.argmax(axis=-1), class_names, float(loss))
 
 
+def from_probabilities(labels: np.ndarray, probabilities: np.ndarray, class_names) -> Evaluation:
+    """Metrics from predicted probabilities (a served signature's), the loss included."""
+    picked = np.take_along_axis(np.asarray(probabilities, np.float64), labels[:, None].astype(np.int64), axis=-1)
+    loss = float(-np.log(np.clip(picked, 1e-12, 1.0)).mean()) if len(labels) else None
+    return from_classes(labels, np.asarray(probabilities).argmax(axis=-1), class_names, loss)
+
+
 def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, class_names,
              batch_size: int = 1000) -> Evaluation:
     logits = model.predict(images, batch_size=batch_size, verbose=0)
