@@ -48,9 +48,9 @@ def test_split_layout_skips_and_reports_bad_files(tmp_path):
     assert len(idx.files["test"]) == 12 and all("/test/" in p for p in idx.files["test"])
     assert len(idx.files["validation"]) + len(idx.files["train"]) == 36
     assert all("/train/" in p for p in idx.files["validation"]) and idx.files["validation"]
+    paths = [Path(p).relative_to(root / "train").as_posix() for p in [*idx.files["train"], *idx.files["validation"]]]
     held = {Path(p).relative_to(root / "train").as_posix() for p in idx.files["validation"]}
-    assert held == {Path(p).relative_to(root / "train").as_posix() for p in [*idx.files["train"], *idx.files["validation"]]
-                    if folders._hash_fraction(3, Path(p).relative_to(root / "train").as_posix()) < 0.25}
+    assert held == {path for path in paths if folders._hash_fraction(3, path) < 0.25}
     # The label is the class folder.
     for role in idx.files:
         for path, label in zip(idx.files[role], idx.labels[role]):
