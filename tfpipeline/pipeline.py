@@ -155,7 +155,7 @@ def run(config: PipelineConfig) -> PipelineResult | WorkerResult:
         quantize.check_supported(datasets.spec.input)
     if dist.kind != "multi_worker":  # each worker decodes only what it reads (tfpipeline.distribute.sharding)
         datasets = datasets.decode_into_memory(verbose=1 if config.verbose is None else config.verbose)
-    state = _run_state(config, plan, dist)
+    state = _run_state(config, plan, dist, datasets.spec.version)
     logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)
     ctx = _Run(config, dist, datasets, state, logdir, export_base, started)
 
@@ -173,7 +173,8 @@ def run(config: PipelineConfig) -> PipelineResult | WorkerResult:
     return _evaluate_and_publish(ctx, trained)
 
 
-def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> runstate.RunState:
+def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution,
+               data_version: str = "") -> runstate.RunState:
     """The unfinished run of this command (to resume), or a new one."""
     if plan is not None:
         from tfpipeline import tuning
@@ -181,8 +182,10 @@ def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> r
         this_role = tuning.role()
         if this_role == "worker":  # the chief writes run.json before it listens
             tuning.wait_for_chief()
+        # --epochs too: the search's own key leaves it out, but it sets the retraining's length.
         state_dir = Path(config.work_dir) / config.dataset_name / runstate.key(
-            f"tune-{config.model}", tuning.identity(config, plan))
+            f"tune-{config.model}",
+            {**tuning.identity(config, plan), **({"epochs": config.epochs} if config.epochs is not None else {})})
         state = runstate.resolve(state_dir, runstate.new_run_id(config.run_name, config.model, True),
                                  overwrite=plan.overwrite, follower=this_role == "worker")
         if this_role == "worker" and state.created:
@@ -196,6 +199,8 @@ def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> r
     if dist.kind != "default":  # another global batch: another run
         identity["distribution"] = dist.identity()
     identity.update(training.optimizer_options(config))  # only when set: older keys stay valid
+    if data_version.startswith("files-"):  # a folder: its files and split, not just its path
+        identity["files"] = data_version
     state_dir = dist.writable(Path(config.work_dir) / config.dataset_name / runstate.key(config.model, identity))
     return runstate.resolve(state_dir, runstate.new_run_id(config.run_name, config.model, False))
 
@@ -258,8 +263,12 @@ def _train(ctx: _Run) -> _Trained:
         model = build(member)
         return model, _fit_member(ctx, job, model, member=member, run_log=logs["run"])
 
+    shaping = {k: v for k, v in dataclasses.asdict(job.settings).items()  # not the logging ones
+               if k not in ("verbose", "histogram_freq", "profile_batches")}
+    trained_by = {"family": job.family, "hp": dataclasses.asdict(job.hp), "settings": shaping,
+                  "distribution": dist.identity(), "data": ctx.datasets.spec.version, "trained_on": job.trained_on}
     members, records = ensemble.train_members(config.members(tuned=ctx.found is not None), fit, build,
-                                              ctx.state.run_dir)
+                                              ctx.state.run_dir, trained_by)
     if dist.kind == "multi_worker":
         # Evaluate and export a single-device copy: it runs on this machine alone, with no
         # collective the other workers would have to join (reading the weights is the last).
@@ -289,9 +298,15 @@ def _fit_member(ctx: _Run, job: _Training, model: keras.Model, *, member: int,
         print(f"Resuming interrupted run {state.run_id} from its last saved epoch ({backup}).", flush=True)
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
     augmentation = models.augmentation(job.family, hp, seed)
-    train_input = augmentation.apply(ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size),
-                                                          seed=seed, training=True))
+    # Each epoch's order and shifts are fixed by (seed, epoch): a resumed run starts its stream at
+    # the epoch its backup restores, and trains the batches an uninterrupted run would.
+    train_input = ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size), seed=seed,
+                                       training=True, first_epoch=training.resumed_epoch(backup),
+                                       per_batch=augmentation.per_batch(seed))
     input_sharding = None
+    if dist.kind == "multi_worker":  # its own loop and input: the augmentation is switched by a callback
+        train_input = augmentation.apply(ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size),
+                                                              seed=seed, training=True))
     if dist.kind == "multi_worker" and job.trained_on == ["train"]:  # a folder's files: each worker its share
         train_input, input_sharding = sharding.training_input(
             ctx.datasets, train_input, workers=dist.workers, replicas=dist.replicas, per_replica_batch=hp.batch_size,
@@ -299,7 +314,8 @@ def _fit_member(ctx: _Run, job: _Training, model: keras.Model, *, member: int,
     validation = job.validation
     result = fit(model, train_input, validation, job.settings,
                  logdir=ctx.logdir if not member else ctx.logdir / f"member{member}", backup_dir=backup,
-                 extra_callbacks=[*augmentation.callbacks(), *(run_log.callbacks(validation) if not member else [])])
+                 extra_callbacks=[*(augmentation.callbacks() if dist.kind == "multi_worker" else []),
+                                  *(run_log.callbacks(validation) if not member else [])])
     return {"seed": seed, "epochs_run": training.epochs_completed(result),
             # Optimizer steps over the whole run, resumed parts included: the schedule's position.
             "steps_run": int(model.optimizer.iterations.numpy()), "resumed": resumed,

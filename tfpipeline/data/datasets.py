@@ -99,7 +99,7 @@ class Datasets:
     file_keys: dict[str, list[str]] | None = None
 
     def batched(self, dataset: tf.data.Dataset, *, batch_size: int, seed: int, training: bool,
-                own_splits: bool = True) -> tf.data.Dataset:
+                own_splits: bool = True, **epochs) -> tf.data.Dataset:
         """`batched(dataset, ...)` for these datasets: in-memory cache only when the cache plan
         says so (and the split is not in memory already), and a shuffle buffer of at most a
         quarter of the cache budget. `own_splits=False` for a dataset made from these, such as a
@@ -109,7 +109,7 @@ class Datasets:
         budget = plan.budget_bytes if plan else 4 * SHUFFLE_BUFFER_BYTES
         cache = memory and not (own_splits and self.in_memory)
         return batched(dataset, batch_size=batch_size, seed=seed, training=training, cache=cache,
-                       shuffle_buffer_bytes=min(SHUFFLE_BUFFER_BYTES, budget // 4))
+                       shuffle_buffer_bytes=min(SHUFFLE_BUFFER_BYTES, budget // 4), **epochs)
 
     def decode_into_memory(self, verbose: int = 1) -> Datasets:
         """These datasets with every split decoded now, once, into its memory cache, when the
@@ -498,6 +498,8 @@ def make_pipeline(
     seed: int,
     cache: bool = True,
     shuffle_buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
+    first_epoch: int | None = None,
+    per_batch=None,
 ) -> tf.data.Dataset:
     """Batch an unbatched `(image, label)` dataset for training or evaluation.
 
@@ -508,18 +510,51 @@ def make_pipeline(
     `shuffle_buffer_bytes`), batch, and prefetch so the next batch is ready when the model asks
     for it. The order is always deterministic (cheap here); `--deterministic` adds op
     determinism on top.
+
+    With `first_epoch` (training only), the result is endless: epoch `first_epoch`, then the
+    next, each shuffled with `epoch_seed(seed, epoch)`, so an epoch's order depends on the seed
+    and its number alone, not on how many epochs this iterator ran before (a resumed run, a
+    search trial after other trials). `per_batch(images, labels, epoch, step)` then runs on
+    each batch, one at a time, knowing where it is (the training augmentation).
     """
     if cache:
         dataset = dataset.cache()
+    if training and first_epoch is not None:
+        return _epochs(dataset, batch_size=batch_size, seed=seed, first_epoch=first_epoch, per_batch=per_batch,
+                       buffer=shuffle_buffer_for(dataset, shuffle_buffer_bytes))
     if training:
         buffer = shuffle_buffer_for(dataset, shuffle_buffer_bytes)
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _with_options(dataset).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed, epoch):
+    """The shuffle seed of one epoch: a function of the run's seed and the epoch's number only."""
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+
+def _epochs(dataset: tf.data.Dataset, *, batch_size: int, seed: int, first_epoch: int, per_batch,
+            buffer: int) -> tf.data.Dataset:
+    """`make_pipeline`'s endless training stream, epoch by epoch from `first_epoch`."""
+    def one_epoch(epoch):
+        order = dataset.shuffle(buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+        batches = order.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if per_batch is None:
+            return batches
+        return batches.enumerate().map(lambda step, batch: per_batch(*batch, epoch, step), num_parallel_calls=1,
+                                       deterministic=True)
+
+    endless = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
+    return _with_options(endless).prefetch(tf.data.AUTOTUNE)
+
+
+def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.deterministic = True
     # The cached source is not file-based, so a multi-worker strategy must shard by data.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return dataset.with_options(options)
 
 
 def batched(dataset: tf.data.Dataset, *, batch_size: int, seed: int, training: bool, **options) -> tf.data.Dataset:
