@@ -259,3 +259,13 @@ def test_a_baseline_from_another_split_is_never_scored_on_its_training_examples(
     assert "left out of the comparison" in compared.message() and "(200 it trained on left out)" in compared.message()
     gate.write_trained_on(tmp_path / "quadrants" / "1", keys)
     assert _decide(copy, 0, split=other_split).reason == "not compared"
+
+
+def test_gate_confidence_is_a_percentage_from_50_to_below_100():
+    for bad in (100, 0.95, 120, -5):
+        with pytest.raises(UserError, match=rf"--gate-confidence must be a percentage .* got {bad}\."):
+            PipelineConfig(gate_confidence=bad).validate()
+    PipelineConfig(gate_confidence=99.9).validate()
+    from tfpipeline.cli import build_parser
+
+    assert build_parser().parse_args([]).gate_confidence == 95.0
