@@ -121,21 +121,22 @@ def test_a_trials_data_depends_on_its_seed_and_epoch_only(tiny_images):
     from tfpipeline.data.augmentation import Augmentation
     from tfpipeline.tuning.hypermodel import TrialData
 
+    keras.utils.set_random_seed(0)  # --seed 0: TF refuses a tensor op seed beside a global seed of 0
     images, labels = tiny_images
     source = tf.data.Dataset.from_tensor_slices((images, labels))
     shift = Augmentation(keras.layers.RandomTranslation(0.2, 0.2, seed=3), start_epoch=1)
     data = TrialData(source, source, seed=3)
-    train, steps = data.trial_train(64, first_epoch=0, per_batch=shift.per_batch(3))
+    train, steps = data.trial_train(64, first_epoch=0, end_epoch=2, per_batch=shift.per_batch(3))
     alone = _batches(train, 2 * steps)
     # Another trial read three epochs of the same data first: this one's batches are the same.
-    other, _ = data.trial_train(128, first_epoch=0, per_batch=shift.per_batch(3))
+    other, _ = data.trial_train(128, first_epoch=0, end_epoch=3, per_batch=shift.per_batch(3))
     _batches(other, 3 * 4)
-    again, _ = data.trial_train(64, first_epoch=0, per_batch=shift.per_batch(3))
+    again, _ = data.trial_train(64, first_epoch=0, end_epoch=2, per_batch=shift.per_batch(3))
     for got, want in zip(_batches(again, 2 * steps), alone, strict=True):
         np.testing.assert_array_equal(got, want)
     # Resumed at epoch 1 (a Hyperband round continuing its parent, a restarted run): epoch 1's
     # batches, shifted as in the uninterrupted stream.
-    resumed, _ = data.trial_train(64, first_epoch=1, per_batch=shift.per_batch(3))
+    resumed, _ = data.trial_train(64, first_epoch=1, end_epoch=2, per_batch=shift.per_batch(3))
     for got, want in zip(_batches(resumed, steps), alone[steps:], strict=True):
         np.testing.assert_array_equal(got, want)
     # Epoch 0 is as it is, epoch 1 shifted; and another epoch is another order.

@@ -302,7 +302,7 @@ def _fit_member(ctx: _Run, job: _Training, model: keras.Model, *, member: int,
     # the epoch its backup restores, and trains the batches an uninterrupted run would.
     train_input = ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size), seed=seed,
                                        training=True, first_epoch=training.resumed_epoch(backup),
-                                       per_batch=augmentation.per_batch(seed))
+                                       end_epoch=job.settings.epochs, per_batch=augmentation.per_batch(seed))
     input_sharding = None
     if dist.kind == "multi_worker":  # its own loop and input: the augmentation is switched by a callback
         train_input = augmentation.apply(ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size),

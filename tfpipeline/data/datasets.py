@@ -499,6 +499,7 @@ def make_pipeline(
     cache: bool = True,
     shuffle_buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
     first_epoch: int | None = None,
+    end_epoch: int | None = None,
     per_batch=None,
 ) -> tf.data.Dataset:
     """Batch an unbatched `(image, label)` dataset for training or evaluation.
@@ -512,16 +513,17 @@ def make_pipeline(
     determinism on top.
 
     With `first_epoch` (training only), the result is endless: epoch `first_epoch`, then the
-    next, each shuffled with `epoch_seed(seed, epoch)`, so an epoch's order depends on the seed
-    and its number alone, not on how many epochs this iterator ran before (a resumed run, a
-    search trial after other trials). `per_batch(images, labels, epoch, step)` then runs on
-    each batch, one at a time, knowing where it is (the training augmentation).
+    next up to `end_epoch` (exclusive), each shuffled with `epoch_seed(seed, epoch)`, so an
+    epoch's order depends on the seed and its number alone, not on how many epochs this
+    iterator ran before (a resumed run, a search trial after other trials).
+    `per_batch(images, labels, epoch, step)` then runs on each batch, one at a time, knowing
+    where it is (the training augmentation).
     """
     if cache:
         dataset = dataset.cache()
     if training and first_epoch is not None:
-        return _epochs(dataset, batch_size=batch_size, seed=seed, first_epoch=first_epoch, per_batch=per_batch,
-                       buffer=shuffle_buffer_for(dataset, shuffle_buffer_bytes))
+        return _epochs(dataset, batch_size=batch_size, seed=seed, first_epoch=first_epoch, end_epoch=end_epoch,
+                       per_batch=per_batch, buffer=shuffle_buffer_for(dataset, shuffle_buffer_bytes))
     if training:
         buffer = shuffle_buffer_for(dataset, shuffle_buffer_bytes)
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
@@ -529,24 +531,33 @@ def make_pipeline(
     return _with_options(dataset).prefetch(tf.data.AUTOTUNE)
 
 
-def epoch_seed(seed, epoch):
+def epoch_seed(seed: int, epoch: int) -> int:
     """The shuffle seed of one epoch: a function of the run's seed and the epoch's number only."""
-    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+    return seed * 1_000_003 + epoch
 
 
-def _epochs(dataset: tf.data.Dataset, *, batch_size: int, seed: int, first_epoch: int, per_batch,
-            buffer: int) -> tf.data.Dataset:
-    """`make_pipeline`'s endless training stream, epoch by epoch from `first_epoch`."""
-    def one_epoch(epoch):
+def _epochs(dataset: tf.data.Dataset, *, batch_size: int, seed: int, first_epoch: int, end_epoch: int | None,
+            per_batch, buffer: int) -> tf.data.Dataset:
+    """`make_pipeline`'s endless training stream, epoch by epoch from `first_epoch`.
+
+    Each epoch is its own dataset with a Python-int seed, concatenated in order up to
+    `end_epoch` (then the whole repeats, for a loop that runs on, such as a divergence retry):
+    a seed computed from the epoch inside the pipeline would be a tensor, which TF's seed
+    handling refuses when the global seed is 0.
+    """
+    def one_epoch(epoch: int) -> tf.data.Dataset:
         order = dataset.shuffle(buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
         batches = order.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if per_batch is None:
             return batches
-        return batches.enumerate().map(lambda step, batch: per_batch(*batch, epoch, step), num_parallel_calls=1,
+        number = tf.constant(epoch, tf.int64)
+        return batches.enumerate().map(lambda step, batch: per_batch(*batch, number, step), num_parallel_calls=1,
                                        deterministic=True)
 
-    endless = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
-    return _with_options(endless).prefetch(tf.data.AUTOTUNE)
+    stream = one_epoch(first_epoch)
+    for epoch in range(first_epoch + 1, max(first_epoch + 1, end_epoch or 0)):
+        stream = stream.concatenate(one_epoch(epoch))
+    return _with_options(stream.repeat()).prefetch(tf.data.AUTOTUNE)
 
 
 def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:

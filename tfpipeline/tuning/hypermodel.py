@@ -46,13 +46,14 @@ class TrialData:
         self.batched = batched or data_lib.batched
         self._pipelines: dict[int, tuple[tf.data.Dataset, tf.data.Dataset]] = {}
 
-    def trial_train(self, batch_size: int, *, first_epoch: int, per_batch) -> tuple[tf.data.Dataset, int]:
-        """A trial's own training stream from epoch `first_epoch` on, each epoch's order and shifts
-        fixed by the seed and the epoch (`data.make_pipeline`), whatever trials ran before it;
-        and its steps per epoch."""
+    def trial_train(self, batch_size: int, *, first_epoch: int, end_epoch: int,
+                    per_batch) -> tuple[tf.data.Dataset, int]:
+        """A trial's own training stream for epochs `first_epoch`..`end_epoch`, each epoch's order
+        and shifts fixed by the seed and the epoch (`data.make_pipeline`), whatever trials ran
+        before it; and its steps per epoch."""
         steps = -(-int(self.train.cardinality()) // batch_size)
         return self.batched(self.train, batch_size=batch_size, seed=self.seed, training=True,
-                            first_epoch=first_epoch, per_batch=per_batch), steps
+                            first_epoch=first_epoch, end_epoch=end_epoch, per_batch=per_batch), steps
 
     def pipelines(self, batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         if batch_size not in self._pipelines:
@@ -147,7 +148,7 @@ class PipelineHyperModel(kt.HyperModel):
         family, hparams = self.family_hyperparams(kt_hp)
         _, validation = setup.data.pipelines(hparams.batch_size)
         augmentation = models.augmentation(family, hparams, setup.config.seed)
-        train, steps = setup.data.trial_train(hparams.batch_size, first_epoch=initial_epoch,
+        train, steps = setup.data.trial_train(hparams.batch_size, first_epoch=initial_epoch, end_epoch=epochs,
                                               per_batch=augmentation.per_batch(setup.config.seed))
         logdir = setup.logdir / "trials" / self.trial_id
         # The row the HParams dashboard shows: the same names as a run's row
