@@ -33,10 +33,10 @@ def _env(manual_dir, data_dir) -> dict:
     return {"TFPIPELINE_MANUAL_DIR": str(manual_dir), "TFDS_DATA_DIR": data_dir}
 
 
-def _killed(cwd: Path, env: dict, *, when) -> int:
+def _killed(cwd: Path, env: dict, *, when, command=COMMAND) -> int:
     """Start the command, SIGKILL it once `when(backup_epoch, stdout_so_far)` says so, and
     return the epoch its backup held (the epochs it had finished)."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.mnist", *COMMAND], cwd=cwd,
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.mnist", *command], cwd=cwd,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env},
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: list[str] = []
@@ -107,6 +107,23 @@ def test_killed_in_the_middle_of_an_epoch_resumes_to_the_same_weights(uninterrup
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Resuming training from epoch 3/4" in proc.stdout
     assert _digest(proc) == uninterrupted[0]
+
+
+TUNED = ("--quick", "--tune", "--ensemble", "2", "--deterministic", "--histogram-freq", "0")
+
+
+@pytest.mark.slow
+def test_a_tuned_run_killed_during_an_ensemble_member_resumes_to_the_same_weights(tmp_path, manual_dir, data_dir):
+    env = _env(manual_dir, data_dir)
+    (tmp_path / "whole").mkdir()
+    whole = run_cli(*TUNED, cwd=tmp_path / "whole", env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    (tmp_path / "killed").mkdir()
+    _killed(tmp_path / "killed", env, command=TUNED, when=lambda epoch, out: "Member 2 of 2:" in out)
+    rerun = run_cli(*TUNED, cwd=tmp_path / "killed", env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Member 1 of 2: trained before this run was interrupted; loaded" in rerun.stdout
+    assert _digest(rerun) == _digest(whole)
 
 
 def _batches(train, count: int) -> list:
