@@ -8,6 +8,7 @@ two machines): they share nothing but the network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_ports, run_cli
-from tfpipeline import distribute
+from tfpipeline import distribute, models
 from tfpipeline.errors import UserError
 
 # No shifts: they are the MLP's default for 20 epochs of full MNIST, and cost a 32-unit MLP
@@ -263,6 +264,20 @@ def test_mirrored_reaches_the_single_device_accuracy(mirrored_and_default):
     a, b = one["metrics"]["test"]["accuracy"], two["metrics"]["test"]["accuracy"]
     assert a > 0.85 and b > 0.85
     assert abs(a - b) < 0.03, (a, b)
+
+
+@pytest.mark.slow
+def test_the_default_cnn_trains_mirrored(tmp_path, env):
+    """The current default CNN itself (its defaults, its frozen first epoch and its shifts), not a
+    tiny stand-in, under MirroredStrategy over two logical CPU devices; --quick keeps it short."""
+    proc = run_cli("--quick", "--strategy", "mirrored", "--cpu-devices", "2", "--epochs", "2",
+                   "--histogram-freq", "0", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    meta = metadata(tmp_path)
+    assert meta["model"]["family"] == "cnn" and meta["distribution"]["replicas"] == 2
+    defaults = dataclasses.asdict(models.hyperparams("cnn", {"epochs": 2}))
+    assert meta["model"]["hyperparameters"] == json.loads(json.dumps(defaults))
+    assert meta["training"]["epochs_run"] == 2 and meta["metrics"]["test"]["accuracy"] > 0.5
 
 
 # --- two workers -------------------------------------------------------------------------------

@@ -66,6 +66,29 @@ def test_an_interrupted_ensemble_resumes_at_the_member_it_was_training(tmp_path)
     assert json.loads((tmp_path / "member2.json").read_text()) == {"seed": 102}
 
 
+def test_a_member_kept_from_other_settings_is_trained_again(tmp_path):
+    trained = []
+
+    def train(i):
+        trained.append(i)
+        return _member(100 + i), {"seed": 100 + i}
+
+    def interrupted(i):
+        if i == 1:
+            raise _Interrupted
+        return train(i)
+
+    with pytest.raises(_Interrupted):  # member 0 kept, trained for 4 epochs
+        ensemble.train_members(2, interrupted, lambda i: _member(0), tmp_path, {"epochs": 4})
+    # Run again with another --epochs: member 0 is not loaded into the new ensemble, but trained again.
+    _, records = ensemble.train_members(2, train, lambda i: _member(0), tmp_path, {"epochs": 6})
+    assert trained == [0, 0, 1] and [r["trained_by"] for r in records] == [{"epochs": 6}] * 2
+    assert "loaded" not in records[0]
+    # The same settings again: both are loaded.
+    _, records = ensemble.train_members(2, train, lambda i: _member(0), tmp_path, {"epochs": 6})
+    assert trained == [0, 0, 1] and all(r["loaded"] for r in records)
+
+
 def test_one_model_keeps_nothing_in_the_state_folder(tmp_path):
     models, records = ensemble.train_members(1, lambda i: (_member(i), {"seed": i}), _member, tmp_path)
     assert len(models) == 1 and records == [{"seed": 0}] and not list(tmp_path.iterdir())

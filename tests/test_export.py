@@ -127,3 +127,64 @@ def test_kill_during_export_leaves_no_partial_version(tmp_path):
     labels = model.predict(imgs, verbose=0).argmax(-1)
     export.export_verified(model, ImageInput(28, 28, 1), base, imgs, labels, 1.0, metadata={})
     assert not [p for p in base.iterdir() if p.name.startswith(export.TMP_PREFIX)]
+
+
+def test_compare_allows_only_near_ties_to_flip_and_counts_them():
+    reference = np.array([[0.7, 0.2, 0.1], [0.5002, 0.4998, 0.0], [0.1, 0.3, 0.6]], np.float32)
+    same = export.compare(reference, reference)
+    assert same["classes_differing"] == 0 and same["max_probability_difference"] == 0.0
+    # The second example is a near-tie (0.0004 apart, within twice the tolerance): its class may flip.
+    flipped = reference.copy()
+    flipped[1] = [0.4999, 0.5001, 0.0]
+    found = export.compare(reference, flipped)
+    assert found["classes_differing"] == found["near_ties_differing"] == 1 and found["examples"] == 3
+    assert found["probability_tolerance"] == export.PROBABILITY_TOLERANCE
+    # A probability off by more than the tolerance is refused (so is a clear winner that changes:
+    # that moves two probabilities by half the gap between them, at least).
+    off = reference.copy()
+    off[0] = [0.69, 0.21, 0.1]
+    with pytest.raises(errors.ExportVerificationError, match="differ .* by up to 0.01 .* 0 of them not near-ties"):
+        export.compare(reference, off)
+    with pytest.raises(errors.ExportVerificationError, match="class differs on 1 of 3 .* 1 of them not near-ties"):
+        export.compare(reference, reference[[0, 1, 0]])
+
+
+@pytest.mark.slow
+def test_forced_xla_run_publishes_the_served_functions_figures(tmp_path, data_dir, manual_dir, monkeypatch):
+    """A GPU run compiles training and its in-memory evaluation with XLA (jit_compile="auto"); the
+    served signature is a plain tf.function. Forcing XLA here does the same on the CPU."""
+    from tfpipeline import training
+    from tfpipeline.pipeline import PipelineConfig, run
+    from tfpipeline.report import evaluation
+
+    compiled = []
+    plain = training.settings_for
+
+    def with_xla(*args, **kwargs):
+        compiled.append(plain(*args, **kwargs, jit_compile=True))
+        return compiled[-1]
+
+    monkeypatch.setattr(training, "settings_for", with_xla)
+    result = run(PipelineConfig(model="mlp", hparams={"units": 64}, quick=True, epochs=2, histogram_freq=0,
+                                verbose=0, data_dir=data_dir, manual_dir=str(manual_dir),
+                                export_dir=str(tmp_path / "exported"), logdir=str(tmp_path / "runs"),
+                                work_dir=str(tmp_path / "work")))
+    assert compiled and all(settings.jit_compile is True for settings in compiled)
+    assert result.export_path == tmp_path / "exported/mnist/1"
+    metadata = json.loads(result.metadata_path.read_text())
+    # What was recorded is what the published file serves, to the last example.
+    from tfpipeline import data
+
+    datasets = data.load("mnist", data_dir=data_dir, manual_dir=str(manual_dir), quick=True)
+    images, labels = evaluation.collect(datasets.batched(datasets.test, batch_size=1000, seed=42, training=False))
+    served = export.savedmodel_predict(result.export_path, ImageInput(28, 28, 1), images)
+    figures = evaluation.from_probabilities(labels, served["probabilities"], [str(i) for i in range(10)])
+    recorded = metadata["metrics"]["test"]
+    assert recorded["accuracy"] == figures.accuracy == result.test_accuracy
+    assert recorded["confusion_matrix"] == figures.confusion_matrix
+    assert recorded["loss"] == pytest.approx(figures.loss, rel=1e-6)
+    verification = metadata["export"]["verification"]
+    assert verification["examples"] == 10_000 and verification["probability_tolerance"] == 1e-3
+    assert verification["max_probability_difference"] <= 1e-3
+    assert verification["classes_differing"] == verification["near_ties_differing"]
+    assert metadata["export"]["verified_test_accuracy"] == recorded["accuracy"]

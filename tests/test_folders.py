@@ -44,10 +44,13 @@ def test_split_layout_skips_and_reports_bad_files(tmp_path):
         assert reasons[stray].startswith("not an image")
     used = {p for role in idx.files for p in idx.files[role]}
     assert not used & {str(p) for p in broken}
-    # test/ is read as it is; validation is held out of train/, 3 of each class's 12.
+    # test/ is read as it is; validation is held out of train/: the files whose hash falls below 0.25.
     assert len(idx.files["test"]) == 12 and all("/test/" in p for p in idx.files["test"])
-    assert len(idx.files["validation"]) == 9 and len(idx.files["train"]) == 27
-    assert sorted(np.bincount(idx.labels["validation"])) == [3, 3, 3]
+    assert len(idx.files["validation"]) + len(idx.files["train"]) == 36
+    assert all("/train/" in p for p in idx.files["validation"]) and idx.files["validation"]
+    paths = [Path(p).relative_to(root / "train").as_posix() for p in [*idx.files["train"], *idx.files["validation"]]]
+    held = {Path(p).relative_to(root / "train").as_posix() for p in idx.files["validation"]}
+    assert held == {path for path in paths if folders._hash_fraction(3, path) < 0.25}
     # The label is the class folder.
     for role in idx.files:
         for path, label in zip(idx.files[role], idx.labels[role]):
@@ -65,12 +68,25 @@ def test_flat_layout_split_is_seeded_and_stable(tmp_path):
     assert relative(a.files["test"], root) != relative(c.files["test"], root)
     sets = [set(a.files[r]) for r in ("train", "validation", "test")]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
-    assert [len(s) for s in sets] == [36, 12, 12]  # per class: 4 validation, 4 test
+    assert sum(map(len, sets)) == 60 and all(sets)
     assert a.split_rule["held_out"]["test"]["seed"] == 7
-    # Adding files keeps the old files' splits when the class sizes' shares round the same.
-    write_images(root / "circle", "circle", 1, np.random.default_rng(5), start=500)
-    d = folders.index(root, validation_fraction=0.2, seed=7)
-    assert set(relative(a.files["test"], root)) == set(relative(d.files["test"], root))
+
+
+def test_a_file_keeps_its_split_when_many_files_are_added(tmp_path):
+    root = flat_folder(tmp_path / "flat", per_class=20)
+    before = folders.index(root, validation_fraction=0.2, seed=7)
+    role_of = {path: role for role in ("train", "validation", "test") for path in relative(before.files[role], root)}
+    rng = np.random.default_rng(5)
+    for kind in ("circle", "square", "triangle"):  # five times as many files, unevenly per class
+        write_images(root / kind, kind, {"circle": 150, "square": 60, "triangle": 90}[kind], rng, start=500,
+                     sizes=(8, 12))
+    after = folders.index(root, validation_fraction=0.2, seed=7)
+    now = {path: role for role in ("train", "validation", "test") for path in relative(after.files[role], root)}
+    assert len(now) == len(role_of) + 300
+    assert {path: now[path] for path in role_of} == role_of
+    # The new files spread over the splits by the thresholds: about 20% each held out.
+    added = [role for path, role in now.items() if path not in role_of]
+    assert 30 < added.count("validation") < 90 and 30 < added.count("test") < 90
 
 
 @pytest.mark.parametrize(
@@ -129,7 +145,8 @@ def test_load_mixed_sizes_rgb_and_grayscale(tmp_path):
     ds = data.load(str(root), image_size=(24, 20), work_dir=str(tmp_path / "work"), validation_fraction=0.2)
     assert ds.spec.input_shape == (24, 20, 3) and ds.spec.source["channels_from"].startswith("data")
     images, labels = next(iter(ds.train.batch(100)))
-    assert images.dtype == tf.uint8 and images.shape[1:] == (24, 20, 3) and len(labels) == 24
+    assert images.dtype == tf.uint8 and images.shape[1:] == (24, 20, 3)
+    assert len(labels) == ds.spec.num_examples["train"] == 30 - ds.spec.num_examples["validation"]
     gray = data.load(str(root), image_size=(24, 20), channels=1, work_dir=str(tmp_path / "work"),
                      validation_fraction=0.2)
     assert next(iter(gray.test.batch(4)))[0].shape[1:] == (24, 20, 1)
@@ -294,7 +311,7 @@ def test_images_pipeline_flat_layout_and_empty_folder(tmp_path):
     metadata = json.loads((tmp_path / "exported" / "flat" / "1" / "metadata.json").read_text())
     held = metadata["dataset"]["source"]["split"]["held_out"]
     assert held["test"]["seed"] == 5 and held["validation"]["fraction"] == 0.1
-    assert metadata["dataset"]["num_examples"] == {"train": 63, "validation": 6, "test": 6}
+    assert sum(metadata["dataset"]["num_examples"].values()) == 75
     (tmp_path / "nothing").mkdir()
     out = run_module("pipelines.images", "--dataset", str(tmp_path / "nothing"), "--no-tune", cwd=tmp_path)
     assert out.returncode == 2 and "is empty" in " ".join(out.stderr.split()) and "Traceback" not in out.stderr
@@ -341,7 +358,7 @@ def test_decode_into_memory_reads_the_files_once(tmp_path):
 
 
 def test_decode_into_memory_leaves_a_disk_cached_dataset_alone(tmp_path):
-    root = flat_folder(tmp_path / "shapes", per_class=6)
+    root = flat_folder(tmp_path / "shapes", per_class=15)
     datasets = data.load(str(root), image_size=(16, 16), cache_budget=1, work_dir=tmp_path / "work")
     assert datasets.cache_plan.kind == "disk"
     assert datasets.decode_into_memory(verbose=0) is datasets

@@ -79,7 +79,7 @@ def test_each_worker_input_decodes_only_its_share(tmp_path):
     steps = math.ceil(len(paths) / 8)
     train, record = sharding.training_input(datasets, None, workers=2, replicas=2, per_replica_batch=4,
                                             steps_per_epoch=steps, seed=3)
-    assert callable(train) and record["training_files"] == len(paths) == 24
+    assert callable(train) and record["training_files"] == len(paths) == datasets.spec.num_examples["train"] > 16
     lookup = pixels_to_files(paths, root, (12, 12), 3)
     shares, sizes = [], []
     for worker in (0, 1):
@@ -152,19 +152,21 @@ def test_two_workers_read_disjoint_shares_of_a_folder(tmp_path):
     assert meta["distribution"]["weights_sha256"] == digests[0]
     assert not (tmp_path / "worker1" / "exported").exists()
     record = meta["distribution"]["input"]
-    assert record["sharding"] == "files" and record["training_files"] == meta["dataset"]["num_examples"]["train"] == 69
-    assert [w["files"] for w in record["workers"]] == [int(m.group(2)) for m in lines] == [35, 34]
+    split = folders.index(root, validation_fraction=0.1, seed=42)
+    n = len(split.files["train"])  # the hash threshold's draw: about 80 of the 101 files, less the skipped
+    half = math.ceil(n / 2)
+    assert record["sharding"] == "files" and record["training_files"] == meta["dataset"]["num_examples"]["train"] == n
+    assert [w["files"] for w in record["workers"]] == [int(m.group(2)) for m in lines] == [half, n - half]
     assert [w["files_sha256"] for w in record["workers"]] == [m.group(4) for m in lines]
-    # 35 examples per worker and epoch (worker 1 reads one file twice): 5 batches of 8 each.
-    assert meta["training"]["steps_per_epoch"] == record["batches_per_worker_per_epoch"] == math.ceil(69 / 16)
-    assert meta["training"]["steps_run"] == 2 * 5
+    # `half` examples per worker and epoch (worker 1 reads one file twice when n is odd), in batches of 8.
+    assert meta["training"]["steps_per_epoch"] == record["batches_per_worker_per_epoch"] == math.ceil(n / 16)
+    assert meta["training"]["steps_run"] == 2 * math.ceil(n / 16)
     assert meta["dataset"]["source"]["skipped"]["undecodable"] == 2
 
     # What each worker really decoded: its disk cache, matched to the files by their pixels.
-    split = folders.index(root, validation_fraction=0.1, seed=42)
     lookup = pixels_to_files(split.files["train"], root, (16, 16), 3)
     shares = [names_of(cached_images(tmp_path / f"worker{i}", i, (16, 16, 3)), lookup) for i in (0, 1)]
-    assert [len(s) for s in shares] == [35, 35] and [len(set(s)) for s in shares] == [35, 34]
+    assert [len(s) for s in shares] == [half, half] and [len(set(s)) for s in shares] == [half, n - half]
     assert set(shares[0]).isdisjoint(shares[1])
     assert set(shares[0]) | set(shares[1]) == set(lookup.values())  # the whole training split
     assert [sharding.names_digest(set(s)) for s in shares] == [m.group(4) for m in lines]

@@ -310,13 +310,17 @@ def _search(parser: argparse.ArgumentParser, dataset: str) -> None:
 def _gate(parser: argparse.ArgumentParser, dataset: str) -> None:
     group = parser.add_argument_group(
         "promotion gate",
-        "Before publishing, the new version is scored against the latest published version under the\n"
-        "same export base, on the same test split. It is held back (kept under <base>/candidates/,\n"
-        f"exit status {EXIT_HELD_BACK}) if its test accuracy is lower by more than --max-regression.",
+        "Before publishing, the new version and the best published version of the same data are scored on\n"
+        "the same test examples (none the old one trained on). It is held back (kept under\n"
+        f"<base>/candidates/, exit status {EXIT_HELD_BACK}) if McNemar's exact test shows, at\n"
+        "--gate-confidence, that its test accuracy is lower by more than --max-regression.",
     )
     group.add_argument("--max-regression", type=float, default=_DEFAULTS["max_regression"], metavar="POINTS",
-                       help="percentage points of test accuracy a new version may lose "
+                       help="percentage points of test accuracy a new version may lose: the gate's margin "
                             f"(default {_DEFAULTS['max_regression']})")
+    group.add_argument("--gate-confidence", type=float, default=_DEFAULTS["gate_confidence"], metavar="PERCENT",
+                       help="hold back a new version shown worse than the margin at this confidence "
+                            f"(default {_DEFAULTS['gate_confidence']:g})")
     group.add_argument("--force-publish", action="store_true", help="publish even if the gate would hold it back")
 
 
@@ -387,7 +391,8 @@ def config_from_args(args: argparse.Namespace, kind: str = "image"):
         search=SearchSettings(tuner=args.tuner, max_trials=args.max_trials, max_epochs=args.max_epochs,
                               factor=args.factor, search_fraction=args.search_fraction,
                               families=args.families, overwrite=args.overwrite),
-        max_regression=args.max_regression, force_publish=args.force_publish,
+        max_regression=args.max_regression, gate_confidence=args.gate_confidence,
+        force_publish=args.force_publish,
         clipnorm=args.clipnorm, clipvalue=args.clipvalue, weight_decay=args.weight_decay,
         export_tflite=args.export_tflite, max_quantization_drop=args.max_quantization_drop,
         ensemble=args.ensemble,

@@ -153,7 +153,7 @@ def run(config: PipelineConfig) -> PipelineResult | WorkerResult:
     # are in memory already (`Datasets.in_memory`), so this is a no-op for them.
     if dist.kind != "multi_worker":
         datasets = datasets.decode_into_memory(verbose=1 if config.verbose is None else config.verbose)
-    state = _run_state(config, plan, dist)
+    state = _run_state(config, plan, dist, datasets.spec.version)
     logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)
     ctx = _Run(config, dist, datasets, state, logdir, export_base, started)
 
@@ -186,7 +186,8 @@ def _load(config: PipelineConfig, dist: distribute.Distribution) -> data_lib.Dat
                          scanner=sharding.shared_scan(dist))  # None unless multi-worker
 
 
-def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> runstate.RunState:
+def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution,
+               data_version: str = "") -> runstate.RunState:
     """The unfinished run of this command (to resume), or a new one."""
     if plan is not None:
         from tfpipeline import tuning
@@ -194,8 +195,10 @@ def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> r
         this_role = tuning.role()
         if this_role == "worker":  # the chief writes run.json before it listens
             tuning.wait_for_chief()
+        # --epochs too: the search's own key leaves it out, but it sets the retraining's length.
         state_dir = Path(config.work_dir) / config.dataset_name / runstate.key(
-            f"tune-{config.model}", tuning.identity(config, plan))
+            f"tune-{config.model}",
+            {**tuning.identity(config, plan), **({"epochs": config.epochs} if config.epochs is not None else {})})
         state = runstate.resolve(state_dir, runstate.new_run_id(config.run_name, config.model, True),
                                  overwrite=plan.overwrite, follower=this_role == "worker")
         if this_role == "worker" and state.created:
@@ -209,6 +212,8 @@ def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution) -> r
     if dist.kind != "default":  # another global batch: another run
         identity["distribution"] = dist.identity()
     identity.update(training.optimizer_options(config))  # only when set: older keys stay valid
+    if data_version.startswith("files-"):  # a folder: its files and split, not just its path
+        identity["files"] = data_version
     state_dir = dist.writable(Path(config.work_dir) / config.dataset_name / runstate.key(config.model, identity))
     return runstate.resolve(state_dir, runstate.new_run_id(config.run_name, config.model, False))
 
@@ -286,8 +291,12 @@ def _train(ctx: _Run) -> _Trained:
         model = build(member)
         return model, _fit_member(ctx, job, model, member=member, run_log=logs["run"])
 
+    shaping = {k: v for k, v in dataclasses.asdict(job.settings).items()  # not the logging ones
+               if k not in ("verbose", "histogram_freq", "profile_batches")}
+    trained_by = {"family": job.family, "hp": dataclasses.asdict(job.hp), "settings": shaping,
+                  "distribution": dist.identity(), "data": ctx.datasets.spec.version, "trained_on": job.trained_on}
     members, records = ensemble.train_members(config.members(tuned=ctx.found is not None), fit, build,
-                                              ctx.state.run_dir)
+                                              ctx.state.run_dir, trained_by)
     if dist.kind == "multi_worker":
         # Evaluate and export a single-device copy: it runs on this machine alone, with no
         # collective the other workers would have to join (reading the weights is the last).
@@ -317,9 +326,15 @@ def _fit_member(ctx: _Run, job: _Training, model: keras.Model, *, member: int,
         print(f"Resuming interrupted run {state.run_id} from its last saved epoch ({backup}).", flush=True)
     fit = multiworker.fit if dist.kind == "multi_worker" else training.fit  # keras-team/keras#20585
     augmentation = models.augmentation(job.family, hp, seed, kind=config.kind)
-    train_input = augmentation.apply(ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size),
-                                                          seed=seed, training=True))
+    # Each epoch's order and shifts are fixed by (seed, epoch): a resumed run starts its stream at
+    # the epoch its backup restores, and trains the batches an uninterrupted run would.
+    train_input = ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size), seed=seed,
+                                       training=True, first_epoch=training.resumed_epoch(backup),
+                                       end_epoch=job.settings.epochs, per_batch=augmentation.per_batch(seed))
     input_sharding = None
+    if dist.kind == "multi_worker":  # its own loop and input: the augmentation is switched by a callback
+        train_input = augmentation.apply(ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size),
+                                                              seed=seed, training=True))
     if dist.kind == "multi_worker" and job.trained_on == ["train"]:  # a folder's files: each worker its share
         train_input, input_sharding = sharding.training_input(
             ctx.datasets, train_input, workers=dist.workers, replicas=dist.replicas, per_replica_batch=hp.batch_size,
@@ -327,7 +342,8 @@ def _fit_member(ctx: _Run, job: _Training, model: keras.Model, *, member: int,
     validation = job.validation
     result = fit(model, train_input, validation, job.settings,
                  logdir=ctx.logdir if not member else ctx.logdir / f"member{member}", backup_dir=backup,
-                 extra_callbacks=[*augmentation.callbacks(), *(run_log.callbacks(validation) if not member else [])])
+                 extra_callbacks=[*(augmentation.callbacks() if dist.kind == "multi_worker" else []),
+                                  *(run_log.callbacks(validation) if not member else [])])
     return {"seed": seed, "epochs_run": training.epochs_completed(result),
             # Optimizer steps over the whole run, resumed parts included: the schedule's position.
             "steps_run": int(model.optimizer.iterations.numpy()), "resumed": resumed,
@@ -342,31 +358,30 @@ def _distribution(ctx: _Run, trained: _Trained) -> dict:
 
 
 def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
-    """Evaluate once on test, gate against the latest published version, then publish (or
+    """Export, score the test split through the exported function (its figures are the ones
+    recorded), gate against the best published version of the same data, then publish (or
     hold back) the verified export and write the run's TensorBoard summary."""
     config, datasets, state = ctx.config, ctx.datasets, ctx.state
     spec = datasets.spec
     test_images, test_labels = evaluation.collect(
         datasets.batched(datasets.test, batch_size=1000, seed=config.seed, training=False))
-    test_eval = evaluation.evaluate(trained.model, test_images, test_labels, spec.class_names)
     for i, member in enumerate(trained.members or []):  # each alone, to show what averaging added
         member["test_accuracy"] = evaluation.evaluate(trained.model.get_layer(f"member{i}"), test_images,
                                                       test_labels, spec.class_names).accuracy
     validation = _validation_metrics(ctx, trained)
-    metadata = _metadata(ctx, trained, validation=validation, test_eval=test_eval)
-    _kind_metrics(ctx, metadata, test_labels, test_eval)
-    ctx.logdir.mkdir(parents=True, exist_ok=True)
-    (ctx.logdir / "metrics.json").write_text(json.dumps(metadata["metrics"], indent=2))
     tflite = quantize.settings_for(config, datasets.train, spec.input)  # None without --export-tflite
     with export.staged(trained.model, spec.input, ctx.export_base, test_images, test_labels,
-                       test_eval.accuracy) as candidate:
+                       class_names=spec.class_names) as candidate:
+        test_eval = candidate.evaluation  # the figures of the exported function, as it will serve
+        metadata = _metadata(ctx, trained, validation=validation, test_eval=test_eval)
+        _kind_metrics(ctx, metadata, test_labels, test_eval)
+        ctx.logdir.mkdir(parents=True, exist_ok=True)
+        (ctx.logdir / "metrics.json").write_text(json.dumps(metadata["metrics"], indent=2))
         if tflite is not None:  # raises quantize.QuantizationError past the allowed drop
             metadata["export"] = {"tflite": quantize.write_verified(tflite, candidate.path, test_images, test_labels,
                                                                     candidate.verified_accuracy)}
-        decision = gate.decide(ctx.export_base, test_images, test_labels, spec.class_names, test_eval, spec=spec.input,
-                               max_regression=config.max_regression, force=config.force_publish)
+        decision = _gate(ctx, candidate, test_images, test_labels, test_eval)
         metadata["gate"] = decision.to_json()
-        print(decision.message(), flush=True)
         if decision.publish:
             result = export.publish(candidate, metadata)
             path, metadata_path = result.path, result.metadata_path
@@ -401,6 +416,29 @@ def _kind_metrics(ctx: _Run, metadata: dict, test_labels, test_eval) -> None:
             metadata["baseline"] = baseline.for_datasets(ctx.datasets, seed=config.seed).to_json()
             print(f"Baseline ({metadata['baseline']['model']}, same splits): test accuracy "
                   f"{metadata['baseline']['accuracy']:.2%}; this model: {test_eval.accuracy:.2%}.", flush=True)
+
+
+def _gate(ctx: _Run, candidate, test_examples, test_labels, test_eval) -> gate.Decision:
+    """The promotion gate's decision on the staged candidate, printed; a folder version also
+    records the files it trained on, which later versions must not be scored on."""
+    config, spec = ctx.config, ctx.datasets.spec
+    split = _gate_split(ctx.datasets)
+    decision = gate.decide(ctx.export_base, test_examples, test_labels, spec.class_names, test_eval, spec=spec.input,
+                           split=split, max_regression=config.max_regression,
+                           confidence=config.gate_confidence, force=config.force_publish)
+    if split.trained_keys is not None:
+        gate.write_trained_on(candidate.path, split.trained_keys)
+    print(decision.message(), flush=True)
+    return decision
+
+
+def _gate_split(datasets: data_lib.Datasets) -> gate.Split:
+    """What the gate needs of this run's data: its identity and a folder's file keys (the model
+    trained on train and chose its epochs, or its search, on validation)."""
+    keys = datasets.file_keys
+    # Text and table loaders leave `identity` empty: their record implies it (kind, name, data digest).
+    identity = datasets.spec.identity or data_lib.split_identity(datasets.spec.to_json())
+    return gate.Split(identity, keys and keys["test"], keys and keys["train"] + keys["validation"])
 
 
 def _validation_metrics(ctx: _Run, trained: _Trained) -> dict:

@@ -32,6 +32,7 @@ _LAZY = {"load": "tfpipeline.data.kinds"} | {name: "tfpipeline.data.datasets" fo
     "resolve_data_dir",
     "resolve_manual_dir",
     "shuffle_buffer_for",
+    "split_identity",
     "split_strings",
 )}
 

@@ -48,6 +48,26 @@ class Augmentation:
 
         return dataset.map(augment, num_parallel_calls=1, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
+    def per_batch(self, seed: int):
+        """For `make_pipeline(..., per_batch=...)`: the augmentation of one batch, decided from
+        its epoch inside the pipeline (no variable set from outside, which a prefetching
+        pipeline reads ahead of the model), with the layer's random stream set from (seed,
+        epoch, step) first, so each batch's shifts are fixed by where it is in the run. A
+        resumed run shifts the batches of its remaining epochs as an uninterrupted one does."""
+        layer, start = self.layer, self.start_epoch
+        if layer is None:
+            return lambda images, labels, epoch, step: (images, labels)
+        generator = layer.generator
+
+        def augment(images, labels, epoch, step):
+            position = (tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)) * 1_000_003 + step
+            generator.state.assign(tf.cast(tf.stack([position % 2**31, 0]), generator.state.dtype))
+            shifted = tf.cond(epoch >= start, lambda: tf.cast(layer(images, training=True), images.dtype),
+                              lambda: images)
+            return shifted, labels
+
+        return augment
+
     def callbacks(self) -> list[keras.callbacks.Callback]:
         """For the training loop: switches the augmentation on at `start_epoch`."""
         if self.layer is None or self.start_epoch == 0:

@@ -62,6 +62,9 @@ class DatasetSpec:
     # Where the examples came from and how they were prepared: "kind" ("tfds" or "folder"), the
     # cache decision and, for a folder, its layout, split rule and skipped files.
     source: dict = dataclasses.field(default_factory=dict)
+    # Which data this is and which test examples it holds (`split_identity`): the promotion gate
+    # compares a new version only with versions of the same dataset, on examples neither trained on.
+    identity: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         record = dataclasses.asdict(dataclasses.replace(self, input=None))
@@ -85,9 +88,13 @@ class Datasets:
     train_files: tuple[list[str], list[int]] | None = None
     # True once `decode_into_memory` has filled each split's memory cache.
     in_memory: bool = False
+    # A folder dataset's `file_key` of each file, by role, in the order each split reads them
+    # (None for TFDS, whose test split is never a training split): which test images a
+    # published version trained on, for the promotion gate.
+    file_keys: dict[str, list[str]] | None = None
 
     def batched(self, dataset: tf.data.Dataset, *, batch_size: int, seed: int, training: bool,
-                own_splits: bool = True) -> tf.data.Dataset:
+                own_splits: bool = True, **epochs) -> tf.data.Dataset:
         """`batched(dataset, ...)` for these datasets: in-memory cache only when the cache plan
         says so (and the split is not in memory already), and a shuffle buffer of at most a
         quarter of the cache budget. `own_splits=False` for a dataset made from these, such as a
@@ -97,7 +104,7 @@ class Datasets:
         budget = plan.budget_bytes if plan else 4 * SHUFFLE_BUFFER_BYTES
         cache = memory and not (own_splits and self.in_memory)
         return batched(dataset, batch_size=batch_size, seed=seed, training=training, cache=cache,
-                       shuffle_buffer_bytes=min(SHUFFLE_BUFFER_BYTES, budget // 4))
+                       shuffle_buffer_bytes=min(SHUFFLE_BUFFER_BYTES, budget // 4), **epochs)
 
     def decode_into_memory(self, verbose: int = 1) -> Datasets:
         """These datasets with every split decoded now, once, into its memory cache, when the
@@ -329,7 +336,7 @@ def load(
     roles = {"train": datasets.train, "validation": datasets.validation, "test": datasets.test}
     if plan.kind == "disk":  # each split's decoded examples in a file (TF writes it on the first full pass)
         roles = {role: ds.cache(str(Path(plan.directory) / role)) for role, ds in roles.items()}
-    return Datasets(spec, roles["train"], roles["validation"], roles["test"], plan, datasets.train_files)
+    return dataclasses.replace(datasets, spec=spec, **roles, cache_plan=plan)
 
 
 def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, *, image_size, channels) -> Datasets:
@@ -380,6 +387,7 @@ def _load_tfds(name, data_dir, manual_dir, validation_fraction, quick, *, image_
         num_examples={role: int(info.splits[split].num_examples) for role, split in splits.items()},
         source={"kind": "tfds"},
     )
+    spec = dataclasses.replace(spec, identity=split_identity(spec.to_json()))
     return Datasets(spec, datasets["train"], datasets["validation"], datasets["test"])
 
 
@@ -427,10 +435,48 @@ def _load_folder(path, validation_fraction, quick, *, image_size, channels, seed
                 "files": [Path(p).relative_to(idx.root).as_posix() for p, _ in idx.skipped[:folders.SHOW_SKIPPED]],
             },
         },
+        identity={"dataset": f"folder:{idx.root}",
+                  "test_digest": _test_files_digest(idx.root, files["test"], labels["test"])},
     )
     made = {role: folders.dataset(files[role], labels[role], size, out_channels) for role in files}
+    keys = {role: [file_key(Path(f).relative_to(idx.root).as_posix()) for f in files[role]] for role in files}
     return Datasets(spec, made["train"], made["validation"], made["test"],
-                    train_files=(files["train"], labels["train"]))
+                    train_files=(files["train"], labels["train"]), file_keys=keys)
+
+
+def file_key(relative: str) -> str:
+    """A folder file's key in a version's record of what it trained on: its path in the folder."""
+    return hashlib.sha256(relative.encode()).hexdigest()[:16]
+
+
+def _test_files_digest(root: Path, files: list[str], labels: list[int]) -> str:
+    """Which test images these are: each file's path, label and content hash. Another digest
+    means other test images (files added, removed or edited, or another split)."""
+    digest = hashlib.sha256()
+    for path, label in sorted(zip((Path(f).relative_to(root).as_posix() for f in files), labels)):
+        content = hashlib.sha256(Path(root, path).read_bytes()).hexdigest()
+        digest.update(f"{path}:{label}:{content}\n".encode())
+    return digest.hexdigest()
+
+
+def split_identity(dataset: dict) -> dict:
+    """The `identity` of a dataset as metadata.json's "dataset" records it: its own record when
+    it has one, else what the record implies (a TFDS dataset's name, version and test split
+    string; a folder's path, with its test images unknown: such versions did not record them).
+
+    Returns:
+        {"dataset": which data ("tfds:NAME", "folder:PATH", "KIND:NAME"), "test_digest": which
+        test examples (None: unknown)}.
+    """
+    if dataset.get("identity"):
+        return dataset["identity"]
+    source = dataset.get("source") or {}
+    kind = source.get("kind", "tfds")
+    if kind == "folder":
+        return {"dataset": f"folder:{source.get('path')}", "test_digest": None}
+    test = (dataset.get("splits") or {}).get("test")
+    text = f"{kind}:{dataset.get('name')}:{dataset.get('version')}:{test}"
+    return {"dataset": f"{kind}:{dataset.get('name')}", "test_digest": hashlib.sha256(text.encode()).hexdigest()}
 
 
 def shuffle_buffer_for(dataset: tf.data.Dataset, max_bytes: int = SHUFFLE_BUFFER_BYTES) -> int:
@@ -450,6 +496,9 @@ def make_pipeline(
     seed: int,
     cache: bool = True,
     shuffle_buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
+    first_epoch: int | None = None,
+    end_epoch: int | None = None,
+    per_batch=None,
 ) -> tf.data.Dataset:
     """Batch an unbatched `(image, label)` dataset for training or evaluation.
 
@@ -460,18 +509,61 @@ def make_pipeline(
     `shuffle_buffer_bytes`), batch, and prefetch so the next batch is ready when the model asks
     for it. The order is always deterministic (cheap here); `--deterministic` adds op
     determinism on top.
+
+    With `first_epoch` (training only), the result is endless: epoch `first_epoch`, then the
+    next up to `end_epoch` (exclusive), each shuffled with `epoch_seed(seed, epoch)`, so an
+    epoch's order depends on the seed and its number alone, not on how many epochs this
+    iterator ran before (a resumed run, a search trial after other trials).
+    `per_batch(images, labels, epoch, step)` then runs on each batch, one at a time, knowing
+    where it is (the training augmentation).
     """
     if cache:
         dataset = dataset.cache()
+    if training and first_epoch is not None:
+        return _epochs(dataset, batch_size=batch_size, seed=seed, first_epoch=first_epoch, end_epoch=end_epoch,
+                       per_batch=per_batch, buffer=shuffle_buffer_for(dataset, shuffle_buffer_bytes))
     if training:
         buffer = shuffle_buffer_for(dataset, shuffle_buffer_bytes)
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _with_options(dataset).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch: a function of the run's seed and the epoch's number only."""
+    return seed * 1_000_003 + epoch
+
+
+def _epochs(dataset: tf.data.Dataset, *, batch_size: int, seed: int, first_epoch: int, end_epoch: int | None,
+            per_batch, buffer: int) -> tf.data.Dataset:
+    """`make_pipeline`'s endless training stream, epoch by epoch from `first_epoch`.
+
+    Each epoch is its own dataset with a Python-int seed, concatenated in order up to
+    `end_epoch` (then the whole repeats, for a loop that runs on, such as a divergence retry):
+    a seed computed from the epoch inside the pipeline would be a tensor, which TF's seed
+    handling refuses when the global seed is 0.
+    """
+    def one_epoch(epoch: int) -> tf.data.Dataset:
+        order = dataset.shuffle(buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+        batches = order.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if per_batch is None:
+            return batches
+        number = tf.constant(epoch, tf.int64)
+        return batches.enumerate().map(lambda step, batch: per_batch(*batch, number, step), num_parallel_calls=1,
+                                       deterministic=True)
+
+    stream = one_epoch(first_epoch)
+    for epoch in range(first_epoch + 1, max(first_epoch + 1, end_epoch or 0)):
+        stream = stream.concatenate(one_epoch(epoch))
+    return _with_options(stream.repeat()).prefetch(tf.data.AUTOTUNE)
+
+
+def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.deterministic = True
     # The cached source is not file-based, so a multi-worker strategy must shard by data.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return dataset.with_options(options)
 
 
 def batched(dataset: tf.data.Dataset, *, batch_size: int, seed: int, training: bool, **options) -> tf.data.Dataset:

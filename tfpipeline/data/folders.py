@@ -15,8 +15,8 @@ module adds:
   together with the files its extension filter passed over (`.DS_Store`, `notes.txt`) they
   are logged and counted in the metadata;
 - a seeded, stable split of the flat layout (and of a missing validation or test split):
-  each file goes by a hash of the seed and its path, so a file stays in its split when
-  others are added;
+  each file goes by a hash of the seed and its path against fixed thresholds, so a file stays
+  in its split when others are added or removed;
 - the default input size and channels from the scanned training images (`default_size`);
 - the cache decision: decoded, resized images in memory when they fit `--cache-budget`,
   else on disk under the work dir, else not cached (`cache_plan`).
@@ -144,24 +144,23 @@ def _hash_fraction(seed: int, relative: str) -> float:
 
 
 def _carve(root: Path, paths, labels, fractions: dict[str, float], seed: int):
-    """Split (paths, labels) class by class: each class's files ordered by `_hash_fraction`,
-    each role in `fractions` takes the next round(share x count) of them, train the rest. So
-    every split has each class in proportion, and a file's split depends only on the seed, its
-    path and its class's size."""
+    """Split (paths, labels) by each file's `_hash_fraction` against fixed thresholds: the first
+    role in `fractions` takes the files below its fraction, the next the files in the next
+    band of its fraction, train the rest. A file's split depends on the seed, its path and the
+    fractions only, never on which other files are there, so adding or removing files moves no
+    other file between splits. Each class's share of a split is its share of the folder up to
+    the draw of the hashes (a class of 100 files and a fraction of 0.1 gives about 10, not
+    exactly 10)."""
     out = {role: ([], []) for role in ("train", *fractions)}
-    by_class: dict[int, list[str]] = {}
     for path, label in zip(paths, labels):
-        by_class.setdefault(label, []).append(path)
-    for label in sorted(by_class):
-        ordered = sorted(by_class[label], key=lambda p: _hash_fraction(seed, Path(p).relative_to(root).as_posix()))
-        start = 0
-        for role, fraction in fractions.items():
-            take = round(len(ordered) * fraction)
-            out[role][0].extend(ordered[start:start + take])
-            out[role][1].extend([label] * take)
-            start += take
-        out["train"][0].extend(ordered[start:])
-        out["train"][1].extend([label] * (len(ordered) - start))
+        place, low, role = _hash_fraction(seed, Path(path).relative_to(root).as_posix()), 0.0, "train"
+        for held, fraction in fractions.items():
+            if low <= place < low + fraction:
+                role = held
+                break
+            low += fraction
+        out[role][0].append(path)
+        out[role][1].append(label)
     return out
 
 
@@ -279,8 +278,9 @@ def index(root: str | os.PathLike, *, validation_fraction: float, seed: int, sca
                           else f"{folders[role].name}/" if role in folders else f"{source}/ (held out)")
                    for role in ("train", "validation", "test")},
         "held_out": {role: {"from": f"{source}/", "fraction": validation_fraction, "seed": seed,
-                            "rule": "per class, files ordered by sha256(seed:relative path); "
-                                    "each held-out split takes the next round(fraction x count)"}
+                            "rule": "sha256(seed:relative path) as a number in [0, 1): the held-out splits "
+                                    "take consecutive bands of their fraction from 0, validation first; "
+                                    "train the rest"}
                      for role in missing},
     }
     return FolderIndex(

@@ -10,10 +10,12 @@ It imports nothing from training, tuning or serving.
 
 from tfpipeline.export.savedmodel import (  # noqa: F401
     HELD_DIR,
+    PROBABILITY_TOLERANCE,
     TMP_PREFIX,
     WARMUP_EXAMPLES,
     Candidate,
     ExportResult,
+    compare,
     ensure_writable,
     export_verified,
     hold,

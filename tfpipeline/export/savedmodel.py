@@ -11,10 +11,19 @@ tfpipeline/inputs/image.py.
 
 A version is written into a hidden temporary folder beside its final place (`staged`),
 reloaded with plain `tf.saved_model.load` and checked against the in-memory model on the test
-set, and only then, if the promotion gate (tfpipeline/export/gate.py) lets it, renamed to the next
+set (`compare`), and only then, if the promotion gate (tfpipeline/export/gate.py) lets it, renamed to the next
 free integer (`publish`); a held-back candidate goes to `<base>/candidates/<run-id>/` (`hold`).
 A crash at any point leaves at most a hidden `.tmp-*` folder, which TF Serving ignores (it
 only looks at integer names) and the next export removes; never a half-written version.
+
+The test figures a run records are the exported function's: the reloaded `serving_default`
+scores the test split, and that evaluation is what metadata.json, the gate and the report use
+(`Candidate.evaluation`). The in-memory model is only the check. The two need not agree to the
+last bit: training compiles with `jit_compile="auto"`, which is XLA on a GPU, while the
+signature is a plain `tf.function`, and a fused kernel may round differently. So the check
+allows each probability to differ by `PROBABILITY_TOLERANCE`, and a predicted class to differ
+only where the in-memory model's two highest probabilities are within twice that (a true
+near-tie, where either answer is the model's); it records how many such near-ties flipped.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import keras
 import numpy as np
@@ -40,6 +49,9 @@ from tfpipeline.export.warmup import write_warmup_requests
 from tfpipeline.inputs import InputSpec
 
 WARMUP_EXAMPLES = 3  # test examples behind the warm-up requests: enough to trace every signature
+# How far a served probability may be from the in-memory model's: well above float32 rounding
+# of a softmax (XLA's fused kernels, TF32 matmuls on a GPU), well below any real difference.
+PROBABILITY_TOLERANCE = 1e-3
 TMP_PREFIX = ".tmp-"
 HELD_DIR = "candidates"  # versions the promotion gate held back, by run id
 
@@ -164,29 +176,70 @@ class Candidate:
     base: Path
     verified_accuracy: float
     signatures: dict = dataclasses.field(default_factory=dict)  # for metadata.json
+    # The served function's test evaluation (`report.evaluation.Evaluation`): the figures to record.
+    evaluation: Any = None
+    verification: dict = dataclasses.field(default_factory=dict)  # what `compare` found, for metadata.json
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def compare(reference: np.ndarray, served: np.ndarray, tolerance: float = PROBABILITY_TOLERANCE) -> dict:
+    """Check the served probabilities against the in-memory model's, example by example.
+
+    Args:
+        reference: the in-memory model's probabilities, (examples, classes).
+        served: the reloaded signature's, the same shape.
+        tolerance: the largest difference allowed in any probability.
+
+    Returns:
+        What was found, for metadata.json: the largest difference, how many predicted classes
+        differ, and how many of those are near-ties (all of them, or this raises: a class can
+        only flip between probabilities that were within twice the largest difference).
+
+    Raises:
+        ExportVerificationError: a probability differs by more than `tolerance`, or a class
+            differs where the in-memory model's top two probabilities were not a near-tie.
+    """
+    difference = float(np.abs(reference - served).max()) if reference.size else 0.0
+    top2 = np.sort(reference, axis=-1)[:, -2:]
+    near_tie = (top2[:, 1] - top2[:, 0]) <= 2 * tolerance
+    differs = reference.argmax(-1) != served.argmax(-1)
+    found = {"probability_tolerance": tolerance, "max_probability_difference": difference,
+             "classes_differing": int(differs.sum()), "near_ties_differing": int((differs & near_tie).sum()),
+             "examples": int(len(reference))}
+    if difference > tolerance or (differs & ~near_tie).any():
+        raise ExportVerificationError(
+            f"the reloaded SavedModel's probabilities differ from the trained model's by up to {difference:.2g} "
+            f"(allowed: {tolerance:g}), and its class differs on {int(differs.sum())} of {len(reference)} test "
+            f"examples, {int((differs & ~near_tie).sum())} of them not near-ties")
+    return found
+
+
 @contextlib.contextmanager
 def staged(model: keras.Model, spec: InputSpec, export_base: Path, test_examples,
-           test_labels: np.ndarray, expected_accuracy: float) -> Iterator[Candidate]:
-    """Write the SavedModel into a hidden folder, reload it with TF alone and check it scores
-    `expected_accuracy` on the test set; yield it for `publish` or `hold`. Any failure, inside
-    or after, removes the folder: nothing half-written is ever left to publish.
+           test_labels: np.ndarray, expected_accuracy: float | None = None, *,
+           class_names=None) -> Iterator[Candidate]:
+    """Write the SavedModel into a hidden folder, reload it with TF alone, score the test split
+    through its `serving_default` and check that against the in-memory model (`compare`); yield
+    it, with that evaluation, for `publish` or `hold`. Any failure, inside or after, removes the
+    folder: nothing half-written is ever left to publish.
 
     Args:
         model: the trained Keras model.
         spec: the dataset's input spec: the signatures, their check and the warm-up requests.
         export_base: the folder of integer-named versions.
         test_examples, test_labels: the test split, as `report.evaluation.collect` holds it.
-        expected_accuracy: the in-memory model's test accuracy, which the reload must match.
+        expected_accuracy: the test accuracy the caller measured on the in-memory model, if any:
+            the served accuracy must match it up to the near-ties `compare` allows.
+        class_names: for the served evaluation's per-class figures (None: the class numbers).
 
     Raises:
         ExportVerificationError: the reloaded SavedModel does not reproduce the model.
         UserError: `export_base` is not writable.
     """
+    from tfpipeline.report import evaluation
+
     base = ensure_writable(Path(export_base))
     _remove_stale_temporaries(base)
     tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -195,8 +248,14 @@ def staged(model: keras.Model, spec: InputSpec, export_base: Path, test_examples
         write_savedmodel(model, spec, tmp)
         loaded = tf.saved_model.load(str(tmp))  # plain TF, as a server loads it
         outputs = savedmodel_predict(tmp, spec, test_examples, loaded=loaded)
-        accuracy = float((outputs["classes"] == test_labels).mean())
-        if accuracy != expected_accuracy:
+        reference = keras.ops.convert_to_numpy(keras.ops.softmax(
+            model.predict(test_examples, batch_size=1000, verbose=0).astype(np.float32), axis=-1))
+        candidate.verification = compare(reference, outputs["probabilities"])
+        names_ = class_names if class_names is not None else [str(i) for i in range(reference.shape[-1])]
+        candidate.evaluation = evaluation.from_probabilities(test_labels, outputs["probabilities"], names_)
+        accuracy = candidate.evaluation.accuracy
+        allowed = candidate.verification["near_ties_differing"] / max(1, len(test_labels))
+        if expected_accuracy is not None and abs(accuracy - expected_accuracy) > allowed + 1e-12:
             raise ExportVerificationError(
                 f"the reloaded SavedModel scores {accuracy:.4%} on the test set but the trained "
                 f"model scored {expected_accuracy:.4%}"
@@ -215,6 +274,7 @@ def staged(model: keras.Model, spec: InputSpec, export_base: Path, test_examples
 def _write_metadata(candidate: Candidate, metadata: dict) -> None:
     metadata = {**metadata, "export": {**metadata.get("export", {}), "signature": names.DEFAULT,
                                        "verified_test_accuracy": candidate.verified_accuracy,
+                                       "verification": candidate.verification,
                                        "signatures": candidate.signatures}}
     with open(candidate.path / "metadata.json", "w") as f:
         json.dump(metadata, f, indent=2, default=_json_default)

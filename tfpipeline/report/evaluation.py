@@ -75,6 +75,15 @@ def summarize(logits: np.ndarray, labels: np.ndarray, class_names) -> Evaluation
     return from_classes(labels, logits.argmax(axis=-1), class_names, float(loss))
 
 
+def from_probabilities(labels: np.ndarray, probabilities: np.ndarray, class_names) -> Evaluation:
+    """Metrics from predicted probabilities (a served signature's), the loss included."""
+    picked = np.take_along_axis(np.asarray(probabilities, np.float64), labels[:, None].astype(np.int64), axis=-1)
+    loss = float(-np.log(np.clip(picked, 1e-12, 1.0)).mean()) if len(labels) else None
+    evaluation = from_classes(labels, np.asarray(probabilities).argmax(axis=-1), class_names, loss)
+    evaluation.probabilities = np.asarray(probabilities)
+    return evaluation
+
+
 def evaluate(model: keras.Model, examples, labels: np.ndarray, class_names,
              batch_size: int = 1000) -> Evaluation:
     """Metrics of `model` on `examples` as `collect` gives them (the model takes them as they are);

@@ -161,12 +161,17 @@ class Batcher:
 
     async def _call_alone(self, arrays: Arrays, rows: int) -> Arrays:
         loop = asyncio.get_running_loop()
-        try:
-            outputs = await loop.run_in_executor(self._executor, self._run, arrays)
-        finally:
-            self._alone_rows -= rows
+        call = loop.run_in_executor(self._executor, self._run, arrays)
+        # The rows count until the model call itself ends: a caller that gives up (a REST
+        # timeout cancels this coroutine) leaves the call running in the executor, and the
+        # queue limit must still see it. shield: the cancellation does not mark the call done.
+        call.add_done_callback(lambda _: self._release_alone(rows))
+        outputs = await asyncio.shield(call)
         self._stats.record(1, rows)
         return outputs
+
+    def _release_alone(self, rows: int) -> None:
+        self._alone_rows -= rows
 
     async def _drain(self) -> None:
         """Run batches until the queue is empty, one model call at a time."""

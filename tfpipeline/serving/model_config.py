@@ -12,6 +12,7 @@ line-and-column message. This module imports no TensorFlow.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,6 +199,11 @@ def read_batching_parameters(path: Path) -> BatchingFile:
                             f"{'0 or more' if name == 'batch_timeout_micros' else 'at least 1'}.")
         return number
 
+    if proto.HasField("thread_pool_name"):
+        # TF Serving shares a named pool among models; here every model call already runs in one
+        # pool, sized by num_batch_threads, so the name changes nothing. Say so instead of dropping it.
+        print(f"warning: {where}: thread_pool_name \"{proto.thread_pool_name.value}\" is ignored: this server "
+              "runs every model's calls in one thread pool of num_batch_threads threads.", file=sys.stderr)
     if proto.pad_variable_length_inputs:
         raise UserError(f"{where}: pad_variable_length_inputs is not supported (this server "
                         "merges only inputs whose shapes agree apart from the batch size); "

@@ -33,6 +33,7 @@ from tfpipeline.training.loop import (  # noqa: F401
     optimizer_record,
     recovery_of,
     resume_message,
+    resumed_epoch,
     retry_settings,
     settings_for,
     weight_averaging_callbacks,

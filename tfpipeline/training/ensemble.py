@@ -55,15 +55,25 @@ def combine(members: list[keras.Model]) -> keras.Model:
 
 
 def train_members(count: int, train: Callable[[int], tuple[keras.Model, dict]],
-                  build: Callable[[int], keras.Model], store: Path) -> tuple[list[keras.Model], list[dict]]:
+                  build: Callable[[int], keras.Model], store: Path,
+                  trained_by: dict | None = None) -> tuple[list[keras.Model], list[dict]]:
     """Train members 0..count-1 with `train(i) -> (model, record)`, keeping each finished one
     in `store` (`member<i>.weights.h5` and its record as JSON) when there are several; a member
-    found there is rebuilt with `build(i)` and loaded instead of trained again."""
+    found there is rebuilt with `build(i)` and loaded instead of trained again, if it was trained
+    by the same `trained_by` (everything that shapes a member: family, hyperparameters, epochs,
+    data, distribution); one trained otherwise is trained again, so an export never mixes
+    members trained under different settings."""
     models, records = [], []
     keep = count > 1
     for i in range(count):
         weights, record_file = store / f"member{i}.weights.h5", store / f"member{i}.json"
-        if keep and weights.exists() and record_file.exists():
+        found = keep and weights.exists() and record_file.exists()
+        if found and trained_by is not None and \
+                json.loads(record_file.read_text()).get("trained_by") != _jsonable(trained_by):
+            print(f"Member {i + 1} of {count}: the one kept in {store} was trained under other settings; "
+                  "training it again.", flush=True)
+            found = False
+        if found:
             model = build(i)
             model.load_weights(weights)
             record = {**json.loads(record_file.read_text()), "loaded": True}
@@ -73,6 +83,8 @@ def train_members(count: int, train: Callable[[int], tuple[keras.Model, dict]],
             if keep:
                 print(f"Member {i + 1} of {count}:", flush=True)
             model, record = train(i)
+            if trained_by is not None:
+                record = {**record, "trained_by": _jsonable(trained_by)}
             if keep:
                 store.mkdir(parents=True, exist_ok=True)
                 # Weights, then the record, each written aside and renamed: a kill leaves either
@@ -84,6 +96,11 @@ def train_members(count: int, train: Callable[[int], tuple[keras.Model, dict]],
         models.append(model)
         records.append(record)
     return models, records
+
+
+def _jsonable(value):
+    """`value` as it reads back from JSON (tuples become lists), for comparing with a record."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def discard(store: Path) -> None:

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
+import os
+import shutil
 import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfpipeline.errors import TrainingDiverged
@@ -288,12 +292,8 @@ def make_callbacks(
             # On the validation loss, not accuracy: a few thousand validation images move the
             # accuracy in coarse steps, so late epochs of the cosine decay (usually the best)
             # tie or dip by one image, and patience would run out and restore an earlier epoch.
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                mode="min",
-                patience=settings.early_stopping_patience,
-                restore_best_weights=True,
-            )
+            ResumableEarlyStopping(backup_dir, monitor="val_loss", mode="min",
+                                   patience=settings.early_stopping_patience, restore_best_weights=True)
         )
     if logdir is not None:
         # Also logs the learning rate (Keras adds it to the train scalars).
@@ -502,6 +502,79 @@ def endless(train, settings: TrainSettings):
                          f"{settings.steps_per_epoch} steps per epoch; derive them from the same "
                          "number of examples and batch size (training.settings_for).")
     return train.repeat()
+
+
+EARLY_STOPPING_STATE = "early_stopping.json"
+EARLY_STOPPING_BEST = "early_stopping_best.npz"
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's EarlyStopping whose state (best value, epochs waited, best epoch and weights)
+    is kept beside the BackupAndRestore backup after every epoch and read back when a run
+    resumes, so a resumed run stops, and restores, at the epoch an uninterrupted one would.
+
+    Args:
+        state_dir: the backup's folder; None keeps the state in memory only (as Keras does).
+        **kwargs: EarlyStopping's arguments.
+    """
+
+    def __init__(self, state_dir, **kwargs):
+        super().__init__(**kwargs)
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        state = self.state_dir and self.state_dir / EARLY_STOPPING_STATE
+        if not state or not state.exists():
+            return
+        saved = json.loads(state.read_text())
+        self.wait, self.best, self.best_epoch = saved["wait"], saved["best"], saved["best_epoch"]
+        best = self.state_dir / EARLY_STOPPING_BEST
+        if best.exists():
+            with np.load(best) as arrays:
+                self.best_weights = [arrays[f"w{i}"] for i in range(len(arrays.files))]
+
+    def on_epoch_end(self, epoch, logs=None):
+        improved_before = self.best_epoch
+        super().on_epoch_end(epoch, logs)
+        if self.state_dir is None or not self.state_dir.exists():
+            return
+        if self.best_weights is not None and (self.best_epoch != improved_before or
+                                              not (self.state_dir / EARLY_STOPPING_BEST).exists()):
+            _atomic_write(self.state_dir / EARLY_STOPPING_BEST,
+                          lambda f: np.savez(f, **{f"w{i}": w for i, w in enumerate(self.best_weights)}))
+        state = {"epoch": epoch + 1, "wait": self.wait, "best": float(self.best), "best_epoch": self.best_epoch}
+        _atomic_write(self.state_dir / EARLY_STOPPING_STATE, lambda f: f.write(json.dumps(state).encode()))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename it over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def resumed_epoch(backup_dir) -> int:
+    """The epoch a run resumes from its BackupAndRestore backup (0: none), after making the
+    backup agree with the early-stopping state: a kill between the two writes at an epoch's end
+    leaves the backup one epoch ahead, and then the backup's previous copy (double_checkpoint)
+    is put back, so the run redoes that epoch with the state it had before it."""
+    backup = Path(backup_dir)
+    metadata, weights = backup / "training_metadata.json", backup / "latest.weights.h5"
+    if not metadata.exists():
+        return 0
+    epoch = json.loads(metadata.read_text())["epoch"]
+    state = backup / EARLY_STOPPING_STATE
+    previous = Path(f"{metadata}.bkp")
+    if state.exists() and previous.exists() and Path(f"{weights}.bkp").exists():
+        if json.loads(state.read_text())["epoch"] == epoch - 1 == json.loads(previous.read_text())["epoch"]:
+            shutil.copyfile(f"{weights}.bkp", weights)
+            shutil.copyfile(previous, metadata)
+            epoch -= 1
+    return epoch
 
 
 class DivergenceWatch(keras.callbacks.Callback):

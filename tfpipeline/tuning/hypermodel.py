@@ -46,6 +46,15 @@ class TrialData:
         self.batched = batched or data_lib.batched
         self._pipelines: dict[int, tuple[tf.data.Dataset, tf.data.Dataset]] = {}
 
+    def trial_train(self, batch_size: int, *, first_epoch: int, end_epoch: int,
+                    per_batch) -> tuple[tf.data.Dataset, int]:
+        """A trial's own training stream for epochs `first_epoch`..`end_epoch`, each epoch's order
+        and shifts fixed by the seed and the epoch (`data.make_pipeline`), whatever trials ran
+        before it; and its steps per epoch."""
+        steps = -(-int(self.train.cardinality()) // batch_size)
+        return self.batched(self.train, batch_size=batch_size, seed=self.seed, training=True,
+                            first_epoch=first_epoch, end_epoch=end_epoch, per_batch=per_batch), steps
+
     def pipelines(self, batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         if batch_size not in self._pipelines:
             self._pipelines[batch_size] = (
@@ -124,8 +133,10 @@ class PipelineHyperModel(kt.HyperModel):
 
     def build(self, kt_hp):
         family, hparams = self.family_hyperparams(kt_hp)
-        # Same seed for every trial (KerasTuner has just cleared the session): trials differ by
-        # their hyperparameters only, and a trial run again after a kill starts from the same weights.
+        # Same seed for every trial (KerasTuner has just cleared the session): a trial's weights come
+        # from the seed, its data order and shifts from (seed, epoch) (`TrialData.trial_train`), so
+        # its score does not depend on the trials before it, and a trial run again after a kill
+        # starts from the same weights.
         keras.utils.set_random_seed(self.setup.config.seed)
         try:
             spec = self.setup.spec
@@ -137,9 +148,10 @@ class PipelineHyperModel(kt.HyperModel):
     def fit(self, kt_hp, model, *args, callbacks=None, epochs=1, initial_epoch=0, **kwargs):
         setup = self.setup
         family, hparams = self.family_hyperparams(kt_hp)
-        train, validation = setup.data.pipelines(hparams.batch_size)
+        _, validation = setup.data.pipelines(hparams.batch_size)
         augmentation = models.augmentation(family, hparams, setup.config.seed, kind=setup.config.kind)
-        train = augmentation.apply(train)
+        train, steps = setup.data.trial_train(hparams.batch_size, first_epoch=initial_epoch, end_epoch=epochs,
+                                              per_batch=augmentation.per_batch(setup.config.seed))
         logdir = setup.logdir / "trials" / self.trial_id
         # The row the HParams dashboard shows: the same names as a run's row
         # (tensorboard_logs.run_hparams), plus the trial id; trial_id groups one session per trial.
@@ -152,10 +164,10 @@ class PipelineHyperModel(kt.HyperModel):
         # so KerasTuner's best-epoch checkpoint and early stopping (in `callbacks`) see averaged weights.
         callbacks = training.make_callbacks(
             logdir, None, self.trial_settings(kt_hp, hparams), write_graph=False,
-            extra=[*(callbacks or []), *augmentation.callbacks(), hp_api.KerasCallback(writer, row, trial_id=session)])
+            extra=[*(callbacks or []), hp_api.KerasCallback(writer, row, trial_id=session)])
         try:
-            history = model.fit(train, validation_data=validation, epochs=epochs, initial_epoch=initial_epoch,
-                                callbacks=callbacks, shuffle=False, verbose=setup.verbose)
+            history = model.fit(train, steps_per_epoch=steps, validation_data=validation, epochs=epochs,
+                                initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=setup.verbose)
         finally:
             writer.close()
         return trial_metrics(history)

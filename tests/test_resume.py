@@ -1,0 +1,177 @@
+"""Exact resume: with --deterministic and the same seed, a run gives the same weights every time,
+and a run killed with SIGKILL (at an epoch's end, or in the middle of an epoch) and run again ends
+with the weights an uninterrupted run ends with. Real subprocesses of the CLI, real kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+# The default CNN (its shift augmentation switches on at epoch 2), on --quick's 3,000 images.
+COMMAND = ("--quick", "--no-tune", "--deterministic", "--epochs", "4", "--histogram-freq", "0")
+
+
+def _digest(proc: subprocess.CompletedProcess | str) -> str:
+    text = proc if isinstance(proc, str) else proc.stdout
+    found = re.findall(r"Final weights sha256 ([0-9a-f]{64})", text)
+    assert len(found) == 1, text[-3000:]
+    return found[0]
+
+
+def _env(manual_dir, data_dir) -> dict:
+    return {"TFPIPELINE_MANUAL_DIR": str(manual_dir), "TFDS_DATA_DIR": data_dir}
+
+
+def _killed(cwd: Path, env: dict, *, when, command=COMMAND) -> int:
+    """Start the command, SIGKILL it once `when(backup_epoch, stdout_so_far)` says so, and
+    return the epoch its backup held (the epochs it had finished)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.mnist", *command], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if when(_backup_epoch(cwd), "".join(lines)):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return _backup_epoch(cwd)
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    raise AssertionError(f"the run ended before it could be killed: {''.join(lines)[-2000:]}")
+
+
+def _backup_epoch(cwd: Path) -> int:
+    found = list((cwd / "work").glob("mnist/*/*/train-*/training_metadata.json"))
+    try:
+        return json.loads(found[0].read_text())["epoch"] if found else 0
+    except (OSError, ValueError):  # being written
+        return -1
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, manual_dir, data_dir):
+    """Two uninterrupted runs of the command, in two folders: their final weights' digests."""
+    digests = []
+    for name in ("first", "second"):
+        cwd = tmp_path_factory.mktemp(name)
+        proc = run_cli(*COMMAND, cwd=cwd, env=_env(manual_dir, data_dir))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metadata = json.loads((cwd / "exported/mnist/1/metadata.json").read_text())
+        assert metadata["distribution"]["weights_sha256"] == _digest(proc)
+        digests.append(_digest(proc))
+    return digests
+
+
+@pytest.mark.slow
+def test_two_runs_with_the_same_seed_give_the_same_weights(uninterrupted):
+    assert uninterrupted[0] == uninterrupted[1]
+
+
+@pytest.mark.slow
+def test_killed_at_an_epoch_boundary_resumes_to_the_same_weights(uninterrupted, tmp_path, manual_dir, data_dir):
+    finished = _killed(tmp_path, _env(manual_dir, data_dir), when=lambda epoch, out: epoch == 2)
+    assert finished == 2
+    proc = run_cli(*COMMAND, cwd=tmp_path, env=_env(manual_dir, data_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # From epoch 3, or from epoch 2 when the kill fell between the backup and the early-stopping
+    # state of epoch 2 (the backup's previous copy is put back: training.resumed_epoch).
+    assert re.search(r"Resuming training from epoch [23]/4", proc.stdout), proc.stdout[-3000:]
+    assert _digest(proc) == uninterrupted[0]
+
+
+@pytest.mark.slow
+def test_killed_in_the_middle_of_an_epoch_resumes_to_the_same_weights(uninterrupted, tmp_path, manual_dir,
+                                                                      data_dir):
+    # Epoch 3 has begun (its first batches are training) and is not finished.
+    finished = _killed(tmp_path, _env(manual_dir, data_dir),
+                       when=lambda epoch, out: epoch == 2 and re.search(r"Epoch 3/4\n", out) is not None)
+    assert finished == 2
+    proc = run_cli(*COMMAND, cwd=tmp_path, env=_env(manual_dir, data_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming training from epoch 3/4" in proc.stdout
+    assert _digest(proc) == uninterrupted[0]
+
+
+TUNED = ("--quick", "--tune", "--ensemble", "2", "--deterministic", "--histogram-freq", "0")
+
+
+@pytest.mark.slow
+def test_a_tuned_run_killed_during_an_ensemble_member_resumes_to_the_same_weights(tmp_path, manual_dir, data_dir):
+    env = _env(manual_dir, data_dir)
+    (tmp_path / "whole").mkdir()
+    whole = run_cli(*TUNED, cwd=tmp_path / "whole", env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    (tmp_path / "killed").mkdir()
+    _killed(tmp_path / "killed", env, command=TUNED, when=lambda epoch, out: "Member 2 of 2:" in out)
+    rerun = run_cli(*TUNED, cwd=tmp_path / "killed", env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Member 1 of 2: trained before this run was interrupted; loaded" in rerun.stdout
+    assert _digest(rerun) == _digest(whole)
+
+
+def _batches(train, count: int) -> list:
+    return [images.numpy() for images, _ in train.take(count)]
+
+
+def test_a_trials_data_depends_on_its_seed_and_epoch_only(tiny_images):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tfpipeline.data.augmentation import Augmentation
+    from tfpipeline.tuning.hypermodel import TrialData
+
+    keras.utils.set_random_seed(0)  # --seed 0: TF refuses a tensor op seed beside a global seed of 0
+    images, labels = tiny_images
+    source = tf.data.Dataset.from_tensor_slices((images, labels))
+    shift = Augmentation(keras.layers.RandomTranslation(0.2, 0.2, seed=3), start_epoch=1)
+    data = TrialData(source, source, seed=3)
+    train, steps = data.trial_train(64, first_epoch=0, end_epoch=2, per_batch=shift.per_batch(3))
+    alone = _batches(train, 2 * steps)
+    # Another trial read three epochs of the same data first: this one's batches are the same.
+    other, _ = data.trial_train(128, first_epoch=0, end_epoch=3, per_batch=shift.per_batch(3))
+    _batches(other, 3 * 4)
+    again, _ = data.trial_train(64, first_epoch=0, end_epoch=2, per_batch=shift.per_batch(3))
+    for got, want in zip(_batches(again, 2 * steps), alone, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # Resumed at epoch 1 (a Hyperband round continuing its parent, a restarted run): epoch 1's
+    # batches, shifted as in the uninterrupted stream.
+    resumed, _ = data.trial_train(64, first_epoch=1, end_epoch=2, per_batch=shift.per_batch(3))
+    for got, want in zip(_batches(resumed, steps), alone[steps:], strict=True):
+        np.testing.assert_array_equal(got, want)
+    # Epoch 0 is as it is, epoch 1 shifted; and another epoch is another order.
+    assert not np.array_equal(alone[0], alone[steps])
+    assert sorted(map(bytes, np.concatenate(alone[:steps]))) == sorted(map(bytes, images))
+
+
+def test_a_backup_ahead_of_the_early_stopping_state_is_rolled_back(tmp_path):
+    from tfpipeline import training
+
+    assert training.resumed_epoch(tmp_path) == 0
+    (tmp_path / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    (tmp_path / "training_metadata.json.bkp").write_text('{"epoch": 2, "batch": 0}')
+    (tmp_path / "latest.weights.h5").write_bytes(b"epoch 3")
+    (tmp_path / "latest.weights.h5.bkp").write_bytes(b"epoch 2")
+    (tmp_path / "early_stopping.json").write_text('{"epoch": 3, "wait": 0, "best": 0.5, "best_epoch": 2}')
+    assert training.resumed_epoch(tmp_path) == 3 and (tmp_path / "latest.weights.h5").read_bytes() == b"epoch 3"
+    # Killed after the backup of epoch 3, before the early-stopping state: back to epoch 2 for both.
+    (tmp_path / "early_stopping.json").write_text('{"epoch": 2, "wait": 0, "best": 0.5, "best_epoch": 1}')
+    assert training.resumed_epoch(tmp_path) == 2 and (tmp_path / "latest.weights.h5").read_bytes() == b"epoch 2"
+    assert json.loads((tmp_path / "training_metadata.json").read_text())["epoch"] == 2
