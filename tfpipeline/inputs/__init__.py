@@ -161,8 +161,8 @@ def from_json(record: dict) -> InputSpec:
     Raises:
         ValueError: the record names a kind no module registered.
     """
-    _load_kinds()
     kind = record.get("kind", "image")
+    _load_kinds(kind)
     if kind not in _KINDS:
         raise ValueError(f"Unknown input kind {kind!r}; known: {', '.join(sorted(_KINDS))}")
     return _KINDS[kind].from_json(record)
@@ -174,8 +174,8 @@ def from_signature(inputs: dict[str, InputInfo], where: str = "the model") -> In
     Raises:
         UserError: no registered kind recognises the inputs.
     """
-    _load_kinds()
-    for kind in sorted(_KINDS):
+    for kind in KIND_MODULES:  # images first: they alone need no TensorFlow (a .tflite under LiteRT)
+        _load_kinds(kind)
         spec = _KINDS[kind].from_signature(inputs)
         if spec is not None:
             return spec
@@ -183,6 +183,11 @@ def from_signature(inputs: dict[str, InputInfo], where: str = "the model") -> In
                           for i in inputs.values()) or "none"
     raise UserError(f"Cannot tell what {names.DEFAULT} of {where} takes (inputs: {described}); this command "
                     f"handles {', '.join(sorted(_KINDS))} inputs, e.g. images as one numeric [batch, H, W, C] input.")
+
+
+#: Each kind's module, in the order `from_signature` tries them (registration: one line here).
+KIND_MODULES = {"image": "tfpipeline.inputs.image", "text": "tfpipeline.inputs.text",
+                "table": "tfpipeline.inputs.table"}
 
 
 def kinds() -> list[str]:
@@ -214,6 +219,11 @@ def ensemble_members(model) -> list:
     return members or [model]
 
 
-def _load_kinds() -> None:
-    """Import the kinds' modules, so `register` has run for each (they import this one)."""
-    from tfpipeline.inputs import image, table, text  # noqa: F401
+def _load_kinds(*only: str) -> None:
+    """Import the kinds' modules (or those of `only`), so `register` has run for each (they
+    import this one). One at a time: text and tables import TensorFlow, images do not."""
+    import importlib
+
+    for kind in only or KIND_MODULES:
+        if kind in KIND_MODULES:
+            importlib.import_module(KIND_MODULES[kind])
