@@ -6,6 +6,8 @@ read with few enough positional parameters to call without counting."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,11 @@ def test_at_most_six_positional_parameters():
 def test_the_layering_check_finds_a_violation():
     graph = {"tfpipeline.models.cnn": {"tfpipeline.training.loop"}}
     assert [m for m, deps in graph.items() if m.startswith(LOWER) and any(d.startswith(UPPER) for d in deps)]
+
+
+def test_ruff_is_clean_under_the_projects_configuration():
+    # The conventions in pyproject.toml's [tool.ruff] (pyflakes, pycodestyle, isort, line length)
+    # hold for the library, the pipelines, the benchmarks and the tests.
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
