@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline import export
+from tfpipeline import signatures as names
 from tfpipeline.errors import HeldBack, UserError
 from tfpipeline.inputs import InputSpec
 from tfpipeline.report import evaluation
@@ -99,7 +100,7 @@ def decide(base: Path, test_examples, test_labels: np.ndarray, class_names,
         return Decision(True, "first version", candidate.accuracy, max_regression)
     latest = published[-1]
     try:
-        predicted = export.savedmodel_predict(base / str(latest), spec, test_examples)["classes"]
+        predicted = export.savedmodel_predict(base / str(latest), spec, test_examples)[names.CLASSES]
     except (ValueError, TypeError, tf.errors.OpError) as exc:  # another input shape or dtype
         if force:
             return Decision(True, "forced", candidate.accuracy, max_regression, latest)

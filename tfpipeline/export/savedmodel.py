@@ -177,7 +177,7 @@ def staged(model: keras.Model, spec: InputSpec, export_base: Path, test_examples
         write_savedmodel(model, spec, tmp)
         loaded = tf.saved_model.load(str(tmp))  # plain TF, as a server loads it
         outputs = savedmodel_predict(tmp, spec, test_examples, loaded=loaded)
-        accuracy = float((outputs["classes"] == test_labels).mean())
+        accuracy = float((outputs[names.CLASSES] == test_labels).mean())
         if accuracy != expected_accuracy:
             raise ExportVerificationError(
                 f"the reloaded SavedModel scores {accuracy:.4%} on the test set but the trained "
