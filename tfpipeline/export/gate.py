@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline import export, inputs
+from tfpipeline import signatures as names
 from tfpipeline.data.datasets import split_identity
 from tfpipeline.errors import UserError
 from tfpipeline.inputs import InputSpec
@@ -284,7 +285,7 @@ def decide(base: Path, test_examples, test_labels: np.ndarray, class_names, cand
                         note=note[0].upper() + note[1:])
     index = np.flatnonzero(keep)
     try:
-        predicted = export.savedmodel_predict(baseline.path, spec, inputs.take(test_examples, index))["classes"]
+        predicted = export.savedmodel_predict(baseline.path, spec, inputs.take(test_examples, index))[names.CLASSES]
     except (ValueError, TypeError, tf.errors.OpError) as exc:  # another input shape or dtype
         if force:
             return Decision(True, "forced", candidate.accuracy, **settings, baseline_version=baseline.version,

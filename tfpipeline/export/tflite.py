@@ -131,7 +131,7 @@ def write_verified(settings: TFLiteSettings, savedmodel_dir: Path, test_examples
         QuantizationError: the int8 model lost more than `settings.max_drop_points`.
     """
     content = convert(savedmodel_dir, settings.spec, settings.calibration_examples)
-    classes = LiteRTModel(content).predict(settings.spec.request(test_examples))["classes"]
+    classes = LiteRTModel(content).predict(settings.spec.request(test_examples))[names.CLASSES]
     accuracy = float((classes.reshape(-1) == test_labels).mean())
     drop = round((float_accuracy - accuracy) * 100, 4)
     variables = variables_bytes(savedmodel_dir)

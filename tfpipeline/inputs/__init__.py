@@ -6,8 +6,10 @@ Keras model takes, what the exported signatures take and run inside the graph, h
 file or string becomes a request, how TensorBoard shows samples and mistakes, how an
 attribution is drawn, and what TFLite calibrates on. The data stage builds the spec (it knows
 the data) and puts it on `DatasetSpec.input`; export, report, predict and the warm-up file only
-call its methods. A new kind is a new module here that subclasses `InputSpec` and calls
-`register` (docs/inputs.md says what it must provide, with `image.py` as the worked example).
+call its methods. A new kind is a new module here that subclasses `InputSpec`, is decorated
+with `register` and is named in `KIND_MODULES` (docs/inputs.md says what it must provide,
+with `image.py` as the worked example). `InputInfo` is how a signature's inputs are described
+to a spec, and `count`/`take` count and slice examples of either form.
 
 "Examples" below are a batch of raw inputs as the test split holds them in memory
 (`report.evaluation.collect`): a NumPy array (uint8 images, string text) or, for several named
