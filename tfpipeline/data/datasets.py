@@ -549,8 +549,12 @@ def _epochs(dataset: tf.data.Dataset, *, batch_size: int, seed: int, first_epoch
         if per_batch is None:
             return batches
         number = tf.constant(epoch, tf.int64)
-        return batches.enumerate().map(lambda step, batch: per_batch(*batch, number, step), num_parallel_calls=1,
-                                       deterministic=True)
+
+        def apply(step, batch):  # (x, y) or (x, y, sample_weight): weights pass through unchanged
+            x, y, *rest = batch
+            return (*per_batch(x, y, number, step), *rest)
+
+        return batches.enumerate().map(apply, num_parallel_calls=1, deterministic=True)
 
     stream = one_epoch(first_epoch)
     for epoch in range(first_epoch + 1, max(first_epoch + 1, end_epoch or 0)):
