@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import keras
 
 from tfpipeline.models.space import ints, joined, options
+from tfpipeline.models.text.stems import classifier, embedded_tokens
 
 if TYPE_CHECKING:
     import keras_tuner
@@ -34,22 +35,17 @@ class Hyperparams:
 
 def build(text_input: TextInput, num_classes: int, hp: Hyperparams | None = None) -> keras.Model:
     hp = hp or Hyperparams()
-    text = keras.Input(shape=(), dtype="string", name="text")
-    ids = text_input.vectorizer("int")(text)
-    x = keras.layers.Embedding(text_input.vocabulary_size, hp.embed_dim, name="embedding")(ids)
+    text, x = embedded_tokens(text_input, hp.embed_dim)
     pooled = []
     for width in hp.widths:
         h = keras.layers.Conv1D(hp.filters, width, padding="same", activation="relu", name=f"conv_{width}")(x)
         pooled.append(keras.layers.GlobalMaxPooling1D(name=f"max_{width}")(h))
     x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="phrases")(pooled)
-    if hp.dropout:
-        x = keras.layers.Dropout(hp.dropout, name="dropout")(x)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
-    return keras.Model(text, logits, name="text_cnn")
+    return classifier(text, x, num_classes, dropout=hp.dropout, name="text_cnn")
 
 
 def search_space(hp: keras_tuner.HyperParameters, text_input=None) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default."""
+    """Tunables for the search (`tfpipeline.tuning`); each default is the dataclass default."""
     d = Hyperparams()
     return Hyperparams(
         learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log", default=d.learning_rate),

@@ -48,7 +48,7 @@ def build(text_input: TextInput, num_classes: int, hp: Hyperparams | None = None
 
 
 def search_space(hp: keras_tuner.HyperParameters, text_input=None) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default."""
+    """Tunables for the search (`tfpipeline.tuning`); each default is the dataclass default."""
     d = Hyperparams()
     return Hyperparams(
         learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log", default=d.learning_rate),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import keras
 
 from tfpipeline.models.space import options
+from tfpipeline.models.text.stems import classifier, embedded_tokens
 
 if TYPE_CHECKING:
     import keras_tuner
@@ -39,21 +40,16 @@ def build(text_input: TextInput, num_classes: int, hp: Hyperparams | None = None
     hp = hp or Hyperparams()
     if hp.cell not in CELLS:
         raise ValueError(f"Unknown RNN cell {hp.cell!r}; use one of {sorted(CELLS)}.")
-    text = keras.Input(shape=(), dtype="string", name="text")
-    ids = text_input.vectorizer("int")(text)
-    x = keras.layers.Embedding(text_input.vocabulary_size, hp.embed_dim, name="embedding")(ids)
+    text, x = embedded_tokens(text_input, hp.embed_dim)
     for i in range(hp.layers):
         rnn = CELLS[hp.cell](hp.units, return_sequences=True, name=f"{hp.cell}_{i}")
         x = keras.layers.Bidirectional(rnn, name=f"bi_{hp.cell}_{i}")(x)
     x = keras.layers.GlobalMaxPooling1D(name="max")(x)
-    if hp.dropout:
-        x = keras.layers.Dropout(hp.dropout, name="dropout")(x)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
-    return keras.Model(text, logits, name="text_rnn")
+    return classifier(text, x, num_classes, dropout=hp.dropout, name="text_rnn")
 
 
 def search_space(hp: keras_tuner.HyperParameters, text_input=None) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default."""
+    """Tunables for the search (`tfpipeline.tuning`); each default is the dataclass default."""
     d = Hyperparams()
     return Hyperparams(
         learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log", default=d.learning_rate),

@@ -14,6 +14,7 @@ import keras
 
 from tfpipeline.models.layers import PositionEmbedding
 from tfpipeline.models.space import options
+from tfpipeline.models.text.stems import classifier, embedded_tokens
 from tfpipeline.models.transformer import encoder_block
 
 if TYPE_CHECKING:
@@ -38,22 +39,17 @@ class Hyperparams:
 
 def build(text_input: TextInput, num_classes: int, hp: Hyperparams | None = None) -> keras.Model:
     hp = hp or Hyperparams()
-    text = keras.Input(shape=(), dtype="string", name="text")
-    ids = text_input.vectorizer("int")(text)
-    x = keras.layers.Embedding(text_input.vocabulary_size, hp.embed_dim, name="embedding")(ids)
+    text, x = embedded_tokens(text_input, hp.embed_dim)
     x = PositionEmbedding(name="positions")(x)
     for i in range(hp.layers):
         x = encoder_block(x, hp, f"block_{i}")
     x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
     x = keras.layers.GlobalAveragePooling1D(name="mean")(x)
-    if hp.head_dropout:
-        x = keras.layers.Dropout(hp.head_dropout, name="dropout")(x)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
-    return keras.Model(text, logits, name="text_transformer")
+    return classifier(text, x, num_classes, dropout=hp.head_dropout, name="text_transformer")
 
 
 def search_space(hp: keras_tuner.HyperParameters, text_input=None) -> Hyperparams:
-    """Tunables for `tfpipeline.tuning.engine`; each default is the dataclass default."""
+    """Tunables for the search (`tfpipeline.tuning`); each default is the dataclass default."""
     d = Hyperparams()
     return Hyperparams(
         learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log", default=d.learning_rate),
