@@ -28,3 +28,21 @@ tuning, export, report or serving (tests/test_layout.py checks it).
 """
 
 __version__ = "0.1.0"
+
+
+def lazy_exports(package: str, names: dict[str, str]):
+    """A package's module-level `__getattr__` that imports each of `names` (attribute → module
+    path) on first use and keeps it: the packages whose modules import TensorFlow re-export
+    their names this way, so a command's `--help` and flag checks never start TensorFlow."""
+
+    def __getattr__(name: str):
+        if name not in names:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        import importlib
+        import sys
+
+        value = getattr(importlib.import_module(names[name]), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return __getattr__

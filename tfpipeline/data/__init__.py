@@ -11,6 +11,8 @@ training, tuning, distribute, export, report or serving: every later stage build
 (tests/test_layout.py checks this).
 """
 
+from tfpipeline import lazy_exports
+
 #: Environment variable naming the folder of manually downloaded files (the `--manual-dir` flag).
 ENV_MANUAL_DIR = "TFPIPELINE_MANUAL_DIR"
 #: TFDS's own variable for where prepared datasets live (the `--data-dir` flag).
@@ -37,11 +39,4 @@ _LAZY = {"load": "tfpipeline.data.kinds"} | {name: "tfpipeline.data.datasets" fo
 )}
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -9,6 +9,8 @@ May import: errors, data and training. It imports nothing from tuning, export, r
 serving.
 """
 
+from tfpipeline import lazy_exports
+
 #: --strategy's choices and --lr-scaling's rules (`strategies.setup` and `scale_learning_rate`).
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 LR_SCALING = ("linear", "sqrt", "none")
@@ -31,11 +33,4 @@ _LAZY = {name: "tfpipeline.distribute.strategies" for name in (
 )}
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)
