@@ -122,26 +122,24 @@ def fill_model_spec(target, name: str, signature_name: str, version: int) -> Non
 
 async def classify(core: ServingCore, servable: Servable, request):
     """A ClassificationRequest on a servable already looked up from its model_spec."""
-    spec = request.model_spec
-    signature = find_signature(servable, spec.signature_name, CLASSIFY_METHOD,
-                               core.config.method_name_check)
-    examples = serialized_examples(request.input)
-    outputs = await run_examples(core, servable, signature, examples)
-    response = classification_pb2.ClassificationResponse()
-    response.result.CopyFrom(classification_result(outputs, len(examples)))
-    fill_model_spec(response.model_spec, spec.name, spec.signature_name, servable.version)
-    return response
+    return await _single_task(core, servable, request, CLASSIFY_METHOD,
+                              classification_pb2.ClassificationResponse(), classification_result)
 
 
 async def regress(core: ServingCore, servable: Servable, request):
     """A RegressionRequest on a servable already looked up from its model_spec."""
+    return await _single_task(core, servable, request, REGRESS_METHOD,
+                              regression_pb2.RegressionResponse(), regression_result)
+
+
+async def _single_task(core: ServingCore, servable: Servable, request, method: str, response, to_result):
+    """Classify and Regress alike: the signature for `method`, the request's examples through
+    it, and `to_result` of its outputs in `response`, with the model spec it ran."""
     spec = request.model_spec
-    signature = find_signature(servable, spec.signature_name, REGRESS_METHOD,
-                               core.config.method_name_check)
+    signature = find_signature(servable, spec.signature_name, method, core.config.method_name_check)
     examples = serialized_examples(request.input)
     outputs = await run_examples(core, servable, signature, examples)
-    response = regression_pb2.RegressionResponse()
-    response.result.CopyFrom(regression_result(outputs, len(examples)))
+    response.result.CopyFrom(to_result(outputs, len(examples)))
     fill_model_spec(response.model_spec, spec.name, spec.signature_name, servable.version)
     return response
 
