@@ -159,6 +159,16 @@ def test_kind_options_become_the_config():
     assert (images.kind, images.channels) == ("image", 1)
 
 
+def test_a_library_config_takes_its_kinds_default_family():
+    from tfpipeline.config import DEFAULT_MODELS, PipelineConfig, TableOptions
+
+    table = PipelineConfig(kind="table", dataset="p.csv", table=TableOptions(label_column="species"))
+    table.validate()  # the image default (cnn) would be refused on a table
+    assert table.model == DEFAULT_MODELS["table"]
+    assert PipelineConfig().model == DEFAULT_MODELS["image"]
+    assert PipelineConfig(kind="text", model="rnn").model == "rnn"
+
+
 def _assert_user_error(proc, *phrases):
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

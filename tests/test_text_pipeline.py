@@ -115,6 +115,11 @@ def test_served_text_answers_rest_grpc_and_predict(runs, tmp_path):
                                capture_output=True, text=True, env=env(), timeout=120)
         assert shown.returncode == 0, shown.stderr
         assert [int(line.split("class ")[1].split()[0]) for line in shown.stdout.splitlines()] == expected[:2]
+        local = subprocess.run([sys.executable, "-m", "tfpipeline.predict", "--model-dir", str(version),
+                                "--text", texts[0]], capture_output=True, text=True, env=env(), timeout=120)
+        class_names = json.loads((version / "metadata.json").read_text())["dataset"]["class_names"]
+        # locally the metadata is at hand: the class's name beside its index
+        assert f": class {expected[0]} {class_names[expected[0]]!r} (probability " in local.stdout, local.stderr
     finally:
         stop_server(server)
 

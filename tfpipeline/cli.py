@@ -220,8 +220,9 @@ def _what(parser: argparse.ArgumentParser, dataset: str) -> None:
     what.add_argument("--channels", type=int,
                       help="1 (grayscale) or 3 (RGB) input channels (default: the dataset's own; a folder: 3 "
                            "if any training image has a pixel that is not gray)")
-    what.add_argument("--model", default=_DEFAULTS["model"], choices=[*FAMILIES, "auto"],
-                      help=f"model family, or auto: the search chooses the family too (default: {_DEFAULTS['model']})")
+    default = config.DEFAULT_MODELS["image"]
+    what.add_argument("--model", default=default, choices=[*FAMILIES, "auto"],
+                      help=f"model family, or auto: the search chooses the family too (default: {default})")
     what.add_argument("--hparam", type=argtypes.key_value, action="append", default=[], metavar="KEY=VALUE",
                       help="set one of the family's hyperparameters (repeatable; pinned during a search); "
                            "see tfpipeline/models/")

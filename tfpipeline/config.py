@@ -184,7 +184,8 @@ class PipelineConfig:
         kind: the kind of input, one of `KINDS` ("image", the default; "text"; "table").
         text, table: how a text dataset or a table is read (`TextOptions`, `TableOptions`); only
             for that kind.
-        model: model family (tfpipeline/models), or "auto" to search the family too.
+        model: model family (tfpipeline/models), or "auto" to search the family too. None: the
+            kind's default (`DEFAULT_MODELS`).
         epochs, batch_size, learning_rate: None takes the family's own default (or, after a
             search, the best trial's); `batch_size` is per replica.
         hparams: overrides of the family's hyperparameters (pinned during a search).
@@ -216,7 +217,7 @@ class PipelineConfig:
     kind: str = "image"
     text: TextOptions = dataclasses.field(default_factory=TextOptions)
     table: TableOptions = dataclasses.field(default_factory=TableOptions)
-    model: str = "cnn"
+    model: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
@@ -252,6 +253,10 @@ class PipelineConfig:
     export_tflite: bool = False
     max_quantization_drop: float = 0.5
     ensemble: int | None = None
+
+    def __post_init__(self):
+        if self.model is None:  # each kind's default lives in DEFAULT_MODELS, not here
+            self.model = DEFAULT_MODELS.get(self.kind, DEFAULT_MODELS["image"])
 
     @property
     def dataset_name(self) -> str:

@@ -87,6 +87,7 @@ def predict(args: argparse.Namespace) -> int:
     """Classify every source through the chosen signature and print one line each."""
     client = connect(args)
     spec = input_spec(client)
+    names_of = _class_names(client)
     signature = choose_signature(args, client, spec)
     signature_inputs = client.inputs(signature)
     # Examples can share a request only when the input fixes every size but the batch's.
@@ -103,8 +104,16 @@ def predict(args: argparse.Namespace) -> int:
         labels, request = read(sources[start:start + step], signature_inputs)
         classes, probabilities = _classify(client.predict(signature, request))
         for label, cls, prob in zip(labels, classes, probabilities):
-            print(f"{label}: class {int(cls)} (probability {prob:.4f})")
+            name = f" {names_of[int(cls)]!r}" if int(cls) < len(names_of) else ""
+            print(f"{label}: class {int(cls)}{name} (probability {prob:.4f})")
     return 0
+
+
+def _class_names(client) -> list[str]:
+    """The class names from the version's metadata.json, where the client can read it and they
+    say more than the index (MNIST's "0".."9" do not); else none (a server reports only indices)."""
+    names_of = [str(name) for name in ((client.metadata() or {}).get("dataset", {}).get("class_names") or [])]
+    return [] if names_of == [str(i) for i in range(len(names_of))] else names_of
 
 
 def explain(args: argparse.Namespace) -> int:
