@@ -198,7 +198,8 @@ def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution,
         # --epochs too: the search's own key leaves it out, but it sets the retraining's length.
         state_dir = Path(config.work_dir) / config.dataset_name / runstate.key(
             f"tune-{config.model}",
-            {**tuning.identity(config, plan), **({"epochs": config.epochs} if config.epochs is not None else {})})
+            {**tuning.identity(config, plan), **({"epochs": config.epochs} if config.epochs is not None else {}),
+             **_data_identity(data_version)})
         state = runstate.resolve(state_dir, runstate.new_run_id(config.run_name, config.model, True),
                                  overwrite=plan.overwrite, follower=this_role == "worker")
         if this_role == "worker" and state.created:
@@ -212,10 +213,17 @@ def _run_state(config: PipelineConfig, plan, dist: distribute.Distribution,
     if dist.kind != "default":  # another global batch: another run
         identity["distribution"] = dist.identity()
     identity.update(training.optimizer_options(config))  # only when set: older keys stay valid
-    if data_version.startswith("files-"):  # a folder: its files and split, not just its path
-        identity["files"] = data_version
+    identity.update(_data_identity(data_version))
     state_dir = dist.writable(Path(config.work_dir) / config.dataset_name / runstate.key(config.model, identity))
     return runstate.resolve(state_dir, runstate.new_run_id(config.run_name, config.model, False))
+
+
+def _data_identity(data_version: str) -> dict:
+    """A resume key's data part: a folder's, text's or table's digest of its examples and split
+    (files-, text-, rows-), so a rerun after the data changed starts afresh instead of resuming
+    weights trained on another split. TFDS versions are already in the dataset's name and keep
+    older keys."""
+    return {"files": data_version} if data_version.startswith(("files-", "text-", "rows-")) else {}
 
 
 def _family_hyperparams(config: PipelineConfig):

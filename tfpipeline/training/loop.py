@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline.errors import TrainingDiverged
-from tfpipeline.training import freezing, internals, losses, optimizers
+from tfpipeline.training import freezing, internals, losses, optimizers, seeds
 
 # A training loss this many times that of guessing uniformly (ln of the number of classes) is
 # taken as divergence even while finite: with a far too high learning rate Adam drives the
@@ -275,7 +275,7 @@ def make_callbacks(
     """
     # First, so every callback after it sees the model with all its layers trainable.
     callbacks: list[keras.callbacks.Callback] = [*freezing.callbacks(settings.frozen_layers, settings.frozen_epochs),
-                                                 keras.callbacks.TerminateOnNaN()]
+                                                 seeds.EpochSeeds(), keras.callbacks.TerminateOnNaN()]
     if backup_dir is not None:
         # Saves model, optimizer (and so the schedule's step) and epoch after every epoch;
         # deleted when training finishes, so only an interrupted run leaves it behind.
