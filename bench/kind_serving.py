@@ -1,0 +1,117 @@
+"""One-example latency of a text or table export: in-process against our server's REST API.
+
+    python -m bench.kind_serving exported/election-tweets-2016/1 [--requests 1000]
+
+The issues' goal for text and tables: REST p50 for one example within 1 ms of the in-process
+signature call. The examples are the export's own input spec's `random_examples` (strings of its
+vocabulary for text, values of each column's kind for a table), sent one at a time: in-process
+through `serving_default` (in a child process, with TensorFlow's default threads), and over REST
+(`:predict`, the columnar `inputs` form) by a keep-alive HTTP/1.1 client to
+`python -m tfpipeline.serve` on 127.0.0.1. Both in one invocation, so the difference is
+comparable whatever the machine's speed that day. Prints the table and writes JSON to
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.serving import ROOT, _env, server
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (by tfpipeline.inputs)
+
+
+def _examples(version_dir: Path, count: int) -> list[dict]:
+    """`count` one-example requests (name → list of one value) of the export's input spec."""
+    from tfpipeline import inputs
+
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    spec = inputs.from_json(metadata["dataset"]["input"])
+    request = spec.request(spec.random_examples(count, seed=0))
+
+    def plain(value):
+        return value.decode() if isinstance(value, bytes) else value.item() if hasattr(value, "item") else value
+    return [{name: [plain(values[i])] for name, values in request.items()} for i in range(count)]
+
+
+def _percentiles(latencies: list[float]) -> dict:
+    ms = sorted(1e3 * t for t in latencies)
+    return {"p50_ms": statistics.median(ms), "p99_ms": ms[int(0.99 * (len(ms) - 1))], "requests": len(ms)}
+
+
+def in_process(version_dir: Path, count: int) -> dict:
+    """p50/p99 of one-example `serving_default` calls (run in a child: its own TensorFlow)."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    dtypes = {name: spec.dtype for name, spec in signature.structured_input_signature[1].items()}
+    calls = [{name: tf.constant(np.array(value), dtype=dtypes[name]) for name, value in example.items()}
+             for example in _examples(version_dir, count)]
+    for call in calls[:50]:
+        signature(**call)
+    latencies = []
+    for call in calls:
+        start = time.perf_counter()
+        {k: v.numpy() for k, v in signature(**call).items()}
+        latencies.append(time.perf_counter() - start)
+    return _percentiles(latencies)
+
+
+def over_rest(url: str, name: str, version_dir: Path, count: int) -> dict:
+    """p50/p99 of one-example `:predict` requests over one keep-alive connection."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    connection = http.client.HTTPConnection(host, int(port))
+    bodies = [json.dumps({"inputs": example}).encode() for example in _examples(version_dir, count)]
+    latencies = []
+    for i, body in enumerate(bodies[:50] + bodies):
+        start = time.perf_counter()
+        connection.request("POST", f"/v1/models/{name}:predict", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise SystemExit(f"REST {response.status}: {payload[:500]!r}")
+        if i >= 50:
+            latencies.append(time.perf_counter() - start)
+    return _percentiles(latencies)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("version_dir", type=Path, help="an export's version folder (exported/<name>/<N>)")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--child-in-process", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    version_dir = args.version_dir.resolve()
+    if args.child_in_process:
+        print(json.dumps(in_process(version_dir, args.requests)))
+        return 0
+    child = subprocess.run([sys.executable, "-m", "bench.kind_serving", str(version_dir), "--requests",
+                            str(args.requests), "--child-in-process"], env=_env(), cwd=ROOT, check=True,
+                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    result = {"version_dir": str(version_dir), "in_process": json.loads(child.stdout.splitlines()[-1])}
+    with server(version_dir.parent) as endpoints:
+        result["rest"] = over_rest(endpoints.rest, "mnist", version_dir, args.requests)
+    result["rest_minus_in_process_p50_ms"] = result["rest"]["p50_ms"] - result["in_process"]["p50_ms"]
+    for label in ("in_process", "rest"):
+        row = result[label]
+        print(f"{label:12s} p50 {row['p50_ms']:7.3f} ms   p99 {row['p99_ms']:7.3f} ms   ({row['requests']} requests)")
+    print(f"REST adds {result['rest_minus_in_process_p50_ms']:.3f} ms at p50")
+    out = ROOT / "bench" / "results" / f"kind_serving-{version_dir.parent.name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"command": "python -m bench.kind_serving " + " ".join(argv or sys.argv[1:]),
+                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
