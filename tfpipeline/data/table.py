@@ -101,26 +101,60 @@ def override(column: Column, values: np.ndarray, role: str) -> Column:
 
 def fit_column(column: Column, values: np.ndarray) -> Column:
     """`column` with its statistics or vocabulary from the training `values`."""
+    return fitted(column, column_stats(column, values))
+
+
+def column_stats(column: Column, values: np.ndarray) -> dict:
+    """What `fitted` needs of some training `values` of `column`; `merge_stats` adds those of
+    two parts, so a streamed table is fitted chunk by chunk with the same arithmetic."""
+    stats = {"missing": int(sum(v is None for v in values))}
     if column.role == NUMERIC:
         floats, unparseable = tablefile.parse_floats(values)
         numbers = floats[~np.isnan(floats)].astype(np.float64)
         mean = float(numbers.mean()) if len(numbers) else 0.0
-        std = float(numbers.std()) if len(numbers) > 1 else 1.0
-        return _replace(column, mean=mean, std=std if std > 0 else 1.0, missing=int(np.isnan(floats).sum()),
-                        missing_indicator=bool(np.isnan(floats).any()), unparseable=unparseable)
+        deviations = numbers - mean
+        # numbers.std() is sqrt(m2 / n), computed the same way: one chunk fits as before.
+        stats.update(n=len(numbers), mean=mean, m2=float(np.multiply(deviations, deviations).sum()),
+                     nan=int(np.isnan(floats).sum()), unparseable=unparseable)
+    elif column.role == CATEGORICAL:
+        present = [v for v in column.values(values).tolist() if v != column.missing_value()] \
+            if column.dtype == "string" else [int(v) for v in tablefile.parse_floats(values)[0] if not np.isnan(v)]
+        stats["counts"] = collections.Counter(present)
+    return stats
+
+
+def merge_stats(a: dict | None, b: dict) -> dict:
+    """`column_stats` of two parts combined (means and squared deviations by Chan et al.'s rule)."""
+    if a is None:
+        return b
+    merged = {"missing": a["missing"] + b["missing"]}
+    if "counts" in a:
+        merged["counts"] = a["counts"] + b["counts"]
+    if "n" in a:
+        n = a["n"] + b["n"]
+        delta = b["mean"] - a["mean"]
+        merged.update(n=n, mean=a["mean"] + delta * b["n"] / n if n else 0.0,
+                      m2=a["m2"] + b["m2"] + (delta * delta * a["n"] * b["n"] / n if n else 0.0),
+                      nan=a["nan"] + b["nan"], unparseable=a["unparseable"] + b["unparseable"])
+    return merged
+
+
+def fitted(column: Column, stats: dict) -> Column:
+    """`column` with the statistics or vocabulary `stats` (`column_stats`) describe."""
+    if column.role == NUMERIC:
+        std = float(np.sqrt(stats["m2"] / stats["n"])) if stats["n"] > 1 else 1.0
+        return _replace(column, mean=stats["mean"], std=std if std > 0 else 1.0, missing=stats["nan"],
+                        missing_indicator=stats["nan"] > 0, unparseable=stats["unparseable"])
     if column.role == CATEGORICAL:
-        raw = column.values(values)
-        present = [v for v in raw.tolist() if v != column.missing_value()] if column.dtype == "string" else [
-            int(v) for v in tablefile.parse_floats(values)[0] if not np.isnan(v)]
-        counts = collections.Counter(present)
+        counts = stats["counts"]
         vocabulary = tuple(v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
         note = column.note
         if len(vocabulary) > MAX_VOCABULARY:
             note = f"{len(vocabulary)} values; the {MAX_VOCABULARY} most frequent kept, the rest out-of-vocabulary"
         vocabulary = vocabulary[:MAX_VOCABULARY]
         code = int(min(vocabulary)) - 1 if column.dtype == "int64" and vocabulary else -1
-        return _replace(column, vocabulary=vocabulary, missing_code=code, note=note)
-    return column
+        return _replace(column, vocabulary=vocabulary, missing_code=code, note=note, missing=stats["missing"])
+    return _replace(column, missing=stats["missing"])
 
 
 def _replace(column: Column, **changes) -> Column:
@@ -134,6 +168,16 @@ def infer_columns(table: tablefile.RawTable, label: str, flags: dict[str, tuple[
         table: the training split.
         label: the label column (left out).
         flags: role ("numeric", "categorical", "ignored") → the column names a flag gave it.
+
+    Raises:
+        UserError: as `typed_columns`.
+    """
+    return tuple(fit_column(c, table.values[c.name]) for c in typed_columns(table, label, flags))
+
+
+def typed_columns(table: tablefile.RawTable, label: str, flags: dict[str, tuple[str, ...]]) -> tuple[Column, ...]:
+    """Every column but the label, typed from the values of `table` (the training split, or a
+    streamed table's sample of it), flags winning; not fitted.
 
     Raises:
         UserError: a flag names a column the table does not have, or the label, or one column
@@ -154,9 +198,7 @@ def infer_columns(table: tablefile.RawTable, label: str, flags: dict[str, tuple[
         if name == label:
             continue
         column = infer_column(name, table.values[name])
-        if name in forced:
-            column = override(column, table.values[name], forced[name])
-        columns.append(fit_column(column, table.values[name]))
+        columns.append(override(column, table.values[name], forced[name]) if name in forced else column)
     if not any(c.role != IGNORED for c in columns):
         raise UserError("No feature column is left to learn from: " + "; ".join(c.describe() for c in columns)
                         + ". Use --numeric or --categorical to keep a column.")
