@@ -5,7 +5,8 @@ column types. Every value is kept as the stripped string the file holds, or None
 missing (`MISSING_TOKENS`), so the type inference (`tfpipeline.data.table`), the predict
 command and the tests all read a file the same way. A row with more or fewer fields than the
 header is skipped (it cannot be assigned to columns with any confidence) and counted with its
-line number; blank lines are not rows.
+line number; blank lines are not rows. `read` holds a file in memory; `rows_of` yields the same
+rows one at a time, for a table larger than the cache budget.
 
 It imports only the standard library, NumPy and `tfpipeline.errors`, so the input spec
 (`tfpipeline.inputs.table`) can read a user's rows for `predict` without the data stage.
