@@ -657,7 +657,6 @@ def load_streamed(path: Path, label: str, plan: folders.CachePlan, *, validation
               "read": "stream", "label_counts": {"train": {c: counts["train"][c] for c in class_names}},
               "types_from": {"sample_rows": len(sample), "of": num_examples["train"],
                              "rule": f"a seeded uniform sample (reservoir) of at most {SAMPLE_ROWS:,} training rows"},
-              "baseline_rows": min(num_examples["train"], BASELINE_ROWS),
               **({"shard": _shard_record(shard, num_examples["train"])} if shard else {})}
     spec = _spec(path, spec_input, stream_fingerprint(stream, rule), num_examples, source)
     size = plan.prepared_bytes / MEMORY_PER_FILE_BYTE
@@ -668,13 +667,16 @@ def load_streamed(path: Path, label: str, plan: folders.CachePlan, *, validation
           + (f"each split cached on disk in {plan.directory}." if plan.kind == "disk" else
              "not cached (not enough free disk): each epoch reads the file again."), flush=True)
     _announce(spec, spec_input)
+    # The cache files are named by the fitted columns too: examples converted with other types
+    # (another version's inference) are never read back.
+    prefix = hashlib.sha256(repr(spec_input.to_json()).encode()).hexdigest()[:8]
     made = {}
     for role in ("train", "validation", "test"):
         part = shard if role == "train" else None
         made[role] = stream_dataset(spec_input, stream, role, part)
         if plan.kind == "disk":
             made[role] = made[role].cache(str(Path(plan.directory) / (
-                f"{role}-shard{shard[0]}-of-{shard[1]}" if part else role)))
+                f"{prefix}-{role}-shard{shard[0]}-of-{shard[1]}" if part else f"{prefix}-{role}")))
         rows = spec.source["shard"]["rows"] if part else num_examples[role]
         made[role] = made[role].apply(tf.data.experimental.assert_cardinality(rows))
     return Datasets(spec, made["train"], made["validation"], made["test"], cache_plan=plan)
