@@ -10,6 +10,7 @@ import pytest
 from test_table import mixed_rows, write
 
 from tfpipeline.data import table
+from tfpipeline.errors import UserError
 
 
 def folder(tmp_path, n: int = 300):
@@ -137,3 +138,21 @@ def test_streamed_table_trains_and_gives_the_baseline_a_bounded_sample(tmp_path,
         data.validation, batch_size=64, seed=0, training=False))
     assert np.isfinite(history.history["loss"][-1])
     keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("case", ["no label column", "one class", "empty", "header only", "bad rows only"])
+def test_bad_input_is_a_user_error_when_streamed_too(tmp_path, case):
+    path = tmp_path / "t.csv"
+    if case == "no label column":
+        write(path, ["a", "b"], [[1, 2], [3, 4]])
+    elif case == "one class":
+        write(path, ["a", "label"], [[i, "x"] for i in range(20)])
+    elif case == "empty":
+        path.write_text("")
+    else:
+        path.write_text("a,label\n" + ("1,2,3\n" if case == "bad rows only" else ""))
+    expected = {"no label column": "label column 'label' is not in .*its columns are: a, b",
+                "one class": "only one class", "empty": "is empty", "header only": "no data rows",
+                "bad rows only": "no data rows that could be read"}[case]
+    with pytest.raises(UserError, match=expected):
+        table.load_table(path, "label", cache_budget=1, work_dir=tmp_path / "work")

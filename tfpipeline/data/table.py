@@ -572,6 +572,10 @@ def survey(stream: Stream) -> tuple[dict[str, collections.Counter], tablefile.Ra
             if slot < SAMPLE_ROWS:
                 sample[slot:slot + 1] = [(line, values)]
     empty = [role for role, c in counts.items() if not c]
+    if len(empty) == len(counts):
+        raise UserError(f"The table {stream.sources[0][0]} has a header ({', '.join(stream.names)}) but no data rows"
+                        + (f" that could be read ({len(skipped)} rows skipped: wrong number of fields, or no label)"
+                           if skipped else "") + ".")
     if empty:
         raise UserError(f"The table {stream.sources[0][0]} gives no rows to the {' and '.join(empty)} split"
                         f"{'s' if len(empty) > 1 else ''}; use a --validation-fraction between 0 and 1 (such as "
