@@ -156,3 +156,13 @@ def test_bad_input_is_a_user_error_when_streamed_too(tmp_path, case):
                 "bad rows only": "no data rows that could be read"}[case]
     with pytest.raises(UserError, match=expected):
         table.load_table(path, "label", cache_budget=1, work_dir=tmp_path / "work")
+
+
+def test_data_load_passes_the_budget_work_dir_and_shard_to_tables(tmp_path):
+    from tfpipeline import data
+
+    path = write(tmp_path / "m.csv", *mixed_rows(100))
+    loaded = data.load(str(path), kind="table", label_column="label", cache_budget=1, work_dir=tmp_path / "work",
+                       shard=(1, 2), seed=3, validation_fraction=0.25, quick=False)
+    assert loaded.spec.source["read"] == "stream" and loaded.spec.source["shard"]["worker"] == 1
+    assert str(tmp_path / "work") in loaded.spec.source["cache"]["directory"]
