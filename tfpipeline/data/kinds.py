@@ -44,5 +44,7 @@ def load(name: str = "mnist", *, kind: str = "image", text_column: str | None = 
 
         if not label_column:
             raise UserError("A table needs --label-column COLUMN: the column whose values are the classes.")
-        return table.load_table(name, label_column, flags=table_flags, **shared)
+        # A table over the cache budget streams from its file; `shard`: a worker's share of its rows.
+        streaming = {key: common[key] for key in ("cache_budget", "work_dir", "shard") if key in common}
+        return table.load_table(name, label_column, flags=table_flags, **shared, **streaming)
     raise UserError(f"Unknown input kind {kind!r}; use one of image, text, table.")

@@ -5,7 +5,8 @@ column types. Every value is kept as the stripped string the file holds, or None
 missing (`MISSING_TOKENS`), so the type inference (`tfpipeline.data.table`), the predict
 command and the tests all read a file the same way. A row with more or fewer fields than the
 header is skipped (it cannot be assigned to columns with any confidence) and counted with its
-line number; blank lines are not rows.
+line number; blank lines are not rows. `read` holds a file in memory; `rows_of` yields the same
+rows one at a time, for a table larger than the cache budget.
 
 It imports only the standard library, NumPy and `tfpipeline.errors`, so the input spec
 (`tfpipeline.inputs.table`) can read a user's rows for `predict` without the data stage.
@@ -13,10 +14,12 @@ It imports only the standard library, NumPy and `tfpipeline.errors`, so the inpu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -81,34 +84,55 @@ def read(path: str | Path) -> RawTable:
             empty or repeated column name, or has no data rows.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"The table file {path} does not exist. Pass a CSV/TSV file, or a folder holding "
-                        "train.csv and test.csv (and optionally validation.csv), with --dataset.")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter=delimiter_for(path))
-            header = next(reader, None)
-            if header is None:
-                raise UserError(f"The table file {path} is empty: it needs a header row naming the columns, "
-                                "then one row per example.")
-            names = [name.strip() for name in header]
-            _check_header(path, names)
-            rows, skipped = [], []
-            for row in reader:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # a blank line
-                if len(row) != len(names):
-                    skipped.append((reader.line_num, f"{len(row)} fields, the header has {len(names)}"))
-                    continue
-                rows.append([None if is_missing(v) else v.strip() for v in row])
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"Cannot read the table file {path}: {exc}. Pass a UTF-8 CSV or TSV file.") from exc
+    names = header(path)
+    skipped: list[tuple[int, str]] = []
+    rows = [values for _, values in rows_of(path, len(names), skipped)]
     if not rows:
         raise UserError(f"The table file {path} has a header ({', '.join(names)}) but no data rows"
                         + (f" that could be read ({len(skipped)} rows had the wrong number of fields)"
                            if skipped else "") + ".")
     columns = np.array(rows, dtype=object).T
     return RawTable(path, names, {name: columns[i] for i, name in enumerate(names)}, skipped)
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator:
+    """A `csv.reader` of `path`; a file that cannot be read or decoded is a `UserError`."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            yield csv.reader(handle, delimiter=delimiter_for(path))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"Cannot read the table file {path}: {exc}. Pass a UTF-8 CSV or TSV file.") from exc
+
+
+def header(path: Path) -> list[str]:
+    """The column names of a CSV/TSV file (checked: present, none empty, none repeated)."""
+    if not path.is_file():
+        raise UserError(f"The table file {path} does not exist. Pass a CSV/TSV file, or a folder holding "
+                        "train.csv and test.csv (and optionally validation.csv), with --dataset.")
+    with _opened(path) as reader:
+        first = next(reader, None)
+    if first is None:
+        raise UserError(f"The table file {path} is empty: it needs a header row naming the columns, "
+                        "then one row per example.")
+    names = [name.strip() for name in first]
+    _check_header(path, names)
+    return names
+
+
+def rows_of(path: Path, width: int, skipped: list[tuple[int, str]]) -> Iterator[tuple[int, list]]:
+    """The data rows of a file, one at a time: (line number, values, None when missing). Rows
+    with other than `width` fields are appended to `skipped` instead; blank lines are not rows.
+    What `read` holds in memory, and what a table larger than the cache budget streams."""
+    with _opened(path) as reader:
+        next(reader, None)  # the header
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # a blank line
+            if len(row) != width:
+                skipped.append((reader.line_num, f"{len(row)} fields, the header has {width}"))
+                continue
+            yield reader.line_num, [None if is_missing(v) else v.strip() for v in row]
 
 
 def _check_header(path: Path, names: list[str]) -> None:
