@@ -128,6 +128,11 @@ def test_streamed_table_trains_and_gives_the_baseline_a_bounded_sample(tmp_path,
     train, test, record = table.baseline_arrays(data)
     assert record["train_rows"] == len(train[1]) <= 40 and record["of"] == data.spec.num_examples["train"]
     assert len(test[1]) == data.spec.num_examples["test"]
+    from tfpipeline.report import baseline
+
+    trees = baseline.for_datasets(data)  # trained on the sample, and says so
+    assert (trees.num_train, trees.train_of) == (record["train_rows"], record["of"]) and "every" in trees.train_rule
+    assert trees.num_test == len(test[1]) and 0 <= trees.accuracy <= 1
     keras.utils.set_random_seed(0)
     model = models.build("mlp", data.spec.input_shape, 2, models.hyperparams("mlp", {"units": 16}, kind="table"),
                          input=data.spec.input)

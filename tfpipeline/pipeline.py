@@ -422,8 +422,11 @@ def _kind_metrics(ctx: _Run, metadata: dict, test_labels, test_eval) -> None:
             from tfpipeline.report import baseline
 
             metadata["baseline"] = baseline.for_datasets(ctx.datasets, seed=config.seed).to_json()
-            print(f"Baseline ({metadata['baseline']['model']}, same splits): test accuracy "
-                  f"{metadata['baseline']['accuracy']:.2%}; this model: {test_eval.accuracy:.2%}.", flush=True)
+            trees = metadata["baseline"]
+            sample = ("" if trees["num_train"] == trees["train_of"] else f", trained on {trees['num_train']:,} "
+                      f"of {trees['train_of']:,} training rows: {trees['train_rule']}")
+            print(f"Baseline ({trees['model']}, same splits{sample}): test accuracy {trees['accuracy']:.2%}; "
+                  f"this model: {test_eval.accuracy:.2%}.", flush=True)
 
 
 def _gate(ctx: _Run, candidate, test_examples, test_labels, test_eval) -> gate.Decision:

@@ -27,6 +27,11 @@ class Baseline:
     macro_f1: float
     seconds: float
     num_test: int
+    # The training rows the trees saw: all of a table read into memory; an evenly spread sample
+    # of a streamed one (`train_rule` says which), or a multi-worker chief's share.
+    num_train: int = 0
+    train_of: int = 0
+    train_rule: str = "the whole training split"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -76,7 +81,12 @@ def gradient_boosting(table, train: tuple[dict, np.ndarray], test: tuple[dict, n
 
 def for_datasets(datasets, seed: int = 42) -> Baseline:
     """The baseline on a table's `Datasets` (`tfpipeline.data.table.load_table`): trained on its
-    training split, scored on its test split."""
-    from tfpipeline.data.table import arrays
+    training split (a bounded, evenly spread sample of a streamed table's), scored on its test split."""
+    from tfpipeline.data.table import baseline_arrays
 
-    return gradient_boosting(datasets.spec.input, arrays(datasets.train), arrays(datasets.test), seed)
+    train, test, record = baseline_arrays(datasets)
+    result = gradient_boosting(datasets.spec.input, train, test, seed)
+    shard = datasets.spec.source.get("shard")
+    rule = record.get("rule") or (f"this worker's share of the training rows ({shard})" if shard else
+                                  "the whole training split")
+    return dataclasses.replace(result, num_train=record["train_rows"], train_of=record["of"], train_rule=rule)
