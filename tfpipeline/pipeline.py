@@ -178,7 +178,8 @@ def _load(config: PipelineConfig, dist: distribute.Distribution) -> data_lib.Dat
         return data_lib.load(config.dataset, kind=config.kind, validation_fraction=config.validation_fraction,
                              quick=config.quick, seed=config.seed, label_column=options.label_column,
                              text_column=getattr(options, "text_column", None),
-                             table_flags=options.flags() if config.kind == "table" else None)
+                             table_flags=options.flags() if config.kind == "table" else None,
+                             cache_budget=config.cache_budget, work_dir=config.work_dir)
     return data_lib.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
                          validation_fraction=config.validation_fraction, quick=config.quick,
                          image_size=config.image_size, channels=config.channels,
