@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -230,3 +231,17 @@ def test_help_answers_without_starting_tensorflow(command):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "loaded: []", proc.stdout[-500:]
+
+
+def test_tensorflow_starts_without_its_start_up_noise():
+    """The C++ lines TensorFlow prints while loading (CUDA stub, absl) are held back; what it
+    prints with TF_CPP_MIN_LOG_LEVEL=0 shows they exist on this install."""
+    code = ("import sys, tfpipeline; tfpipeline.start_tensorflow_quietly(); import tensorflow as tf; "
+            "tf.constant(1).numpy(); sys.stderr.write('still writable\\n')")
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": ""})
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == "still writable\n", quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert loud.returncode == 0 and len(loud.stderr.splitlines()) > 1, loud.stderr

@@ -46,3 +46,50 @@ def lazy_exports(package: str, names: dict[str, str]):
         return value
 
     return __getattr__
+
+
+# TensorFlow's C++ start-up lines that say nothing a user can act on: they are written to the
+# process's stderr before TF_CPP_MIN_LOG_LEVEL takes effect (the GPU build's CUDA stub looking
+# for drivers on a machine without a GPU, the CPU-instructions notice).
+_START_UP_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "Could not find cuda drivers on your machine",
+    "failed call to cuInit",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions",
+)
+
+
+def start_tensorflow_quietly() -> None:
+    """Import TensorFlow and find its devices with the known start-up noise held back.
+
+    `TF_CPP_MIN_LOG_LEVEL` (2 unless the user set it) silences TensorFlow's logging, except the
+    lines its C++ libraries print while loading, before their logging is configured. Those go
+    to file descriptor 2 directly, so they are caught there for the length of the import and
+    the device search, and every line that is not known noise (`_START_UP_NOISE`) is written
+    back to stderr: a real warning or an import error still shows. `TF_CPP_MIN_LOG_LEVEL=0`
+    keeps everything, as TensorFlow prints it.
+    """
+    import os
+    import sys
+    import tempfile
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the GPU platform's own start-up lines come here
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines()
+                    if line.strip() and not any(noise in line for noise in _START_UP_NOISE)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)

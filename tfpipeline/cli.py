@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import textwrap
 
-from tfpipeline import argtypes, config
+from tfpipeline import argtypes, config, start_tensorflow_quietly
 from tfpipeline.errors import (
     EXIT_DIVERGED,
     EXIT_EXPORT_FAILED,
@@ -20,9 +19,6 @@ from tfpipeline.errors import (
     EXIT_USER_ERROR,
     exit_on_error,
 )
-
-# Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(config.PipelineConfig)}
 _TEXT_DEFAULTS = config.TextOptions()
@@ -490,7 +486,7 @@ def worker_summary(result) -> str:
 
 def main(argv: list[str] | None = None, dataset: str | None = "mnist", kind: str = "image") -> int:
     args = build_parser(dataset, kind).parse_args(argv)  # exits 2 with a usage message on bad flags
-
+    start_tensorflow_quietly()
     from tfpipeline.pipeline import WorkerResult, run
 
     def work() -> int:

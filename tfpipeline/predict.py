@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfpipeline import argtypes, inputs
+from tfpipeline import argtypes, inputs, start_tensorflow_quietly
 from tfpipeline import signatures as names
 from tfpipeline.errors import UserError, exit_on_error
 from tfpipeline.serving import clients
@@ -166,6 +166,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    start_tensorflow_quietly()
     if args.explain is not None:
         return exit_on_error(lambda: explain(args))
     return exit_on_error(lambda: predict(args))

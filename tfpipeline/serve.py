@@ -25,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 
+from tfpipeline import start_tensorflow_quietly
 from tfpipeline.argtypes import boolean, non_negative_float, non_negative_int, port, positive_int
 from tfpipeline.errors import UserError, exit_on_error
 from tfpipeline.serving.versions import discover_versions
@@ -308,8 +309,6 @@ def server_config(args: argparse.Namespace):
         intra = args.tensorflow_intra_op_parallelism
     if args.tensorflow_inter_op_parallelism is not None:
         inter = args.tensorflow_inter_op_parallelism
-    # TensorFlow's C++ start-up chatter would drown the server's own log lines.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tfpipeline.serving.core import ServerConfig
 
     return ServerConfig(
@@ -345,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         config = server_config(args)
+        start_tensorflow_quietly()
         from tfpipeline.serving.server import serve
 
         try:
