@@ -331,3 +331,18 @@ def test_table_flags():
         PipelineConfig(table=config.table).validate()
     with pytest.raises(UserError, match="The CNN family does not take tables"):
         PipelineConfig(kind="table", model="cnn", table=TableOptions(label_column="species")).validate()
+
+
+def test_column_names_become_valid_input_names(tmp_path):
+    from tfpipeline import models
+
+    rng = np.random.default_rng(0)
+    rows = [[f"{x:.3f}", ["p q", "r"][i % 2], i % 3, "yes" if x > 0 else "no"]
+            for i, x in enumerate(rng.normal(size=60))]
+    path = write(tmp_path / "odd.csv", ["od280/od315", "mean radius", "_code", "the label"], rows)
+    data = table.load_table(path, "the label", flags={"categorical": ("_code",)})
+    spec = data.spec.input
+    assert [c.name for c in spec.features] == ["od280_od315", "mean_radius", "c_code"]
+    assert spec.label == "the_label" and spec.column("c_code").role == "categorical"
+    model = models.build("mlp", (), 2, input=spec)  # Keras refuses `/` in an input's name
+    assert sorted(model.input) == ["c_code", "mean_radius", "od280_od315"]

@@ -413,6 +413,9 @@ def load_table(path: str | Path, label: str, *, validation_fraction: float = 0.2
     if not path.exists():
         raise UserError(f"The table {path} does not exist. Pass a CSV/TSV file, or a folder holding "
                         "train.csv and test.csv, with --dataset.")
+    # The header's names are input names (`tablefile.input_name`): so are the user's.
+    label = tablefile.input_name(label)
+    flags = {role: tuple(tablefile.input_name(n) for n in names) for role, names in (flags or {}).items()}
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}.")
     plan = memory_plan(path, (label, validation_fraction, seed, flags), cache_budget, work_dir)

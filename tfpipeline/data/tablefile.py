@@ -18,6 +18,7 @@ import contextlib
 import csv
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -117,6 +118,28 @@ def header(path: Path) -> list[str]:
                         "then one row per example.")
     names = [name.strip() for name in first]
     _check_header(path, names)
+    return input_names(names)
+
+
+def input_name(column: str) -> str:
+    """A column's name as a model input: letters, digits, `_`, `.` and `-` kept, anything else
+    (`/`, spaces, ...) `_`, since Keras layer names and SavedModel signature arguments take no
+    other characters; `c` in front of a name that starts with none of them. A header read from a
+    file, the label and the --numeric/--categorical/--ignore flags all go through it, so either
+    spelling of a column names it (`od280/od315` or `od280_od315`)."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", column.strip())
+    return name if re.match(r"[A-Za-z0-9.]", name) else f"c{name}"
+
+
+def input_names(columns: list[str]) -> list[str]:
+    """`input_name` of each column, made unique (`_2`, `_3`, ... after a name seen before)."""
+    names: list[str] = []
+    for column in columns:
+        name, n = input_name(column), 1
+        while name in names:
+            n += 1
+            name = f"{input_name(column)}_{n}"
+        names.append(name)
     return names
 
 
