@@ -171,7 +171,8 @@ def _streamed(data: textfiles.TextData, counts: dict[str, int], plan: folders.Ca
     fit the vocabulary on, the shard's record or None)."""
     orders = {role: np.arange(counts[role]) for role in textfiles.ROLES}
     if data.files is not None:  # listed class by class: a seeded order, so a shuffle buffer mixes them
-        orders["train"] = np.random.default_rng(seed).permutation(data.counts["train"])[:counts["train"]]
+        # (of the documents `counts` keeps, the first ones: a quick run's subset is the one in memory)
+        orders["train"] = np.random.default_rng(seed).permutation(counts["train"])
     whole_train = _stream(data, "train", orders["train"])
     record = None
     if shard is not None:
