@@ -177,6 +177,8 @@ def _streamed(data: textfiles.TextData, counts: dict[str, int], plan: folders.Ca
     record = None
     if shard is not None:
         worker, workers = shard
+        if not 0 <= worker < workers:
+            raise ValueError(f"shard={shard} is not (worker, workers) with 0 <= worker < workers.")
         orders["train"] = orders["train"][worker::workers]
         if not len(orders["train"]):
             raise UserError(f"The text dataset {data.root} has {counts['train']} training documents for {workers} "
@@ -187,9 +189,10 @@ def _streamed(data: textfiles.TextData, counts: dict[str, int], plan: folders.Ca
     made = {role: _stream(data, role, orders[role]) if role != "train" or shard else whole_train
             for role in textfiles.ROLES}
     if plan.kind == "disk":  # each split in a file of its own, written on its first full pass
-        files = {role: role for role in textfiles.ROLES} | (
-            {"train": f"train-worker{shard[0]}-of-{shard[1]}"} if shard else {})
-        made = {role: ds.cache(str(Path(plan.directory) / files[role])) for role, ds in made.items()}
+        # A worker's files are its own, even for the splits every worker reads whole: workers
+        # sharing a --work-dir would otherwise write one cache file at once, which TF refuses.
+        suffix = f"-worker{shard[0]}-of-{shard[1]}" if shard else ""
+        made = {role: ds.cache(str(Path(plan.directory) / f"{role}{suffix}")) for role, ds in made.items()}
     # Unsharded, the vocabulary is fitted from the cached training split (its first full pass
     # writes the cache file; TF 2.21 then warns "did not fully read the dataset being cached"
     # even after a full pass, and keeps the file). Sharded, every worker fits it from the whole
