@@ -196,10 +196,10 @@ def _streamed(data: textfiles.TextData, counts: dict[str, int], plan: folders.Ca
     # Unsharded, the vocabulary is fitted from the cached training split (its first full pass
     # writes the cache file; TF 2.21 then warns "did not fully read the dataset being cached"
     # even after a full pass, and keeps the file). Sharded, every worker fits it from the whole
-    # split, read from the files: the same documents in the same order give the same vocabulary and IDF on every worker
-    # (TextVectorization.adapt is deterministic), with no collective in the data stage (which
-    # cannot import distribute) and no vocabulary to send between workers; it costs each worker
-    # the passes of `inputs.text.fit` over the files of the whole split.
+    # split, read from the files: the same documents in the same order give the same vocabulary
+    # and IDF on every worker (TextVectorization.adapt is deterministic), with no collective in
+    # the data stage (which cannot import distribute) and no vocabulary to send between workers;
+    # it costs each worker the passes of `inputs.text.fit` over the files of the whole split.
     return made, (whole_train if shard else made["train"]), record
 
 
