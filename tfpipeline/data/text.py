@@ -157,12 +157,17 @@ def _say(data: textfiles.TextData, counts: dict[str, int], plan: folders.CachePl
     print(f"Text dataset {data.root} ({data.layout}): {len(data.class_names)} classes, "
           + ", ".join(f"{counts[r]:,} {r}" for r in textfiles.ROLES) + " documents"
           + (f"; text column {data.columns['text']!r}, label column {data.columns['label']!r}"
-             if data.columns else "") + f"; {plan.prepared_bytes / 2**20:,.1f} MiB of text", flush=True)
+             if data.columns else "") + f"; {_size(plan.prepared_bytes)} of text"
+          + (", held in memory" if plan.kind == "memory" else ""), flush=True)
     if plan.kind != "memory":
-        print(f"The text ({plan.prepared_bytes / 2**20:,.1f} MiB) exceeds --cache-budget "
-              f"({plan.budget_bytes / 2**20:,.1f} MiB): streaming it from the files and "
+        print(f"The text ({_size(plan.prepared_bytes)}) exceeds --cache-budget "
+              f"({_size(plan.budget_bytes)}): streaming it from the files and "
               + (f"caching it on disk in {plan.directory}." if plan.kind == "disk" else
                  "not caching it (not enough free disk either); each epoch reads the files again."), flush=True)
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:,.1f} MiB" if count >= 2**20 else f"{count / 2**10:,.1f} KiB"
 
 
 def _streamed(data: textfiles.TextData, counts: dict[str, int], plan: folders.CachePlan, *, seed: int,
