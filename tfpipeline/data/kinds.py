@@ -24,7 +24,8 @@ def load(name: str = "mnist", *, kind: str = "image", text_column: str | None = 
             column (required).
         table_flags: a table's type overrides, role → column names (`config.TableOptions.flags`).
         **common: `datasets.load`'s keywords; text and tables read `validation_fraction`,
-            `quick` and `seed` of them (their documents and rows are held in memory).
+            `quick` and `seed` of them, text also `cache_budget`, `work_dir` and `shard` (a
+            corpus over the budget streams from its files; `text.load`).
 
     Returns:
         `Datasets` whose `spec.input` is the kind's input spec.
@@ -38,7 +39,8 @@ def load(name: str = "mnist", *, kind: str = "image", text_column: str | None = 
     if kind == "text":
         from tfpipeline.data import text
 
-        return text.load(name, text_column=text_column, label_column=label_column, **shared)
+        streaming = {key: common[key] for key in ("cache_budget", "work_dir", "shard") if key in common}
+        return text.load(name, text_column=text_column, label_column=label_column, **shared, **streaming)
     if kind == "table":
         from tfpipeline.data import table
 

@@ -23,15 +23,26 @@ A table's text and label columns come from `--text-column` / `--label-column`, o
 when only one column can be meant (see `choose_columns`); anything ambiguous or missing is a
 `UserError` that lists the columns found. A row without a label is an error too (it is not
 clear whether the user meant to drop it), a row with an empty text is skipped and counted.
+
+The read pass keeps what building the splits needs, not the documents themselves once they are
+many (`Documents`): each document's label and role, the folder layouts' file paths, each table
+row's role, and the dataset digest's records (a label and a 36-byte hash per document, spooled
+to a temporary file). The texts are kept only while they fit `keep_bytes` (`text.load` passes
+its cache budget); past it they stream from the files again (`text.py`). Tables are read as a
+stream of rows too; detecting their columns keeps one hash per distinct value, not the values.
 """
 
 from __future__ import annotations
 
+import array
 import csv
 import dataclasses
 import hashlib
 import os
+import struct
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tfpipeline.errors import UserError
@@ -43,6 +54,58 @@ TABLE_SUFFIXES = (".csv", ".tsv")
 TEXT_NAMES = ("text", "content", "body", "document", "sentence", "review", "message", "comment")
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "topic", "sentiment", "y")
 SHOW_SKIPPED = 10  # skipped files listed by name in the log and metadata; the rest are counted
+RECORDS_IN_MEMORY = 8 * 2**20  # the digest's records spill to a temporary file past this
+_RECORD = struct.Struct("<I32s")  # a document's label and the sha256 of its text
+
+
+class Documents:
+    """What the read pass keeps of the documents it accepts, by role, in reading order: each
+    one's label, its text while all texts together stay within `keep_bytes` (None: always;
+    past it `texts` is None and the splits stream from the files), and the records of the
+    dataset digest (`digest`)."""
+
+    def __init__(self, keep_bytes: int | None = None):
+        self.keep_bytes = keep_bytes
+        self.labels: dict[str, list[int]] = {role: [] for role in ROLES}
+        self.texts: dict[str, list[str]] | None = {role: [] for role in ROLES}
+        self.text_bytes = 0  # UTF-8 bytes of every accepted document's text
+        self._records = {role: tempfile.SpooledTemporaryFile(RECORDS_IN_MEMORY) for role in ROLES}
+
+    def add(self, role: str, label: int, text: str) -> None:
+        encoded = text.encode()
+        self.text_bytes += len(encoded)
+        self.labels[role].append(label)
+        self._records[role].write(_RECORD.pack(label, hashlib.sha256(encoded).digest()))
+        if self.texts is not None and self.keep_bytes is not None and self.text_bytes > self.keep_bytes:
+            self.texts = None  # from here on the documents stream from the files
+        if self.texts is not None:
+            self.texts[role].append(text)
+
+    def relabel(self, mapping: list[int]) -> None:
+        """Renumber the labels (a table's: numbered as first seen while reading, then by class name)."""
+        self.labels = {role: [mapping[v] for v in values] for role, values in self.labels.items()}
+        for role, records in self._records.items():
+            renumbered = tempfile.SpooledTemporaryFile(RECORDS_IN_MEMORY)
+            records.seek(0)
+            for chunk in iter(lambda r=records: r.read(_RECORD.size), b""):
+                label, text_hash = _RECORD.unpack(chunk)
+                renumbered.write(_RECORD.pack(mapping[label], text_hash))
+            records.close()
+            self._records[role] = renumbered
+
+    def digest(self, limits: dict[str, int] | None = None) -> str:
+        """The dataset's digest: each role's documents in order (the first `limits[role]` of
+        them), each as its role, its label and the sha256 of its text. The same documents in
+        the same splits give the same digest whether their texts were kept or not."""
+        digest = hashlib.sha256()
+        for role in ROLES:
+            records = self._records[role]
+            records.seek(0)
+            for _ in range(min(len(self.labels[role]), (limits or {}).get(role, len(self.labels[role])))):
+                label, text_hash = _RECORD.unpack(records.read(_RECORD.size))
+                digest.update(f"{role}:{label}:".encode())
+                digest.update(text_hash)
+        return digest.hexdigest()[:12]
 
 
 @dataclasses.dataclass
@@ -52,11 +115,29 @@ class TextData:
     root: Path
     layout: str  # "split folders", "flat folder", "table" or "split tables"
     class_names: tuple[str, ...]
-    texts: dict[str, list[str]]
-    labels: dict[str, list[int]]
+    documents: Documents
     skipped: list[tuple[str, str]]  # (file or row, reason)
     split_rule: dict
     columns: dict[str, str] = dataclasses.field(default_factory=dict)  # "text"/"label" -> column of a table
+    # Where each document streams from when its text was not kept: the folder layouts' files,
+    # by role, in the order of `labels`; a table layout's files (role given → path) and, per
+    # file, the role of each row it keeps (an index into ROLES, in file order).
+    files: dict[str, list[str]] | None = None
+    tables: dict[str, Path] | None = None
+    table_roles: dict[str, array.array] | None = None
+
+    @property
+    def texts(self) -> dict[str, list[str]] | None:
+        """The documents by role, when the read pass kept them (within its `keep_bytes`)."""
+        return self.documents.texts
+
+    @property
+    def labels(self) -> dict[str, list[int]]:
+        return self.documents.labels
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {role: len(labels) for role, labels in self.labels.items()}
 
     def skipped_summary(self) -> dict:
         """What metadata.json records: counts by reason and the first few names."""
@@ -99,7 +180,7 @@ def check_text(data: bytes) -> tuple[str | None, str | None]:
 
 
 def read(path: str | os.PathLike, *, validation_fraction: float, seed: int, text_column: str | None = None,
-         label_column: str | None = None) -> TextData:
+         label_column: str | None = None, keep_bytes: int | None = None) -> TextData:
     """Every labelled document under `path`, split into train, validation and test.
 
     Args:
@@ -108,6 +189,8 @@ def read(path: str | os.PathLike, *, validation_fraction: float, seed: int, text
             split, and for test too when it has no test split.
         seed: fixes the carve.
         text_column, label_column: a table's columns; None: detected (`choose_columns`).
+        keep_bytes: keep the texts while they total at most this many UTF-8 bytes (None: all);
+            past it `TextData.texts` is None and the documents stream from `files`/`tables`.
 
     Returns:
         A `TextData`.
@@ -125,9 +208,10 @@ def read(path: str | os.PathLike, *, validation_fraction: float, seed: int, text
                         "or a CSV/TSV file, with --dataset.")
     tables = _split_tables(root) if root.is_dir() else None
     if root.is_file() or tables:
-        data = _read_tables(root, tables, validation_fraction, seed, (text_column, label_column))
+        data = _read_tables(root, tables, (validation_fraction, seed), (text_column, label_column),
+                            Documents(keep_bytes))
     else:
-        data = _read_folders(root, validation_fraction, seed)
+        data = _read_folders(root, validation_fraction, seed, Documents(keep_bytes))
     _check_classes(data)
     return data
 
@@ -149,9 +233,8 @@ def _class_dirs(directory: Path) -> list[Path]:
                   key=lambda d: d.name)
 
 
-def _read_class_files(directory: Path, class_names, root: Path, skipped: list) -> tuple[list[str], list[int], list]:
-    """Texts, labels and relative paths of the files under `directory/<class>/`."""
-    texts, labels, keys = [], [], []
+def _read_class_files(directory: Path, class_names, root: Path, skipped: list) -> Iterator[tuple[str, int, Path]]:
+    """(text, label, file) of each usable file under `directory/<class>/`, one at a time."""
     for label, name in enumerate(class_names):
         folder = directory / name
         if not folder.is_dir():
@@ -165,13 +248,10 @@ def _read_class_files(directory: Path, class_names, root: Path, skipped: list) -
             if reason:
                 skipped.append((relative, reason))
                 continue
-            texts.append(text)
-            labels.append(label)
-            keys.append(relative)
-    return texts, labels, keys
+            yield text, label, file
 
 
-def _read_folders(root: Path, validation_fraction: float, seed: int) -> TextData:
+def _read_folders(root: Path, validation_fraction: float, seed: int, documents: Documents) -> TextData:
     dirs = _split_dirs(root)
     layout = "split folders" if dirs else "flat folder"
     class_names = tuple(d.name for d in _class_dirs(dirs.get("train", root)))
@@ -182,15 +262,14 @@ def _read_folders(root: Path, validation_fraction: float, seed: int) -> TextData
     skipped: list[tuple[str, str]] = []
     given = dirs or {"train": root}
     missing = {role: validation_fraction for role in ("test", "validation") if role not in given}
-    texts = {role: [] for role in ROLES}
-    labels = {role: [] for role in ROLES}
+    files = {role: [] for role in ROLES}
     for role, directory in given.items():
-        for text, label, key in zip(*_read_class_files(directory, class_names, root, skipped)):
-            target = carve_role(seed, key, missing) if role == "train" else role
-            texts[target].append(text)
-            labels[target].append(label)
+        for text, label, file in _read_class_files(directory, class_names, root, skipped):
+            target = carve_role(seed, file.relative_to(root).as_posix(), missing) if role == "train" else role
+            documents.add(target, label, text)
+            files[target].append(str(file))
     rule = _rule(given, missing, seed, "path relative to the dataset folder")
-    return TextData(root, layout, class_names, texts, labels, skipped, rule)
+    return TextData(root, layout, class_names, documents, skipped, rule, files=files)
 
 
 def _rule(given, missing: dict[str, float], seed: int, key: str) -> dict:
@@ -203,7 +282,7 @@ def _check_classes(data: TextData) -> None:
     counts = {name: 0 for name in data.class_names}
     for label in data.labels["train"]:
         counts[data.class_names[label]] += 1
-    total = sum(len(v) for v in data.texts.values())
+    total = sum(data.counts.values())
     skipped = f" ({len(data.skipped)} files or rows were skipped: {_reasons(data)})" if data.skipped else ""
     if total == 0:
         raise UserError(f"The text dataset {data.root} holds no usable documents{skipped}. Add UTF-8 text "
@@ -214,7 +293,7 @@ def _check_classes(data: TextData) -> None:
                         f"({', '.join(present) or 'none'}){skipped}; classification needs at least two. "
                         "Add a folder (or label value) per class.")
     for role in ROLES:
-        if not data.texts[role]:
+        if not data.counts[role]:
             raise UserError(f"The text dataset {data.root} leaves no {role} documents ({total} in all); "
                             "add documents or give that split explicitly (a folder or table of its own).")
 
@@ -250,55 +329,102 @@ def _split_tables(root: Path) -> dict[str, Path]:
     return found
 
 
-def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of a CSV or TSV file: tab-separated for `.tsv`, else sniffed."""
+def table_rows(path: Path) -> Iterator[list[str]]:
+    """The rows of a CSV or TSV file as a stream, the header first (its names stripped): tab-separated
+    for `.tsv`, else sniffed from the first 64 KiB. Lines are split as `str.splitlines` splits them.
+
+    Raises:
+        UserError: the file cannot be read, is binary or not UTF-8, or holds no rows (raised as
+            the stream reaches the problem).
+    """
     try:
-        raw = path.read_bytes()
+        handle = path.open("r", encoding="utf-8-sig", newline="")  # a UTF-8 byte-order mark is not text
     except OSError as exc:
         raise UserError(f"Cannot read {path}: {exc.strerror or exc}.") from None
-    text, reason = check_text(raw)
-    if reason:
-        raise UserError(f"The table {path} is {reason}; save it as UTF-8 text (CSV or TSV with a header row).")
-    if path.suffix.lower() == ".tsv":
-        dialect = csv.excel_tab
-    else:
+    with handle:
         try:
-            dialect = csv.Sniffer().sniff(text[:65536], delimiters=",\t;|")
-        except csv.Error:
-            dialect = csv.excel
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents are one field
-    rows = list(csv.reader(text.splitlines(keepends=True), dialect))
-    if not rows:
-        raise UserError(f"The table {path} is empty; it needs a header row naming its columns and rows below it.")
-    return [name.strip() for name in rows[0]], rows[1:]
+            dialect = _dialect(path, handle.read(65536))
+            handle.seek(0)
+            csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents are one field
+            rows = csv.reader(_lines(path, handle), dialect)
+            header = next(rows, None)
+            if header is None:
+                raise UserError(f"The table {path} is empty; it needs a header row naming its columns and rows "
+                                "below it.")
+            yield [name.strip() for name in header]
+            yield from rows
+        except UnicodeDecodeError:
+            raise UserError(f"The table {path} is not valid UTF-8; save it as UTF-8 text (CSV or TSV with a "
+                            "header row).") from None
+        except OSError as exc:
+            raise UserError(f"Cannot read {path}: {exc.strerror or exc}.") from None
 
 
-def _read_tables(root: Path, tables, validation_fraction: float, seed: int, columns) -> TextData:
+def _dialect(path: Path, sample: str):
+    if path.suffix.lower() == ".tsv":
+        return csv.excel_tab
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",\t;|")
+    except csv.Error:
+        return csv.excel
+
+
+def _lines(path: Path, handle) -> Iterator[str]:
+    """The file's lines, each split again as `str.splitlines(keepends=True)` splits a text (form
+    feeds, U+2028 ...: what reading the whole text and splitting it gave)."""
+    for line in handle:
+        if "\x00" in line:
+            raise UserError(f"The table {path} is binary (holds NUL bytes); save it as UTF-8 text (CSV or TSV "
+                            "with a header row).")
+        yield from line.splitlines(keepends=True)
+
+
+def _read_tables(root: Path, tables, carve: tuple[float, int], columns, documents: Documents) -> TextData:
+    validation_fraction, seed = carve
     given = tables or {"train": root}
-    read_rows = {role: read_table(path) for role, path in given.items()}
-    header, train_rows = read_rows["train"]
-    text_col, label_col = choose_columns(header, train_rows, *columns, source=given["train"])
+    header = next(table_rows(given["train"]))
+    text_col, label_col = choose_columns(header, _stats_if_needed(given["train"], header, columns), *columns,
+                                         source=given["train"])
     missing = {role: validation_fraction for role in ("test", "validation") if role not in given}
     skipped: list[tuple[str, str]] = []
-    raw = {role: ([], []) for role in ROLES}
-    for role, (columns_of, rows) in read_rows.items():
+    numbers: dict[str, int] = {}  # label value -> its number while reading (first seen first)
+    roles = {}
+    for role, path in given.items():
+        rows = table_rows(path)
+        columns_of = next(rows)
         if columns_of != header:
-            raise UserError(f"{given[role]} has columns {', '.join(columns_of)}, {given['train']} has "
+            raise UserError(f"{path} has columns {', '.join(columns_of)}, {given['train']} has "
                             f"{', '.join(header)}; the tables of one dataset need the same columns.")
-        for number, text, label in _rows(given[role], rows, header.index(text_col), header.index(label_col), skipped):
+        roles[role] = array.array("b")
+        for _, text, label in _rows(path, rows, header.index(text_col), header.index(label_col), skipped):
             target = carve_role(seed, text, missing) if role == "train" else role
-            raw[target][0].append(text)
-            raw[target][1].append(label)
-    class_names = tuple(sorted(set(raw["train"][1])))
-    unknown = sorted(set(raw["validation"][1] + raw["test"][1]) - set(class_names))
+            roles[role].append(ROLES.index(target))
+            documents.add(target, numbers.setdefault(label, len(numbers)), text)
+    values = {number: value for value, number in numbers.items()}
+    class_names = tuple(sorted({values[n] for n in set(documents.labels["train"])}))
+    unknown = sorted({values[n] for role in ("validation", "test") for n in set(documents.labels[role])}
+                     - set(class_names))
     if unknown:
         raise UserError(f"Labels {', '.join(map(repr, unknown[:5]))} appear in the validation or test rows but never "
                         f"in the training rows of {root}; every class needs training examples.")
     index = {name: i for i, name in enumerate(class_names)}
+    documents.relabel([index.get(values[n], 0) for n in range(len(values))])
     layout = "split tables" if tables else "table"
-    return TextData(root, layout, class_names, {r: raw[r][0] for r in ROLES},
-                    {r: [index[v] for v in raw[r][1]] for r in ROLES}, skipped,
-                    _rule(given, missing, seed, "row text"), {"text": text_col, "label": label_col})
+    return TextData(root, layout, class_names, documents, skipped, _rule(given, missing, seed, "row text"),
+                    {"text": text_col, "label": label_col}, tables=dict(given), table_roles=roles)
+
+
+def table_documents(data: TextData, role: str) -> Iterator[str]:
+    """The texts of `role`'s documents of a table layout, read again from its files, in the
+    order of `data.labels[role]`."""
+    for given, path in data.tables.items():
+        rows = table_rows(path)
+        header = next(rows)
+        text_at, label_at = header.index(data.columns["text"]), header.index(data.columns["label"])
+        wanted = ROLES.index(role)
+        for (_, text, _), target in zip(_rows(path, rows, text_at, label_at, []), data.table_roles[given]):
+            if target == wanted:
+                yield text
 
 
 def _rows(path: Path, rows, text_at: int, label_at: int, skipped: list):
@@ -321,23 +447,56 @@ def _rows(path: Path, rows, text_at: int, label_at: int, skipped: list):
                         "or remove the rows you do not want to train on.")
 
 
-def _describe(header, rows) -> str:
+@dataclasses.dataclass
+class ColumnStats:
+    """What column detection needs of a table's training rows, gathered as they stream by: the
+    rows, and per column the rows that have it, their total length, and one hash per distinct
+    value (not the values: the text column's would be every document)."""
+
+    rows: int
+    present: list[int]
+    lengths: list[int]
+    distinct: list[set]
+
+
+def column_stats(header: list[str], rows) -> ColumnStats:
+    stats = ColumnStats(0, [0] * len(header), [0] * len(header), [set() for _ in header])
+    for row in rows:
+        stats.rows += 1
+        for i, value in enumerate(row[:len(header)]):
+            stats.present[i] += 1
+            stats.lengths[i] += len(value)
+            stats.distinct[i].add(hash(value))
+    return stats
+
+
+def _stats_if_needed(path: Path, header: list[str], columns) -> ColumnStats | None:
+    """`column_stats` of the training table, unless both columns are named and present (then
+    nothing needs them, and the table is read once less)."""
+    if all(name is not None and name in header for name in columns):
+        return None
+    rows = table_rows(path)
+    next(rows)
+    return column_stats(header, rows)
+
+
+def _describe(header, stats: ColumnStats) -> str:
     parts = []
     for i, name in enumerate(header):
-        values = [row[i] for row in rows if i < len(row)]
-        mean = sum(len(v) for v in values) / max(1, len(values))
-        parts.append(f"{name!r} ({len(set(values))} distinct values, {mean:.0f} characters on average)")
+        mean = stats.lengths[i] / max(1, stats.present[i])
+        parts.append(f"{name!r} ({len(stats.distinct[i])} distinct values, {mean:.0f} characters on average)")
     return "; ".join(parts)
 
 
-def choose_columns(header: list[str], rows: list[list[str]], text_column: str | None, label_column: str | None,
+def choose_columns(header: list[str], stats: ColumnStats | None, text_column: str | None, label_column: str | None,
                    *, source: Path) -> tuple[str, str]:
     """The table's text and label columns: the named ones, else the only plausible ones.
 
     Without a name, a column called like a text (`TEXT_NAMES`) or a label (`LABEL_NAMES`) is
     taken when exactly one is; else the text column is the one whose values are much longer
     than every other column's, and the label column the only other one with between 2 and
-    max(2, rows / 2) distinct values.
+    max(2, rows / 2) distinct values. `stats` (`column_stats` of the training rows) may be
+    None only when both columns are named and in the header.
 
     Raises:
         UserError: a named column is not in the header, or no single column can be meant
@@ -346,13 +505,13 @@ def choose_columns(header: list[str], rows: list[list[str]], text_column: str | 
     for flag, name in (("--text-column", text_column), ("--label-column", label_column)):
         if name is not None and name not in header:
             raise UserError(f"{source} has no column {name!r} ({flag}); its columns are: "
-                            f"{_describe(header, rows)}.")
-    text = text_column or _by_name(header, TEXT_NAMES, label_column) or _longest(header, rows, label_column)
-    label = label_column or _by_name(header, LABEL_NAMES, text) or _few_values(header, rows, text)
+                            f"{_describe(header, stats)}.")
+    text = text_column or _by_name(header, TEXT_NAMES, label_column) or _longest(header, stats, label_column)
+    label = label_column or _by_name(header, LABEL_NAMES, text) or _few_values(header, stats, text)
     for flag, found, what in (("--text-column", text, "text"), ("--label-column", label, "label")):
         if found is None:
             raise UserError(f"Cannot tell which column of {source} holds the {what}; pass {flag}. Its columns are: "
-                            f"{_describe(header, rows)}.")
+                            f"{_describe(header, stats)}.")
     if text == label:
         raise UserError(f"--text-column and --label-column both name {text!r} in {source}; they must differ.")
     return text, label
@@ -363,16 +522,15 @@ def _by_name(header, names, exclude) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _longest(header, rows, exclude) -> str | None:
-    means = sorted(((sum(len(r[i]) for r in rows if i < len(r)) / max(1, len(rows)), c)
-                    for i, c in enumerate(header) if c != exclude), reverse=True)
+def _longest(header, stats: ColumnStats, exclude) -> str | None:
+    means = sorted(((stats.lengths[i] / max(1, stats.rows), c) for i, c in enumerate(header) if c != exclude),
+                   reverse=True)
     if not means or (len(means) > 1 and means[0][0] < 2 * means[1][0]):
         return None
     return means[0][1]
 
 
-def _few_values(header, rows, exclude) -> str | None:
-    limit = max(2, len(rows) // 2)
-    hits = [c for i, c in enumerate(header)
-            if c != exclude and 2 <= len({r[i] for r in rows if i < len(r)}) <= limit]
+def _few_values(header, stats: ColumnStats, exclude) -> str | None:
+    limit = max(2, stats.rows // 2)
+    hits = [c for i, c in enumerate(header) if c != exclude and 2 <= len(stats.distinct[i]) <= limit]
     return hits[0] if len(hits) == 1 else None
