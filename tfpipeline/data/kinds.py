@@ -36,17 +36,16 @@ def load(name: str = "mnist", *, kind: str = "image", text_column: str | None = 
     if kind == "image":
         return datasets.load(name, **common)
     shared = {key: common[key] for key in ("validation_fraction", "quick", "seed") if key in common}
+    # Over the cache budget text and tables stream from their files; `shard`: a worker's share.
+    streaming = {key: common[key] for key in ("cache_budget", "work_dir", "shard") if key in common}
     if kind == "text":
         from tfpipeline.data import text
 
-        streaming = {key: common[key] for key in ("cache_budget", "work_dir", "shard") if key in common}
         return text.load(name, text_column=text_column, label_column=label_column, **shared, **streaming)
     if kind == "table":
         from tfpipeline.data import table
 
         if not label_column:
             raise UserError("A table needs --label-column COLUMN: the column whose values are the classes.")
-        # A table over the cache budget streams from its file; `shard`: a worker's share of its rows.
-        streaming = {key: common[key] for key in ("cache_budget", "work_dir", "shard") if key in common}
         return table.load_table(name, label_column, flags=table_flags, **shared, **streaming)
     raise UserError(f"Unknown input kind {kind!r}; use one of image, text, table.")
