@@ -24,8 +24,8 @@ def load(name: str = "mnist", *, kind: str = "image", text_column: str | None = 
             column (required).
         table_flags: a table's type overrides, role → column names (`config.TableOptions.flags`).
         **common: `datasets.load`'s keywords; text and tables read `validation_fraction`,
-            `quick` and `seed` of them, text also `cache_budget`, `work_dir` and `shard` (a
-            corpus over the budget streams from its files; `text.load`).
+            `quick`, `seed`, `cache_budget`, `work_dir` and `shard` of them (a corpus or table
+            over the budget streams from its files; `text.load`, `table.load_table`).
 
     Returns:
         `Datasets` whose `spec.input` is the kind's input spec.
