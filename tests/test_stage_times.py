@@ -4,6 +4,8 @@ TensorBoard run summary."""
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 
 import pytest
@@ -51,3 +53,47 @@ def test_the_train_rate_is_a_positive_number_of_images_per_second(monkeypatch):
     assert not trainrate.enabled()
     monkeypatch.setenv(trainrate.ENV_TRAIN_RATE, "1")
     assert trainrate.enabled()
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_resumed_runs_metadata_says_where_the_time_went(tmp_path, manual_dir, data_dir, monkeypatch):
+    """A quick two-model run killed in its second member, then run again: the second run's
+    metadata.json times each stage and says the first member was not trained again."""
+    from tfpipeline import cli, pipeline
+    from tfpipeline.pipeline import PipelineConfig
+
+    monkeypatch.setenv(trainrate.ENV_TRAIN_RATE, "1")
+    monkeypatch.setattr(trainrate, "measure", functools.partial(trainrate.measure, steps=3, repeats=1, warmup=1))
+    config = PipelineConfig(model="mlp", hparams={"units": 32}, quick=True, ensemble=2, histogram_freq=0, verbose=0,
+                            data_dir=data_dir, manual_dir=str(manual_dir), export_dir=str(tmp_path / "exported"),
+                            logdir=str(tmp_path / "runs"), work_dir=str(tmp_path / "work"))
+    fit_member = pipeline._fit_member
+
+    def killed_in_the_second(ctx, job, model, *, member, run_log):
+        if member == 1:
+            raise Interrupted
+        return fit_member(ctx, job, model, member=member, run_log=run_log)
+
+    monkeypatch.setattr(pipeline, "_fit_member", killed_in_the_second)
+    with pytest.raises(Interrupted):
+        pipeline.run(config)
+    monkeypatch.setattr(pipeline, "_fit_member", fit_member)
+    result = pipeline.run(config, started=time.time() - 2.0)
+
+    record = json.loads(result.metadata_path.read_text())["timing"]
+    stages = record["stages"]
+    for name in (timing.STARTUP, "train rate", "data", "train member 2", "evaluate", "export: write SavedModel",
+                 "export: reload and verify", "gate", "tensorboard: test summaries"):
+        assert name in stages, f"no {name!r} in {stages}"
+    assert "train member 1" not in stages and "not trained again" in record["notes"]["train member 1"]
+    assert all(seconds >= 0 for seconds in stages.values()) and stages["train member 2"] > 0
+    assert sum(stages.values()) <= record["total_s"] + 0.01  # rounding
+    assert record["total_s"] >= 2.0 and record["since"] == "the command's start"
+    assert record["train_rate"]["images_per_s"] > 0 and record["train_rate"]["model"] == trainrate.MODEL
+    printed = cli.summary(result)
+    assert "where the time went" in printed and "train member 2" in printed
+    assert f"{record['train_rate']['images_per_s']:,} images/s today" in printed

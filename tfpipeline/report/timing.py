@@ -115,10 +115,10 @@ def summary(timing: dict | None) -> str:
     lines = [f"\n  where the time went ({total:.1f} s from {timing['since']} to metadata.json):"]
     for name, seconds, note in _rows(timing):
         if seconds is None:
-            lines.append(f"    {name:<26}{'-':>9}{'':>7}  {note}")
+            lines.append(f"    {name:<30}{'-':>9}{'':>5}  {note}")
         else:
             share = seconds / total if total > 0 else 0.0
-            lines.append(f"    {name:<26}{seconds:>7.1f} s{share:>6.0%}" + (f"  {note}" if note else ""))
+            lines.append(f"    {name:<30}{seconds:>7.1f} s{share:>5.0%}" + (f"  {note}" if note else ""))
     return "\n".join(lines) + "\n" + train_rate_line(timing)
 
 
@@ -128,8 +128,8 @@ def train_rate_line(timing: dict) -> str:
     if not rate:
         return f"  train rate      not measured ({timing.get('notes', {}).get('train rate', 'skipped')})"
     scaled = timing["total_s"] * rate["images_per_s"] / REFERENCE_RATE
-    return (f"  train rate      {rate['images_per_s']:,} images/s today ({rate['model']}; {rate['steps']}): "
-            f"the total is about {scaled:.0f} s on a {REFERENCE_RATE:,} images/s day")
+    return (f"  train rate      {rate['images_per_s']:,} images/s today ({rate['model']}; {rate['steps']} steps);\n"
+            f"                  the total scales to about {scaled:.0f} s on a {REFERENCE_RATE:,} images/s day")
 
 
 def markdown_rows(timing: dict | None) -> dict:
