@@ -30,7 +30,7 @@ def test_stages_are_timed_in_order_and_a_skipped_one_says_why():
     assert list(record["notes"]) == ["train member 1", "train member 2"]  # "0 s" is never shown for them
     block = timing.summary(record)
     assert "where the time went" in block and "train member 1" in block and "not trained again" in block
-    assert "train rate      not measured" in block
+    assert "train rate      not measured: these wall times do not compare across days" in block
     rows = timing.markdown_rows(record)
     assert rows["train member 1"].startswith("not run") and rows["day's train rate"] == "not measured"
 
@@ -65,6 +65,7 @@ def test_a_resumed_runs_metadata_says_where_the_time_went(tmp_path, manual_dir, 
     metadata.json times each stage and says the first member was not trained again."""
     from tfpipeline import cli, pipeline
     from tfpipeline.pipeline import PipelineConfig
+    from tfpipeline.report import tensorboard
 
     monkeypatch.setenv(trainrate.ENV_TRAIN_RATE, "1")
     monkeypatch.setattr(trainrate, "measure", functools.partial(trainrate.measure, steps=3, repeats=1, warmup=1))
@@ -94,6 +95,8 @@ def test_a_resumed_runs_metadata_says_where_the_time_went(tmp_path, manual_dir, 
     assert sum(stages.values()) <= record["total_s"] + 0.01  # rounding
     assert record["total_s"] >= 2.0 and record["since"] == "the command's start"
     assert record["train_rate"]["images_per_s"] > 0 and record["train_rate"]["model"] == trainrate.MODEL
+    markdown = tensorboard.run_summary(config, result.metadata, result.export_path)  # TensorBoard's text
+    assert "**Where the time went**" in markdown and "| train member 1 | not run; not trained again" in markdown
     printed = cli.summary(result)
     assert "where the time went" in printed and "train member 2" in printed
     assert f"{record['train_rate']['images_per_s']:,} images/s today" in printed

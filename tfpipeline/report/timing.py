@@ -126,7 +126,8 @@ def train_rate_line(timing: dict) -> str:
     """The train rate's line: the day's reading, and the total scaled to the goals' reference day."""
     rate = timing.get("train_rate")
     if not rate:
-        return f"  train rate      not measured ({timing.get('notes', {}).get('train rate', 'skipped')})"
+        why = timing.get("notes", {}).get("train rate", "not measured")
+        return f"  train rate      {why}: these wall times do not compare across days"
     scaled = timing["total_s"] * rate["images_per_s"] / REFERENCE_RATE
     return (f"  train rate      {rate['images_per_s']:,} images/s today ({rate['model']}; {rate['steps']} steps);\n"
             f"                  the total scales to about {scaled:.0f} s on a {REFERENCE_RATE:,} images/s day")
