@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Runs in tests skip the day's train rate (a few seconds each: tfpipeline/report/trainrate.py);
+# the commands they start inherit it. tests/test_stage_times.py measures it where it is checked.
+os.environ.setdefault("TFPIPELINE_TRAIN_RATE", "0")
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",

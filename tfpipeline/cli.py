@@ -397,24 +397,29 @@ def config_from_args(args: argparse.Namespace, kind: str = "image"):
 
 
 def summary(result) -> str:
-    """What a published (or held-back) run prints last: the figures and where everything went."""
+    """What a published (or held-back) run prints last: the figures, where everything went and
+    where the time went (each stage's seconds and the day's train rate: report/timing.py)."""
+    from tfpipeline.report import timing
+
     metadata = result.metadata
     test = metadata["metrics"]["test"]
     examples = metadata["dataset"]["num_examples"]["test"]
     extra = ensemble_summary(metadata) + kind_summary(metadata)
+    record = metadata.get("timing")  # older metadata: the run's wall seconds only
+    done = f"{record['total_s']:.0f} s from {record['since']}" if record else f"{metadata['run']['wall_seconds']:.0f} s"
     serve = (f"python -m tfpipeline.serve --model-name {metadata['dataset']['name']} "
              f"--model-base-path {result.export_path.parent}")
     return textwrap.dedent(
         f"""\
 
-        Done in {metadata['run']['wall_seconds']:.0f} s.
+        Done in {done}.
           test accuracy   {test['accuracy']:.2%} on {examples:,} examples{extra}
           exported model  {result.export_path}  (reloaded and verified with tf.saved_model.load)
           metadata        {result.metadata_path}{tflite_summary(metadata)}
           metrics         {result.logdir / 'metrics.json'}
           inspect it      tensorboard --logdir {result.logdir.parent}
           serve it        {serve}"""
-    ) + search_summary(metadata)
+    ) + search_summary(metadata) + timing.summary(metadata.get("timing"))
 
 
 def kind_summary(metadata: dict) -> str:
@@ -485,12 +490,16 @@ def worker_summary(result) -> str:
 
 
 def main(argv: list[str] | None = None, dataset: str | None = "mnist", kind: str = "image") -> int:
+    from tfpipeline.report.timing import process_started
+
+    # Called with the flags of another process (a test, a notebook): the run's own start is the start.
+    started = process_started() if argv is None else None
     args = build_parser(dataset, kind).parse_args(argv)  # exits 2 with a usage message on bad flags
     start_tensorflow_quietly()
     from tfpipeline.pipeline import WorkerResult, run
 
     def work() -> int:
-        result = run(config_from_args(args, kind))
+        result = run(config_from_args(args, kind), started=started)
         print(worker_summary(result) if isinstance(result, WorkerResult) else summary(result))
         return 0
 

@@ -32,7 +32,7 @@ from tfpipeline.distribute import multiworker, sharding
 from tfpipeline.errors import HeldBack, UserError
 from tfpipeline.export import gate
 from tfpipeline.export import tflite as quantize
-from tfpipeline.report import evaluation
+from tfpipeline.report import evaluation, timing, trainrate
 from tfpipeline.report import tensorboard as tensorboard_logs
 from tfpipeline.training import ensemble, internals
 
@@ -79,6 +79,7 @@ class _Run:
     logdir: Path
     export_base: Path
     started: tuple[float, dt.datetime]  # time.time() and the UTC date when the run began
+    times: timing.StageTimes  # each stage's seconds, for the summary and metadata.json's "timing"
     found: Any = None  # the search's `tuning.SearchResult`; None without a search
 
 
@@ -115,11 +116,17 @@ class _Training:
     validation: tf.data.Dataset | None  # batched
 
 
-def run(config: PipelineConfig) -> PipelineResult | WorkerResult:
+def run(config: PipelineConfig, *, started: float | None = None) -> PipelineResult | WorkerResult:
     """Run the pipeline: data, [search], train, evaluate, gate, export, TensorBoard summary.
+
+    Each stage's wall time goes into the summary and metadata.json's `timing`, beside the day's
+    train rate (measured first, before anything trains, unless `TFPIPELINE_TRAIN_RATE=0`:
+    tfpipeline/report/trainrate.py).
 
     Args:
         config: the run's settings (`PipelineConfig.validate` checks them first).
+        started: when the command began (`time.time()`), if before this call: the command
+            passes its process's start, so the total includes Python's start-up and imports.
 
     Returns:
         A `PipelineResult` (where the export and its metadata went, the test accuracy), or a
@@ -131,6 +138,7 @@ def run(config: PipelineConfig) -> PipelineResult | WorkerResult:
         TrainingDiverged: the loss diverged and the retry did not recover (`training.fit`).
         ExportVerificationError, QuantizationError: the export failed its checks.
     """
+    times = timing.StageTimes(started)
     started = time.time(), dt.datetime.now(dt.timezone.utc)
     config.validate()
     plan = config.search_plan()
@@ -143,24 +151,22 @@ def run(config: PipelineConfig) -> PipelineResult | WorkerResult:
     dist = distribute.setup("default" if plan else config.strategy, cpu_devices=config.cpu_devices,
                             lr_scaling=config.lr_scaling)
     export_base = export.ensure_writable(dist.writable(Path(config.export_dir) / config.dataset_name))
+    _measure_train_rate(times, dist, searching=plan is not None)  # before the seeds: it draws none of them
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: same weights, same order
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    datasets = _load(config, dist)
-    if config.export_tflite:  # refused before any training time is spent
-        quantize.check_supported(datasets.spec.input)
-    # Each worker decodes only what it reads (tfpipeline.distribute.sharding); text and tables
-    # are in memory already (`Datasets.in_memory`), so this is a no-op for them.
-    if dist.kind != "multi_worker":
-        datasets = datasets.decode_into_memory(verbose=1 if config.verbose is None else config.verbose)
+    datasets = _data(config, dist, times)
     state = _run_state(config, plan, dist, datasets.spec.version)
     logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)
-    ctx = _Run(config, dist, datasets, state, logdir, export_base, started)
+    ctx = _Run(config, dist, datasets, state, logdir, export_base, started, times)
 
     if plan is not None:
         from tfpipeline import tuning  # KerasTuner is slow to import: only for a search
 
-        found = tuning.search(config, plan, datasets, state, logdir)
+        with times.stage("search"):
+            found = tuning.search(config, plan, datasets, state, logdir)
+        if found.info.get("resumed"):
+            times.note("search", "resumed an interrupted search: this session's seconds only")
         if found.worker is not None:
             return WorkerResult(state.run_id, logdir, worker=found.worker, search=found.to_json())
         ctx = dataclasses.replace(ctx, found=found)
@@ -169,6 +175,40 @@ def run(config: PipelineConfig) -> PipelineResult | WorkerResult:
         return WorkerResult(state.run_id, logdir, worker=dist.worker_name, workers=dist.workers,
                             distribution=_distribution(ctx, trained))
     return _evaluate_and_publish(ctx, trained)
+
+
+def _measure_train_rate(times: timing.StageTimes, dist: distribute.Distribution, *, searching: bool) -> None:
+    """The day's train rate (tfpipeline/report/trainrate.py), into `times`: on the chief only."""
+    if not trainrate.enabled():
+        times.skip("train rate", f"not measured: {trainrate.ENV_TRAIN_RATE}=0")
+        return
+    if searching:
+        from tfpipeline import tuning
+
+        if tuning.role() == "worker":
+            times.skip("train rate", "not measured: a search worker (the chief measures it)")
+            return
+    if not dist.is_chief:
+        times.skip("train rate", "not measured: a worker that is not the chief (the chief measures it)")
+        return
+    with times.stage("train rate"):
+        times.train_rate = trainrate.measure()
+    print(f"Train rate today: {times.train_rate['images_per_s']:,} images/s ({trainrate.MODEL}; measured in "
+          f"{times.train_rate['seconds']:.1f} s; {trainrate.ENV_TRAIN_RATE}=0 skips it).", flush=True)
+
+
+def _data(config: PipelineConfig, dist: distribute.Distribution, times: timing.StageTimes) -> data_lib.Datasets:
+    """The run's datasets, read (TFDS prepares them the first time) and decoded into memory."""
+    with times.stage("data"):
+        datasets = _load(config, dist)
+    if config.export_tflite:  # refused before any training time is spent
+        quantize.check_supported(datasets.spec.input)
+    # Each worker decodes only what it reads (tfpipeline.distribute.sharding); text and tables
+    # are in memory already (`Datasets.in_memory`), so this is a no-op for them.
+    if dist.kind != "multi_worker":
+        with times.stage("data: decode into memory"):
+            datasets = datasets.decode_into_memory(verbose=1 if config.verbose is None else config.verbose)
+    return datasets
 
 
 def _load(config: PipelineConfig, dist: distribute.Distribution) -> data_lib.Datasets:
@@ -296,16 +336,26 @@ def _train(ctx: _Run) -> _Trained:
                                                   job.settings.epochs * job.settings.steps_per_epoch, spec=spec.input)
         return model
 
+    count = config.members(tuned=ctx.found is not None)
+
     def fit(member: int) -> tuple[keras.Model, dict]:
-        model = build(member)
-        return model, _fit_member(ctx, job, model, member=member, run_log=logs["run"])
+        with ctx.times.stage(_stage_name(member, count)):
+            model = build(member)
+            record = _fit_member(ctx, job, model, member=member, run_log=logs["run"])
+        if record["resumed"]:
+            ctx.times.note(_stage_name(member, count), "resumed at the interrupted run's last saved epoch: "
+                                                       "this session's seconds only")
+        return model, record
+
+    def load(member: int) -> keras.Model:  # a member the interrupted run finished: rebuilt, then its weights
+        ctx.times.skip(_stage_name(member, count), "not trained again: finished before the run was interrupted")
+        return build(member)
 
     shaping = {k: v for k, v in dataclasses.asdict(job.settings).items()  # not the logging ones
                if k not in ("verbose", "histogram_freq", "profile_batches")}
     trained_by = {"family": job.family, "hp": dataclasses.asdict(job.hp), "settings": shaping,
                   "distribution": dist.identity(), "data": ctx.datasets.spec.version, "trained_on": job.trained_on}
-    members, records = ensemble.train_members(config.members(tuned=ctx.found is not None), fit, build,
-                                              ctx.state.run_dir, trained_by)
+    members, records = ensemble.train_members(count, fit, load, ctx.state.run_dir, trained_by)
     if dist.kind == "multi_worker":
         # Evaluate and export a single-device copy: it runs on this machine alone, with no
         # collective the other workers would have to join (reading the weights is the last).
@@ -319,6 +369,11 @@ def _train(ctx: _Run) -> _Trained:
                     sum(spec.num_examples[role] for role in job.trained_on), job.validation,
                     digest, logs["run"], first["recovery"], input_sharding=first["input_sharding"],
                     members=records if len(records) > 1 else None)
+
+
+def _stage_name(member: int, count: int) -> str:
+    """The training stage's name in the timing: "train", or "train member 2" of an ensemble."""
+    return "train" if count == 1 else f"train member {member + 1}"
 
 
 def _fit_member(ctx: _Run, job: _Training, model: keras.Model, *, member: int,
@@ -368,44 +423,56 @@ def _distribution(ctx: _Run, trained: _Trained) -> dict:
 
 def _evaluate_and_publish(ctx: _Run, trained: _Trained) -> PipelineResult:
     """Export, score the test split through the exported function (its figures are the ones
-    recorded), gate against the best published version of the same data, then publish (or
-    hold back) the verified export and write the run's TensorBoard summary."""
-    config, datasets, state = ctx.config, ctx.datasets, ctx.state
+    recorded), gate against the best published version of the same data, write the test
+    summaries for TensorBoard, then publish (or hold back) the verified export with its
+    metadata.json (which says how long each stage took), and write the run summary."""
+    config, datasets, state, times = ctx.config, ctx.datasets, ctx.state, ctx.times
     spec = datasets.spec
-    test_images, test_labels = evaluation.collect(
-        datasets.batched(datasets.test, batch_size=1000, seed=config.seed, training=False))
-    for i, member in enumerate(trained.members or []):  # each alone, to show what averaging added
-        member["test_accuracy"] = evaluation.evaluate(trained.model.get_layer(f"member{i}"), test_images,
-                                                      test_labels, spec.class_names).accuracy
-    validation = _validation_metrics(ctx, trained)
+    with times.stage("evaluate"):
+        test_images, test_labels = evaluation.collect(
+            datasets.batched(datasets.test, batch_size=1000, seed=config.seed, training=False))
+        for i, member in enumerate(trained.members or []):  # each alone, to show what averaging added
+            member["test_accuracy"] = evaluation.evaluate(trained.model.get_layer(f"member{i}"), test_images,
+                                                          test_labels, spec.class_names).accuracy
+        validation = _validation_metrics(ctx, trained)
     tflite = quantize.settings_for(config, datasets.train, spec.input)  # None without --export-tflite
     with export.staged(trained.model, spec.input, ctx.export_base, test_images, test_labels,
-                       class_names=spec.class_names) as candidate:
+                       class_names=spec.class_names, times=times) as candidate:
         test_eval = candidate.evaluation  # the figures of the exported function, as it will serve
         metadata = _metadata(ctx, trained, validation=validation, test_eval=test_eval)
         _kind_metrics(ctx, metadata, test_labels, test_eval)
         ctx.logdir.mkdir(parents=True, exist_ok=True)
         (ctx.logdir / "metrics.json").write_text(json.dumps(metadata["metrics"], indent=2))
         if tflite is not None:  # raises quantize.QuantizationError past the allowed drop
-            metadata["export"] = {"tflite": quantize.write_verified(tflite, candidate.path, test_images, test_labels,
-                                                                    candidate.verified_accuracy)}
-        decision = _gate(ctx, candidate, test_images, test_labels, test_eval)
+            with times.stage("tflite"):
+                metadata["export"] = {"tflite": quantize.write_verified(tflite, candidate.path, test_images,
+                                                                        test_labels, candidate.verified_accuracy)}
+        with times.stage("gate"):
+            decision = _gate(ctx, candidate, test_images, test_labels, test_eval)
         metadata["gate"] = decision.to_json()
-        if decision.publish:
-            result = export.publish(candidate, metadata)
-            path, metadata_path = result.path, result.metadata_path
-        else:
-            path = export.hold(candidate, metadata, state.run_id)
-            metadata_path = path / "metadata.json"
-    # Text and table samples rank the mistakes by confidence: they get the probabilities.
-    shown = test_eval.predictions if config.kind == "image" else test_eval.probabilities
-    trained.run_log.finish(test_images, test_labels, shown, metadata, path, model=trained.model)
+        # Text and table samples rank the mistakes by confidence: they get the probabilities.
+        shown = test_eval.predictions if config.kind == "image" else test_eval.probabilities
+        trained.run_log.write_test(test_images, test_labels, shown, metadata, model=trained.model, times=times)
+        metadata["timing"] = times.to_json()  # up to now: the rest takes milliseconds
+        path, metadata_path = _publish_or_hold(candidate, metadata, decision, state.run_id)
+    trained.run_log.write_summary(metadata, path)
     ensemble.discard(state.run_dir)  # the members are in the export now
     state.finish()  # the next run of this command starts anew
     result = PipelineResult(state.run_id, path, metadata_path, ctx.logdir, test_eval.accuracy, metadata)
     if not decision.publish:
         raise HeldBack(decision, path, result)
     return result
+
+
+def _publish_or_hold(candidate: export.Candidate, metadata: dict, decision: gate.Decision,
+                     run_id: str) -> tuple[Path, Path]:
+    """Publish the candidate as the next version, or keep it among the held-back candidates;
+    either way with its metadata.json. Returns the version's folder and its metadata.json."""
+    if decision.publish:
+        result = export.publish(candidate, metadata)
+        return result.path, result.metadata_path
+    path = export.hold(candidate, metadata, run_id)
+    return path, path / "metadata.json"
 
 
 def _kind_metrics(ctx: _Run, metadata: dict, test_labels, test_eval) -> None:
@@ -422,7 +489,8 @@ def _kind_metrics(ctx: _Run, metadata: dict, test_labels, test_eval) -> None:
         if config.table.baseline:
             from tfpipeline.report import baseline
 
-            metadata["baseline"] = baseline.for_datasets(ctx.datasets, seed=config.seed).to_json()
+            with ctx.times.stage("baseline"):
+                metadata["baseline"] = baseline.for_datasets(ctx.datasets, seed=config.seed).to_json()
             trees = metadata["baseline"]
             sample = ("" if trees["num_train"] == trees["train_of"] else f", trained on {trees['num_train']:,} "
                       f"of {trees['train_of']:,} training rows: {trees['train_rule']}")

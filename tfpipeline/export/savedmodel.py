@@ -219,7 +219,7 @@ def compare(reference: np.ndarray, served: np.ndarray, tolerance: float = PROBAB
 @contextlib.contextmanager
 def staged(model: keras.Model, spec: InputSpec, export_base: Path, test_examples,
            test_labels: np.ndarray, expected_accuracy: float | None = None, *,
-           class_names=None) -> Iterator[Candidate]:
+           class_names=None, times=None) -> Iterator[Candidate]:
     """Write the SavedModel into a hidden folder, reload it with TF alone, score the test split
     through its `serving_default` and check that against the in-memory model (`compare`); yield
     it, with that evaluation, for `publish` or `hold`. Any failure, inside or after, removes the
@@ -233,26 +233,24 @@ def staged(model: keras.Model, spec: InputSpec, export_base: Path, test_examples
         expected_accuracy: the test accuracy the caller measured on the in-memory model, if any:
             the served accuracy must match it up to the near-ties `compare` allows.
         class_names: for the served evaluation's per-class figures (None: the class numbers).
+        times: a `report.timing.StageTimes` to record the writing, the verification and the
+            warm-up file in (None: not timed).
 
     Raises:
         ExportVerificationError: the reloaded SavedModel does not reproduce the model.
         UserError: `export_base` is not writable.
     """
-    from tfpipeline.report import evaluation
-
     base = ensure_writable(Path(export_base))
     _remove_stale_temporaries(base)
     tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     candidate = Candidate(tmp, base, float("nan"))
+    stage = times.stage if times is not None else (lambda name: contextlib.nullcontext())
     try:
-        write_savedmodel(model, spec, tmp)
-        loaded = tf.saved_model.load(str(tmp))  # plain TF, as a server loads it
-        outputs = savedmodel_predict(tmp, spec, test_examples, loaded=loaded)
-        reference = keras.ops.convert_to_numpy(keras.ops.softmax(
-            model.predict(test_examples, batch_size=1000, verbose=0).astype(np.float32), axis=-1))
-        candidate.verification = compare(reference, outputs["probabilities"])
-        names_ = class_names if class_names is not None else [str(i) for i in range(reference.shape[-1])]
-        candidate.evaluation = evaluation.from_probabilities(test_labels, outputs["probabilities"], names_)
+        with stage("export: write SavedModel"):
+            write_savedmodel(model, spec, tmp)
+        with stage("export: reload and verify"):
+            candidate.verification, candidate.evaluation = _verify(model, spec, tmp, test_examples, test_labels,
+                                                                   class_names)
         accuracy = candidate.evaluation.accuracy
         allowed = candidate.verification["near_ties_differing"] / max(1, len(test_labels))
         if expected_accuracy is not None and abs(accuracy - expected_accuracy) > allowed + 1e-12:
@@ -260,15 +258,31 @@ def staged(model: keras.Model, spec: InputSpec, export_base: Path, test_examples
                 f"the reloaded SavedModel scores {accuracy:.4%} on the test set but the trained "
                 f"model scored {expected_accuracy:.4%}"
             )
-        spec.verify(loaded, test_examples)
-        del loaded
-        # TF Serving's assets.extra warm-up file
-        write_warmup_requests(tmp, spec.warmup_requests(inputs.take(test_examples, slice(0, WARMUP_EXAMPLES))))
+        with stage("export: warm-up requests"):  # TF Serving's assets.extra warm-up file
+            write_warmup_requests(tmp, spec.warmup_requests(inputs.take(test_examples, slice(0, WARMUP_EXAMPLES))))
         candidate.verified_accuracy = accuracy
         candidate.signatures = spec.signature_metadata(test_examples)
         yield candidate
     finally:
         candidate.discard()  # a no-op once published or held (the folder was moved)
+
+
+def _verify(model: keras.Model, spec: InputSpec, path: Path, test_examples, test_labels: np.ndarray,
+            class_names) -> tuple[dict, Any]:
+    """Reload the SavedModel at `path` with TF alone, score the test split through its
+    `serving_default`, check that against the in-memory model (`compare`) and the spec's own
+    checks (`spec.verify`); returns what `compare` found and the served evaluation."""
+    from tfpipeline.report import evaluation
+
+    loaded = tf.saved_model.load(str(path))  # plain TF, as a server loads it
+    outputs = savedmodel_predict(path, spec, test_examples, loaded=loaded)
+    reference = keras.ops.convert_to_numpy(keras.ops.softmax(
+        model.predict(test_examples, batch_size=1000, verbose=0).astype(np.float32), axis=-1))
+    verification = compare(reference, outputs["probabilities"])
+    names_ = class_names if class_names is not None else [str(i) for i in range(reference.shape[-1])]
+    served = evaluation.from_probabilities(test_labels, outputs["probabilities"], names_)
+    spec.verify(loaded, test_examples)
+    return verification, served
 
 
 def _write_metadata(candidate: Candidate, metadata: dict) -> None:

@@ -44,7 +44,7 @@ from tensorboard.plugins.hparams import api as hp_api
 
 from tfpipeline.errors import UserError
 from tfpipeline.inputs import InputSpec
-from tfpipeline.report import evaluation
+from tfpipeline.report import evaluation, timing
 
 # --- hyperparameters ------------------------------------------------------------------
 
@@ -267,6 +267,9 @@ def run_summary(config, metadata: dict, export_path) -> str:
         }, header=("data", "value")),
         *(["**Input**\n\n" + _table(input_rows(metadata), header=("input", "value"))]
           if input_rows(metadata) else []),
+        *(["**Where the time went**\n\n" + _table(timing.markdown_rows(metadata["timing"]),
+                                                   header=("stage", "seconds"))]
+          if metadata.get("timing") else []),
         "**Versions**\n\n" + _table(versions, header=("software", "version")),
         "**Configuration**\n\n" + "\n".join("    " + line for line in config_json.splitlines()),
     ])
@@ -354,33 +357,47 @@ class RunLog:
                                               self.spec))
         return callbacks
 
-    def finish(self, test_examples, test_labels, test_predictions, metadata: dict, export_path,
-               model: keras.Model | None = None) -> None:
-        """The exported model's test scalars and images, and the run summary.
+    def write_test(self, test_examples, test_labels, test_predictions, metadata: dict,
+                   model: keras.Model | None = None, *, times: timing.StageTimes | None = None) -> None:
+        """The exported model's test scalars and images, its attributions and embeddings: what
+        takes time, written before the version is published so that metadata.json can say how long.
 
         Args:
             test_examples, test_labels: the test split.
             test_predictions: the exported model's predicted classes on it, or its probabilities
                 (from the evaluation, so the test set is not run through the model a second time).
             metadata: the run's metadata.json contents.
-            export_path: where the version went (published, or held back by the gate).
             model: the exported model, for the input spec's attributions.
+            times: where the seconds of the summaries, attributions and embeddings go.
         """
-        step = max(0, metadata["training"]["epochs_run"] - 1)  # the last epoch, as Keras counts
+        times = times or timing.StageTimes()
+        step = _last_step(metadata)
         test = metadata["metrics"]["test"]
         test_writer = tf.summary.create_file_writer(str(self.logdir / "test"))
         with test_writer.as_default():
-            # The exported model on the test split, as one more point at the last epoch.
-            tf.summary.scalar("epoch_accuracy", test["accuracy"], step=step)
-            tf.summary.scalar("epoch_loss", test["loss"], step=step)
-            write_class_metrics(metadata, step)
-            write_prediction_images(self.spec, "test", test_examples, test_labels, test_predictions,
-                                    self.class_names, step=step)
+            with times.stage("tensorboard: test summaries"):
+                # The exported model on the test split, as one more point at the last epoch.
+                tf.summary.scalar("epoch_accuracy", test["accuracy"], step=step)
+                tf.summary.scalar("epoch_loss", test["loss"], step=step)
+                write_class_metrics(metadata, step)
+                write_prediction_images(self.spec, "test", test_examples, test_labels, test_predictions,
+                                        self.class_names, step=step)
             if model is not None:
-                self.spec.log_attributions(model, test_examples, test_labels, self.class_names, step)
+                with times.stage("tensorboard: attributions"):
+                    self.spec.log_attributions(model, test_examples, test_labels, self.class_names, step)
         test_writer.close()
         if model is not None:
-            self.spec.log_embeddings(model, self.logdir)
+            with times.stage("tensorboard: embeddings"):
+                self.spec.log_embeddings(model, self.logdir)
+
+    def write_summary(self, metadata: dict, export_path) -> None:
+        """The run summary text (where the version went, the timing), last; closes the run's writer."""
         with self.writer.as_default():
-            tf.summary.text("run_summary", run_summary(self.config, metadata, export_path), step=step)
+            tf.summary.text("run_summary", run_summary(self.config, metadata, export_path),
+                            step=_last_step(metadata))
         self.writer.close()
+
+
+def _last_step(metadata: dict) -> int:
+    """The step the end-of-run summaries are written at: the last epoch, as Keras counts."""
+    return max(0, metadata["training"]["epochs_run"] - 1)
