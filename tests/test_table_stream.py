@@ -1,5 +1,6 @@
-"""A table larger than --cache-budget streams from its file (tfpipeline.data.table, second half):
-the same column types and statistics as the table read into memory, splits carved per row,
+"""A table larger than --cache-budget streams from its file (tfpipeline.data.tablestream, put
+together by tfpipeline.data.table.load_streamed): the same column types and statistics as the
+table read into memory, splits carved per row,
 each split cached on disk, bad rows still counted; and a worker's share of the training rows
 (`shard`) with statistics identical on every worker."""
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from test_table import mixed_rows, write
 
-from tfpipeline.data import table
+from tfpipeline.data import table, tablestream
 from tfpipeline.errors import UserError
 
 
@@ -48,7 +49,7 @@ def test_a_table_over_the_budget_streams_with_the_same_columns(tmp_path, capsys)
 def test_streamed_statistics_over_many_chunks_match(tmp_path, monkeypatch):
     root = folder(tmp_path, 600)
     memory = table.load_table(root, "label")
-    monkeypatch.setattr(table, "CHUNK_ROWS", 7)  # the training split fitted in 43 merged chunks
+    monkeypatch.setattr(tablestream, "CHUNK_ROWS", 7)  # the training split fitted in 43 merged chunks
     streamed = table.load_table(root, "label", cache_budget=1, work_dir=tmp_path / "work")
     for m, s in zip(memory.spec.input.columns, streamed.spec.input.columns):
         assert (m.role, m.dtype, m.vocabulary, m.missing, m.missing_code) == (s.role, s.dtype, s.vocabulary,
@@ -84,7 +85,7 @@ def test_a_streamed_file_is_carved_per_row_and_counts_bad_rows(tmp_path):
 
 
 def test_the_type_sample_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(table, "SAMPLE_ROWS", 50)
+    monkeypatch.setattr(tablestream, "SAMPLE_ROWS", 50)
     path = write(tmp_path / "m.csv", *mixed_rows(400))
     streamed = table.load_table(path, "label", cache_budget=1, work_dir=tmp_path / "work")
     assert streamed.spec.source["types_from"]["sample_rows"] == 50

@@ -1,7 +1,9 @@
 """The data stage: a TFDS dataset or the user's own files → unbatched, cached `tf.data` splits.
 
 Owns: loading and splitting (`load`, which picks the kind's loader in `kinds`: images in
-`datasets`, text in `text`/`textfiles`, tables in `table`/`tablefile`; `Datasets`, `DatasetSpec`), batching
+`datasets`, text in `text`/`textfiles`, tables in `table`, with `tablefile` (reading),
+`tablecolumns` (column types and statistics) and `tablestream` (tables over the cache budget);
+`Datasets`, `DatasetSpec`), batching
 (`batched`, `Datasets.batched`), image folders and their cache plan (`folders`), decoding
 and resizing (`imaging`), and the training augmentation applied in the input pipeline
 (`augmentation`).

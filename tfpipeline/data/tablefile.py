@@ -2,11 +2,12 @@
 
 This is the lowest layer of the tabular input: it knows the file format and nothing about
 column types. Every value is kept as the stripped string the file holds, or None when it is
-missing (`MISSING_TOKENS`), so the type inference (`tfpipeline.data.table`), the predict
+missing (`MISSING_TOKENS`), so the type inference (`tfpipeline.data.tablecolumns`), the predict
 command and the tests all read a file the same way. A row with more or fewer fields than the
 header is skipped (it cannot be assigned to columns with any confidence) and counted with its
 line number; blank lines are not rows. `read` holds a file in memory; `rows_of` yields the same
-rows one at a time, for a table larger than the cache budget.
+rows one at a time, for a table larger than the cache budget; `split_file` finds a folder's
+train/validation/test file.
 
 It imports only the standard library, NumPy and `tfpipeline.errors`, so the input spec
 (`tfpipeline.inputs.table`) can read a user's rows for `predict` without the data stage.
@@ -119,6 +120,11 @@ def header(path: Path) -> list[str]:
     names = [name.strip() for name in first]
     _check_header(path, names)
     return input_names(names)
+
+
+def split_file(folder: Path, role: str) -> Path | None:
+    """The file of a folder that holds the split `role` (`train.csv`, or `.tsv`), if any."""
+    return next((folder / f"{role}{ext}" for ext in (".csv", ".tsv") if (folder / f"{role}{ext}").is_file()), None)
 
 
 def input_name(column: str) -> str:
