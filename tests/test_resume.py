@@ -112,18 +112,42 @@ def test_killed_in_the_middle_of_an_epoch_resumes_to_the_same_weights(uninterrup
 TUNED = ("--quick", "--tune", "--ensemble", "2", "--deterministic", "--histogram-freq", "0")
 
 
-@pytest.mark.slow
-def test_a_tuned_run_killed_during_an_ensemble_member_resumes_to_the_same_weights(tmp_path, manual_dir, data_dir):
-    env = _env(manual_dir, data_dir)
-    (tmp_path / "whole").mkdir()
-    whole = run_cli(*TUNED, cwd=tmp_path / "whole", env=env)
+@pytest.fixture(scope="module")
+def tuned_whole(tmp_path_factory, manual_dir, data_dir) -> str:
+    """An uninterrupted tuned run (a Hyperband search of 2 trials of 2 epochs, then 2 members):
+    its final weights' digest."""
+    cwd = tmp_path_factory.mktemp("tuned-whole")
+    whole = run_cli(*TUNED, cwd=cwd, env=_env(manual_dir, data_dir))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    (tmp_path / "killed").mkdir()
-    _killed(tmp_path / "killed", env, command=TUNED, when=lambda epoch, out: "Member 2 of 2:" in out)
-    rerun = run_cli(*TUNED, cwd=tmp_path / "killed", env=env)
+    assert "Search finished: 2 of 2 trials completed" in whole.stdout, whole.stdout[-3000:]
+    return _digest(whole)
+
+
+@pytest.mark.slow
+def test_a_tuned_run_killed_during_the_search_resumes_to_the_same_weights(tuned_whole, tmp_path, manual_dir,
+                                                                         data_dir):
+    env = _env(manual_dir, data_dir)
+    # In the second epoch of the second trial: the first trial is finished, the second has a
+    # best-epoch checkpoint of its first epoch and is not finished.
+    _killed(tmp_path, env, command=TUNED,
+            when=lambda epoch, out: "Epoch 2/2\n" in out.partition("Running Trial #2\n")[2])
+    rerun = run_cli(*TUNED, cwd=tmp_path, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    # The finished trial is kept; the unfinished one runs again from its start, as the same trial.
+    assert "Resuming the search: 1 finished trial kept (0000); unfinished ones run again." in rerun.stdout
+    assert "Search: Running Trial #1\n" not in rerun.stdout and "Search finished: 2 of 2 trials" in rerun.stdout
+    assert _digest(rerun) == tuned_whole
+
+
+@pytest.mark.slow
+def test_a_tuned_run_killed_during_an_ensemble_member_resumes_to_the_same_weights(tuned_whole, tmp_path, manual_dir,
+                                                                                 data_dir):
+    env = _env(manual_dir, data_dir)
+    _killed(tmp_path, env, command=TUNED, when=lambda epoch, out: "Member 2 of 2:" in out)
+    rerun = run_cli(*TUNED, cwd=tmp_path, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "Member 1 of 2: trained before this run was interrupted; loaded" in rerun.stdout
-    assert _digest(rerun) == _digest(whole)
+    assert _digest(rerun) == tuned_whole
 
 
 def _batches(train, count: int) -> list:
