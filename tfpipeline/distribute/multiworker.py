@@ -58,9 +58,14 @@ def fit(
     Every worker calls this with its own `logdir` and `backup_dir` (the real ones on the
     chief, temporary ones elsewhere: see `Distribution.writable`) and the same global-batch
     datasets; each worker reads only its shard of every batch (auto-shard policy DATA).
-    `train` may instead be a function of a `tf.distribute.InputContext` that gives the
-    worker's own endless, per-replica-batched input (`sharding.training_input`, a folder's
-    files shared among the workers).
+
+    `train` is the training dataset, or a function of the epoch training starts from (0, or
+    the epoch a resumed run restores, known on every worker only once the chief's checkpoint
+    is shared) that gives it: a per-epoch stream (`data.make_pipeline` with `first_epoch`),
+    so a resumed run reads the batches, and shifts, an uninterrupted one would. That function
+    may instead give an input function of a `tf.distribute.InputContext`: the worker's own
+    endless, per-replica-batched input (`sharding.training_input`, a folder's files shared
+    among the workers).
     """
     strategy = model.distribute_strategy
     with strategy.scope():
@@ -105,6 +110,8 @@ def fit(
     # An endless training dataset and a fixed number of steps per epoch, as `training.fit`
     # does: tf.distribute then skips, for an infinite dataset, the collective in which the
     # workers agree before every batch whether any of them has data left.
+    if not isinstance(train, tf.data.Dataset):
+        train = train(initial_epoch)
     if isinstance(train, tf.data.Dataset):
         train_batches = iter(strategy.experimental_distribute_dataset(training.endless(train, settings)))
     else:  # each worker's own share (tfpipeline.distribute.sharding), already endless
