@@ -199,3 +199,66 @@ def test_a_backup_ahead_of_the_early_stopping_state_is_rolled_back(tmp_path):
     (tmp_path / "early_stopping.json").write_text('{"epoch": 2, "wait": 0, "best": 0.5, "best_epoch": 1}')
     assert training.resumed_epoch(tmp_path) == 2 and (tmp_path / "latest.weights.h5").read_bytes() == b"epoch 2"
     assert json.loads((tmp_path / "training_metadata.json").read_text())["epoch"] == 2
+
+
+
+def _multi_worker_weights(tiny_images, backup, *, kill_at=None):
+    """The multi-worker loop (as one worker, under the default strategy) on the tiny images,
+    with early stopping on a validation split of shuffled labels (its loss rises as the model
+    learns the training labels: the best epoch is an early one, restored at the end). With
+    `kill_at`, an exception ends it after that epoch's checkpoint, as a kill would."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tfpipeline import data, models, training
+    from tfpipeline.distribute import multiworker
+
+    images, labels = tiny_images
+    source = tf.data.Dataset.from_tensor_slices((images[:256], labels[:256]))
+    shuffled = np.random.default_rng(1).permutation(labels[256:])
+    validation = tf.data.Dataset.from_tensor_slices((images[256:], shuffled)).batch(256)
+    settings = training.TrainSettings(epochs=4, batch_size=32, learning_rate=0.01, steps_per_epoch=8,
+                                      early_stopping_patience=10, verbose=0, histogram_freq=0)
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == kill_at:
+                raise RuntimeError("killed")
+
+    keras.utils.set_random_seed(0)
+    model = models.build("mlp", (28, 28, 1), 4)
+    stream = lambda first: data.batched(source, batch_size=32, seed=3, training=True, first_epoch=first,  # noqa: E731
+                                        end_epoch=settings.epochs)
+    multiworker.fit(model, stream, validation, settings, backup_dir=backup, extra_callbacks=[Kill()])
+    return model.get_weights()
+
+
+
+@pytest.mark.parametrize("before_state", [False, True], ids=["after-its-early-stopping-state", "before-it"])
+def test_the_multi_worker_loop_resumes_with_its_early_stopping_state(tiny_images, tmp_path, monkeypatch, capsys,
+                                                                     before_state):
+    import numpy as np
+
+    from tfpipeline import training
+
+    whole = _multi_worker_weights(tiny_images, tmp_path / "whole")
+    if before_state:  # killed between the checkpoint of epoch 2 and early stopping's state of it
+        original = training.loop.ResumableEarlyStopping.on_epoch_end
+
+        def killed_before(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("killed")
+            original(self, epoch, logs)
+
+        monkeypatch.setattr(training.loop.ResumableEarlyStopping, "on_epoch_end", killed_before)
+    with pytest.raises(RuntimeError, match="killed"):
+        _multi_worker_weights(tiny_images, tmp_path / "killed", kill_at=None if before_state else 1)
+    monkeypatch.undo()
+    capsys.readouterr()
+    resumed = _multi_worker_weights(tiny_images, tmp_path / "killed")
+    # Epoch 2 again when its early-stopping state was never written (the previous checkpoint).
+    assert f"Resuming training from epoch {2 if before_state else 3}/4" in capsys.readouterr().out
+    for got, want in zip(resumed, whole, strict=True):
+        np.testing.assert_array_equal(got, want)
+

@@ -26,6 +26,7 @@ writing rule is TensorFlow's, not a Keras bug.)
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -78,9 +79,9 @@ def fit(
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epochs_done=epochs_done)
     manager = None
     if backup_dir is not None:
-        manager = tf.train.CheckpointManager(checkpoint, str(backup_dir), max_to_keep=1)
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        # Two kept: the previous one is restored when a kill left the early-stopping state behind.
+        manager = tf.train.CheckpointManager(checkpoint, str(backup_dir), max_to_keep=2)
+        _restore(checkpoint, manager, backup_dir, stopping=settings.early_stopping_patience > 0)
     # Only the chief's checkpoint is real (the others wrote theirs to temporary folders that
     # are gone), so every worker takes the state of the first replica, which is on the chief.
     # This also means resuming needs no storage shared between the machines.
@@ -95,7 +96,8 @@ def fit(
     watch = training.DivergenceWatch()
     callbacks = keras.callbacks.CallbackList(
         # No BackupAndRestore: the checkpoint manager above does its job here.
-        [watch] + training.make_callbacks(logdir, None, settings, extra_callbacks),
+        # Early stopping keeps its state beside the checkpoint (the chief's is the real one).
+        [watch] + training.make_callbacks(logdir, None, settings, extra_callbacks, state_dir=backup_dir),
         add_history=True,
         add_progbar=verbose != 0,
         verbose=verbose,
@@ -122,7 +124,8 @@ def fit(
     replica_local = [v for v in model.non_trainable_variables if tf.as_dtype(v.dtype).is_floating]
 
     model.stop_training = False
-    callbacks.on_train_begin()
+    callbacks.on_train_begin()  # early stopping reads its state back (on the chief)
+    _share_early_stopping(strategy, callbacks, model)
     logs, epoch_logs = {}, None
     for epoch in range(initial_epoch, settings.epochs):
         model.reset_metrics()
@@ -173,6 +176,46 @@ def fit(
         # Like BackupAndRestore: only an interrupted run leaves a backup behind.
         shutil.rmtree(backup_dir, ignore_errors=True)
     return training.FitResult.of(model.history)
+
+
+def _restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager, backup_dir, *,
+             stopping: bool) -> None:
+    """Restore the latest checkpoint that the early-stopping state agrees with, if any.
+
+    An epoch's checkpoint is written before the epoch-end callbacks, early stopping's state
+    (`training.ResumableEarlyStopping`) after them: a kill in between leaves the checkpoint one
+    epoch ahead. The previous checkpoint is then restored (or none, for the first epoch), and
+    the run redoes that epoch with the state it had before it, as `training.resumed_epoch`
+    does for `fit`.
+    """
+    path = manager.latest_checkpoint
+    state = Path(backup_dir) / training.EARLY_STOPPING_STATE
+    if path and stopping:
+        done = json.loads(state.read_text())["epoch"] if state.exists() else 0
+        path = next((p for p in manager.checkpoints if p.rsplit("-", 1)[-1] == str(done)), None)
+    if path:
+        checkpoint.restore(path).assert_existing_objects_matched()
+
+
+def _share_early_stopping(strategy: tf.distribute.Strategy, callbacks: keras.callbacks.CallbackList,
+                          model: keras.Model) -> None:
+    """Give every worker the chief's early-stopping state (best value, epochs waited, best epoch
+    and weights), which the chief read back from its checkpoint folder: every worker then
+    stops, and restores, at the epoch an uninterrupted run would, all at the same one."""
+    stopping = next((c for c in callbacks.callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
+    if stopping is None:
+        return
+    best, best_weights = stopping.best, stopping.best_weights  # None before a first epoch ends
+    with strategy.scope():
+        counts = tf.Variable([stopping.wait, stopping.best_epoch, best is not None, best_weights is not None],
+                             dtype=tf.int64)
+        value = tf.Variable(0.0 if best is None else best, dtype=tf.float32)  # the logs' own precision: exact
+        weights = [tf.Variable(w) for w in (model.get_weights() if best_weights is None else best_weights)]
+    _sync(strategy, [counts, value, *weights], average=False)
+    wait, best_epoch, has_best, has_weights = (int(v) for v in counts.numpy())
+    stopping.wait, stopping.best_epoch = wait, best_epoch
+    stopping.best = float(value.numpy()) if has_best else None
+    stopping.best_weights = [w.numpy() for w in weights] if has_weights else None
 
 
 def _step_functions(model: keras.Model, strategy: tf.distribute.Strategy):
