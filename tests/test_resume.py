@@ -262,3 +262,48 @@ def test_the_multi_worker_loop_resumes_with_its_early_stopping_state(tiny_images
     for got, want in zip(resumed, whole, strict=True):
         np.testing.assert_array_equal(got, want)
 
+
+def _oracle(directory):
+    import keras_tuner as kt
+
+    from tfpipeline.tuning.oracles import HyperbandOracle
+
+    space = kt.HyperParameters()
+    space.Choice("units", [8, 16, 32, 64])
+    oracle = HyperbandOracle(objective=kt.Objective("val_accuracy", "max"), max_epochs=2, factor=2, seed=5,
+                             hyperparameters=space)
+    oracle._set_project_dir(str(directory), "search")
+    return oracle
+
+
+def _reloaded(directory):
+    oracle = _oracle(directory)
+    oracle.reload()
+    return oracle
+
+
+def test_a_search_killed_inside_the_oracles_writes_reloads_as_if_uninterrupted(tmp_path):
+    oracle = _oracle(tmp_path)
+    first = oracle.create_trial("tuner0")
+    oracle.update_trial(first.trial_id, {"val_accuracy": 0.5})
+    first.status = "COMPLETED"
+    oracle.end_trial(first)
+    # Killed before the tuner's save that follows: the saved state still lists the ended trial
+    # as running; it is not run again.
+    assert _reloaded(tmp_path)._retry_queue == []
+    oracle.save()
+    before = (tmp_path / "search" / "oracle.json").read_bytes()
+    second = oracle.create_trial("tuner0")
+    # Killed between the second trial's file and the oracle's state: the trial is dropped, and
+    # the search proposes it again, under the same id.
+    (tmp_path / "search" / "oracle.json").write_bytes(before)
+    reloaded = _reloaded(tmp_path)
+    assert sorted(reloaded.trials) == [first.trial_id]
+    again = reloaded.create_trial("tuner0")
+    assert (again.trial_id, again.hyperparameters.values) == (second.trial_id, second.hyperparameters.values)
+    # Killed after the running trial reported, before it ended: it runs again as a fresh trial
+    # (KerasTuner would otherwise keep the old report and skip the new run's).
+    reloaded.update_trial(again.trial_id, {"val_accuracy": 0.75})
+    rerun = _reloaded(tmp_path).create_trial("tuner0")
+    assert rerun.trial_id == second.trial_id and rerun.status == "RUNNING"
+    assert not rerun.metrics.exists("val_accuracy") and rerun.score is None
