@@ -17,7 +17,8 @@ this module replaces only fit's driver loop and keeps everything else Keras's ow
   with the calls `fit` makes;
 * resume: BackupAndRestore knows nothing about workers, so a `tf.train.CheckpointManager`
   saves model, optimizer (hence the schedule's step) and the finished-epoch count after
-  every epoch, and a re-run continues from there.
+  every epoch, early stopping keeps its state beside it, and a re-run continues from there
+  with the data stream of the epoch it restores (`fit`'s `train`).
 
 When the issue is fixed, delete this module and its one call in `pipeline.run`;
 `training.fit` then serves every strategy. (Keep `Distribution.writable`: the chief-only
