@@ -282,14 +282,24 @@ def test_the_default_cnn_trains_mirrored(tmp_path, env):
 
 # --- two workers -------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_two_workers_train_identically_and_only_the_chief_exports(tmp_path, env):
+# Batch normalization: its moving statistics are per replica in Keras 3 until synced.
+# Weight averaging: the averaged weights are swapped in and out on every worker alike.
+# Shifts from the second epoch (index 1), decided in the input pipeline by (seed, epoch).
+TWO_WORKERS = TINY_CNN + ["--epochs", "2", "--batch-size", "32", "--deterministic"]
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory, env) -> tuple[Path, str, str]:
+    """An uninterrupted two-worker run: its folder, the chief's and the other worker's output."""
     # No --strategy: auto must pick multi_worker because TF_CONFIG names two workers.
-    # Batch normalization: its moving statistics are per replica in Keras 3 until synced.
-    # Weight averaging: the averaged weights are swapped in and out on every worker alike.
-    args = TINY_CNN + ["--epochs", "2", "--batch-size", "32"]
-    workers = start_workers(tmp_path, args, env)
-    chief, other = (w.finish() for w in workers)
+    base = tmp_path_factory.mktemp("two-workers")
+    chief, other = (w.finish() for w in start_workers(base, TWO_WORKERS, env))
+    return base, chief, other
+
+
+@pytest.mark.slow
+def test_two_workers_train_identically_and_only_the_chief_exports(two_workers):
+    tmp_path, chief, other = two_workers
     assert "Strategy multi_worker (2 workers, 2 replicas in all; this is worker 0 (chief))" in chief
     digests = [DIGEST.search(out).group(1) for out in (chief, other)]
     assert digests[0] == digests[1], "the workers ended with different weights"
@@ -349,6 +359,20 @@ def test_one_machine_run_killed_and_rerun_resumes(tmp_path, env, strategy):
     # The optimizer's step count (the learning-rate schedule's position) resumed too.
     assert meta["training"]["steps_run"] == 5 * meta["training"]["steps_per_epoch"]
     assert not list((tmp_path / "work").glob("mnist/*/*/train-*"))
+
+
+@pytest.mark.slow
+def test_two_workers_killed_mid_epoch_resume_to_the_uninterrupted_weights(two_workers, tmp_path, env):
+    """Issue 27's exact resume on two workers: killed in the middle of the epoch whose shifts
+    begin, rerun, they end with the weights of the uninterrupted run (`two_workers`)."""
+    workers = start_workers(tmp_path, TWO_WORKERS, env)
+    workers[0].wait_for(r"^Epoch 2/2")  # epoch 1 is checkpointed, epoch 2 is training
+    workers[0].kill()  # the chief goes first; the other worker is then killed too (a preempted job)
+    workers[1].kill()
+    outputs = [w.finish() for w in start_workers(tmp_path, TWO_WORKERS, env)]
+    assert all("Resuming training from epoch 2/2" in out for out in outputs), outputs[0][-3000:]
+    digests = {DIGEST.search(out).group(1) for out in outputs}
+    assert digests == {DIGEST.search(two_workers[1]).group(1)}, "not the uninterrupted run's weights"
 
 
 @pytest.mark.slow

@@ -112,18 +112,42 @@ def test_killed_in_the_middle_of_an_epoch_resumes_to_the_same_weights(uninterrup
 TUNED = ("--quick", "--tune", "--ensemble", "2", "--deterministic", "--histogram-freq", "0")
 
 
-@pytest.mark.slow
-def test_a_tuned_run_killed_during_an_ensemble_member_resumes_to_the_same_weights(tmp_path, manual_dir, data_dir):
-    env = _env(manual_dir, data_dir)
-    (tmp_path / "whole").mkdir()
-    whole = run_cli(*TUNED, cwd=tmp_path / "whole", env=env)
+@pytest.fixture(scope="module")
+def tuned_whole(tmp_path_factory, manual_dir, data_dir) -> str:
+    """An uninterrupted tuned run (a Hyperband search of 2 trials of 2 epochs, then 2 members):
+    its final weights' digest."""
+    cwd = tmp_path_factory.mktemp("tuned-whole")
+    whole = run_cli(*TUNED, cwd=cwd, env=_env(manual_dir, data_dir))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    (tmp_path / "killed").mkdir()
-    _killed(tmp_path / "killed", env, command=TUNED, when=lambda epoch, out: "Member 2 of 2:" in out)
-    rerun = run_cli(*TUNED, cwd=tmp_path / "killed", env=env)
+    assert "Search finished: 2 of 2 trials completed" in whole.stdout, whole.stdout[-3000:]
+    return _digest(whole)
+
+
+@pytest.mark.slow
+def test_a_tuned_run_killed_during_the_search_resumes_to_the_same_weights(tuned_whole, tmp_path, manual_dir,
+                                                                         data_dir):
+    env = _env(manual_dir, data_dir)
+    # In the second epoch of the second trial: the first trial is finished, the second has a
+    # best-epoch checkpoint of its first epoch and is not finished.
+    _killed(tmp_path, env, command=TUNED,
+            when=lambda epoch, out: "Epoch 2/2\n" in out.partition("Running Trial #2\n")[2])
+    rerun = run_cli(*TUNED, cwd=tmp_path, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    # The finished trial is kept; the unfinished one runs again from its start, as the same trial.
+    assert "Resuming the search: 1 finished trial kept (0000); unfinished ones run again." in rerun.stdout
+    assert "Search: Running Trial #1\n" not in rerun.stdout and "Search finished: 2 of 2 trials" in rerun.stdout
+    assert _digest(rerun) == tuned_whole
+
+
+@pytest.mark.slow
+def test_a_tuned_run_killed_during_an_ensemble_member_resumes_to_the_same_weights(tuned_whole, tmp_path, manual_dir,
+                                                                                 data_dir):
+    env = _env(manual_dir, data_dir)
+    _killed(tmp_path, env, command=TUNED, when=lambda epoch, out: "Member 2 of 2:" in out)
+    rerun = run_cli(*TUNED, cwd=tmp_path, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "Member 1 of 2: trained before this run was interrupted; loaded" in rerun.stdout
-    assert _digest(rerun) == _digest(whole)
+    assert _digest(rerun) == tuned_whole
 
 
 def _batches(train, count: int) -> list:
@@ -175,3 +199,111 @@ def test_a_backup_ahead_of_the_early_stopping_state_is_rolled_back(tmp_path):
     (tmp_path / "early_stopping.json").write_text('{"epoch": 2, "wait": 0, "best": 0.5, "best_epoch": 1}')
     assert training.resumed_epoch(tmp_path) == 2 and (tmp_path / "latest.weights.h5").read_bytes() == b"epoch 2"
     assert json.loads((tmp_path / "training_metadata.json").read_text())["epoch"] == 2
+
+
+
+def _multi_worker_weights(tiny_images, backup, *, kill_at=None):
+    """The multi-worker loop (as one worker, under the default strategy) on the tiny images,
+    with early stopping on a validation split of shuffled labels (its loss rises as the model
+    learns the training labels: the best epoch is an early one, restored at the end). With
+    `kill_at`, an exception ends it after that epoch's checkpoint, as a kill would."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tfpipeline import data, models, training
+    from tfpipeline.distribute import multiworker
+
+    images, labels = tiny_images
+    source = tf.data.Dataset.from_tensor_slices((images[:256], labels[:256]))
+    shuffled = np.random.default_rng(1).permutation(labels[256:])
+    validation = tf.data.Dataset.from_tensor_slices((images[256:], shuffled)).batch(256)
+    settings = training.TrainSettings(epochs=4, batch_size=32, learning_rate=0.01, steps_per_epoch=8,
+                                      early_stopping_patience=10, verbose=0, histogram_freq=0)
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == kill_at:
+                raise RuntimeError("killed")
+
+    keras.utils.set_random_seed(0)
+    model = models.build("mlp", (28, 28, 1), 4)
+    stream = lambda first: data.batched(source, batch_size=32, seed=3, training=True, first_epoch=first,  # noqa: E731
+                                        end_epoch=settings.epochs)
+    multiworker.fit(model, stream, validation, settings, backup_dir=backup, extra_callbacks=[Kill()])
+    return model.get_weights()
+
+
+
+@pytest.mark.parametrize("before_state", [False, True], ids=["after-its-early-stopping-state", "before-it"])
+def test_the_multi_worker_loop_resumes_with_its_early_stopping_state(tiny_images, tmp_path, monkeypatch, capsys,
+                                                                     before_state):
+    import numpy as np
+
+    from tfpipeline import training
+
+    whole = _multi_worker_weights(tiny_images, tmp_path / "whole")
+    if before_state:  # killed between the checkpoint of epoch 2 and early stopping's state of it
+        original = training.loop.ResumableEarlyStopping.on_epoch_end
+
+        def killed_before(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("killed")
+            original(self, epoch, logs)
+
+        monkeypatch.setattr(training.loop.ResumableEarlyStopping, "on_epoch_end", killed_before)
+    with pytest.raises(RuntimeError, match="killed"):
+        _multi_worker_weights(tiny_images, tmp_path / "killed", kill_at=None if before_state else 1)
+    monkeypatch.undo()
+    capsys.readouterr()
+    resumed = _multi_worker_weights(tiny_images, tmp_path / "killed")
+    # Epoch 2 again when its early-stopping state was never written (the previous checkpoint).
+    assert f"Resuming training from epoch {2 if before_state else 3}/4" in capsys.readouterr().out
+    for got, want in zip(resumed, whole, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def _oracle(directory):
+    import keras_tuner as kt
+
+    from tfpipeline.tuning.oracles import HyperbandOracle
+
+    space = kt.HyperParameters()
+    space.Choice("units", [8, 16, 32, 64])
+    oracle = HyperbandOracle(objective=kt.Objective("val_accuracy", "max"), max_epochs=2, factor=2, seed=5,
+                             hyperparameters=space)
+    oracle._set_project_dir(str(directory), "search")
+    return oracle
+
+
+def _reloaded(directory):
+    oracle = _oracle(directory)
+    oracle.reload()
+    return oracle
+
+
+def test_a_search_killed_inside_the_oracles_writes_reloads_as_if_uninterrupted(tmp_path):
+    oracle = _oracle(tmp_path)
+    first = oracle.create_trial("tuner0")
+    oracle.update_trial(first.trial_id, {"val_accuracy": 0.5})
+    first.status = "COMPLETED"
+    oracle.end_trial(first)
+    # Killed before the tuner's save that follows: the saved state still lists the ended trial
+    # as running; it is not run again.
+    assert _reloaded(tmp_path)._retry_queue == []
+    oracle.save()
+    before = (tmp_path / "search" / "oracle.json").read_bytes()
+    second = oracle.create_trial("tuner0")
+    # Killed between the second trial's file and the oracle's state: the trial is dropped, and
+    # the search proposes it again, under the same id.
+    (tmp_path / "search" / "oracle.json").write_bytes(before)
+    reloaded = _reloaded(tmp_path)
+    assert sorted(reloaded.trials) == [first.trial_id]
+    again = reloaded.create_trial("tuner0")
+    assert (again.trial_id, again.hyperparameters.values) == (second.trial_id, second.hyperparameters.values)
+    # Killed after the running trial reported, before it ended: it runs again as a fresh trial
+    # (KerasTuner would otherwise keep the old report and skip the new run's).
+    reloaded.update_trial(again.trial_id, {"val_accuracy": 0.75})
+    rerun = _reloaded(tmp_path).create_trial("tuner0")
+    assert rerun.trial_id == second.trial_id and rerun.status == "RUNNING"
+    assert not rerun.metrics.exists("val_accuracy") and rerun.score is None

@@ -83,7 +83,8 @@ def test_each_worker_input_decodes_only_its_share(tmp_path):
     lookup = pixels_to_files(paths, root, (12, 12), 3)
     shares, sizes = [], []
     for worker in (0, 1):
-        ds = train(tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2))
+        ds = train(0)(tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
+                                                 num_replicas_in_sync=2))
         batches = list(ds.take(record["batches_per_worker_per_epoch"]))
         sizes.append([int(x.shape[0]) for x, _ in batches])
         shares.append(names_of(np.concatenate([x.numpy() for x, _ in batches]), lookup))
@@ -95,9 +96,9 @@ def test_each_worker_input_decodes_only_its_share(tmp_path):
     # Worker 0 never opens a file of worker 1's share: with one of them gone, only worker 1 fails.
     (root / shares[1][0]).unlink()
     context = lambda i: tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i, num_replicas_in_sync=2)
-    assert len(list(train(context(0)).take(steps))) == steps
+    assert len(list(train(0)(context(0)).take(steps))) == steps
     with pytest.raises(tf.errors.NotFoundError, match=shares[1][0]):
-        list(train(context(1)).take(steps))
+        list(train(0)(context(1)).take(steps))
 
 
 # --- two workers ---------------------------------------------------------------------------

@@ -392,22 +392,23 @@ def _fit_member(ctx: _Run, job: _Training, model: keras.Model, *, member: int,
     augmentation = models.augmentation(job.family, hp, seed, kind=config.kind)
     # Each epoch's order and shifts are fixed by (seed, epoch): a resumed run starts its stream at
     # the epoch its backup restores, and trains the batches an uninterrupted run would.
-    train_input = ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size), seed=seed,
-                                       training=True, first_epoch=training.resumed_epoch(backup),
-                                       end_epoch=job.settings.epochs, per_batch=augmentation.per_batch(seed))
+    def stream(first_epoch: int):
+        return ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size), seed=seed, training=True,
+                                    first_epoch=first_epoch, end_epoch=job.settings.epochs,
+                                    per_batch=augmentation.per_batch(seed))
+
+    # Multi-worker: the loop starts the stream once every worker knows the chief's restored epoch.
+    train_input = stream if dist.kind == "multi_worker" else stream(training.resumed_epoch(backup))
     input_sharding = None
-    if dist.kind == "multi_worker":  # its own loop and input: the augmentation is switched by a callback
-        train_input = augmentation.apply(ctx.datasets.batched(job.train, batch_size=dist.global_batch(hp.batch_size),
-                                                              seed=seed, training=True))
     if dist.kind == "multi_worker" and job.trained_on == ["train"]:  # a folder's files: each worker its share
         train_input, input_sharding = sharding.training_input(
             ctx.datasets, train_input, workers=dist.workers, replicas=dist.replicas, per_replica_batch=hp.batch_size,
-            steps_per_epoch=job.settings.steps_per_epoch, seed=seed, augmentation=augmentation)
+            steps_per_epoch=job.settings.steps_per_epoch, seed=seed, augmentation=augmentation,
+            epochs=job.settings.epochs)
     validation = job.validation
     result = fit(model, train_input, validation, job.settings,
                  logdir=ctx.logdir if not member else ctx.logdir / f"member{member}", backup_dir=backup,
-                 extra_callbacks=[*(augmentation.callbacks() if dist.kind == "multi_worker" else []),
-                                  *(run_log.callbacks(validation) if not member else [])])
+                 extra_callbacks=run_log.callbacks(validation) if not member else [])
     return {"seed": seed, "epochs_run": training.epochs_completed(result),
             # Optimizer steps over the whole run, resumed parts included: the schedule's position.
             "steps_run": int(model.optimizer.iterations.numpy()), "resumed": resumed,

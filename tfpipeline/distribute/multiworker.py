@@ -17,7 +17,8 @@ this module replaces only fit's driver loop and keeps everything else Keras's ow
   with the calls `fit` makes;
 * resume: BackupAndRestore knows nothing about workers, so a `tf.train.CheckpointManager`
   saves model, optimizer (hence the schedule's step) and the finished-epoch count after
-  every epoch, and a re-run continues from there.
+  every epoch, early stopping keeps its state beside it, and a re-run continues from there
+  with the data stream of the epoch it restores (`fit`'s `train`).
 
 When the issue is fixed, delete this module and its one call in `pipeline.run`;
 `training.fit` then serves every strategy. (Keep `Distribution.writable`: the chief-only
@@ -26,6 +27,7 @@ writing rule is TensorFlow's, not a Keras bug.)
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -58,9 +60,14 @@ def fit(
     Every worker calls this with its own `logdir` and `backup_dir` (the real ones on the
     chief, temporary ones elsewhere: see `Distribution.writable`) and the same global-batch
     datasets; each worker reads only its shard of every batch (auto-shard policy DATA).
-    `train` may instead be a function of a `tf.distribute.InputContext` that gives the
-    worker's own endless, per-replica-batched input (`sharding.training_input`, a folder's
-    files shared among the workers).
+
+    `train` is the training dataset, or a function of the epoch training starts from (0, or
+    the epoch a resumed run restores, known on every worker only once the chief's checkpoint
+    is shared) that gives it: a per-epoch stream (`data.make_pipeline` with `first_epoch`),
+    so a resumed run reads the batches, and shifts, an uninterrupted one would. That function
+    may instead give an input function of a `tf.distribute.InputContext`: the worker's own
+    endless, per-replica-batched input (`sharding.training_input`, a folder's files shared
+    among the workers).
     """
     strategy = model.distribute_strategy
     with strategy.scope():
@@ -73,9 +80,9 @@ def fit(
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epochs_done=epochs_done)
     manager = None
     if backup_dir is not None:
-        manager = tf.train.CheckpointManager(checkpoint, str(backup_dir), max_to_keep=1)
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        # Two kept: the previous one is restored when a kill left the early-stopping state behind.
+        manager = tf.train.CheckpointManager(checkpoint, str(backup_dir), max_to_keep=2)
+        _restore(checkpoint, manager, backup_dir, stopping=settings.early_stopping_patience > 0)
     # Only the chief's checkpoint is real (the others wrote theirs to temporary folders that
     # are gone), so every worker takes the state of the first replica, which is on the chief.
     # This also means resuming needs no storage shared between the machines.
@@ -90,7 +97,8 @@ def fit(
     watch = training.DivergenceWatch()
     callbacks = keras.callbacks.CallbackList(
         # No BackupAndRestore: the checkpoint manager above does its job here.
-        [watch] + training.make_callbacks(logdir, None, settings, extra_callbacks),
+        # Early stopping keeps its state beside the checkpoint (the chief's is the real one).
+        [watch] + training.make_callbacks(logdir, None, settings, extra_callbacks, state_dir=backup_dir),
         add_history=True,
         add_progbar=verbose != 0,
         verbose=verbose,
@@ -105,6 +113,8 @@ def fit(
     # An endless training dataset and a fixed number of steps per epoch, as `training.fit`
     # does: tf.distribute then skips, for an infinite dataset, the collective in which the
     # workers agree before every batch whether any of them has data left.
+    if not isinstance(train, tf.data.Dataset):
+        train = train(initial_epoch)
     if isinstance(train, tf.data.Dataset):
         train_batches = iter(strategy.experimental_distribute_dataset(training.endless(train, settings)))
     else:  # each worker's own share (tfpipeline.distribute.sharding), already endless
@@ -115,7 +125,8 @@ def fit(
     replica_local = [v for v in model.non_trainable_variables if tf.as_dtype(v.dtype).is_floating]
 
     model.stop_training = False
-    callbacks.on_train_begin()
+    callbacks.on_train_begin()  # early stopping reads its state back (on the chief)
+    _share_early_stopping(strategy, callbacks, model)
     logs, epoch_logs = {}, None
     for epoch in range(initial_epoch, settings.epochs):
         model.reset_metrics()
@@ -166,6 +177,46 @@ def fit(
         # Like BackupAndRestore: only an interrupted run leaves a backup behind.
         shutil.rmtree(backup_dir, ignore_errors=True)
     return training.FitResult.of(model.history)
+
+
+def _restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager, backup_dir, *,
+             stopping: bool) -> None:
+    """Restore the latest checkpoint that the early-stopping state agrees with, if any.
+
+    An epoch's checkpoint is written before the epoch-end callbacks, early stopping's state
+    (`training.ResumableEarlyStopping`) after them: a kill in between leaves the checkpoint one
+    epoch ahead. The previous checkpoint is then restored (or none, for the first epoch), and
+    the run redoes that epoch with the state it had before it, as `training.resumed_epoch`
+    does for `fit`.
+    """
+    path = manager.latest_checkpoint
+    state = Path(backup_dir) / training.EARLY_STOPPING_STATE
+    if path and stopping:
+        done = json.loads(state.read_text())["epoch"] if state.exists() else 0
+        path = next((p for p in manager.checkpoints if p.rsplit("-", 1)[-1] == str(done)), None)
+    if path:
+        checkpoint.restore(path).assert_existing_objects_matched()
+
+
+def _share_early_stopping(strategy: tf.distribute.Strategy, callbacks: keras.callbacks.CallbackList,
+                          model: keras.Model) -> None:
+    """Give every worker the chief's early-stopping state (best value, epochs waited, best epoch
+    and weights), which the chief read back from its checkpoint folder: every worker then
+    stops, and restores, at the epoch an uninterrupted run would, all at the same one."""
+    stopping = next((c for c in callbacks.callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
+    if stopping is None:
+        return
+    best, best_weights = stopping.best, stopping.best_weights  # None before a first epoch ends
+    with strategy.scope():
+        counts = tf.Variable([stopping.wait, stopping.best_epoch, best is not None, best_weights is not None],
+                             dtype=tf.int64)
+        value = tf.Variable(0.0 if best is None else best, dtype=tf.float32)  # the logs' own precision: exact
+        weights = [tf.Variable(w) for w in (model.get_weights() if best_weights is None else best_weights)]
+    _sync(strategy, [counts, value, *weights], average=False)
+    wait, best_epoch, has_best, has_weights = (int(v) for v in counts.numpy())
+    stopping.wait, stopping.best_epoch = wait, best_epoch
+    stopping.best = float(value.numpy()) if has_best else None
+    stopping.best_weights = [w.numpy() for w in weights] if has_weights else None
 
 
 def _step_functions(model: keras.Model, strategy: tf.distribute.Strategy):

@@ -33,6 +33,7 @@ default input size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -43,6 +44,7 @@ import tensorflow as tf
 
 from tfpipeline import data
 from tfpipeline.data import folders
+from tfpipeline.data.datasets import epoch_seed
 from tfpipeline.errors import UserError
 
 #: What `distribution.input` says for a dataset every worker reads whole (TFDS).
@@ -119,21 +121,25 @@ def plan(paths: list[str], root: str | Path, *, workers: int, replicas: int, per
     )
 
 
-def training_input(datasets: data.Datasets, train: tf.data.Dataset, *, workers: int, replicas: int,
-                   per_replica_batch: int, steps_per_epoch: int, seed: int, augmentation=None):
+def training_input(datasets: data.Datasets, train, *, workers: int, replicas: int, per_replica_batch: int,
+                   steps_per_epoch: int, seed: int, augmentation=None, epochs: int | None = None):
     """What multi-worker training reads, and its record for `metadata.json` (`distribution.input`).
 
     Args:
         datasets: the run's `data.Datasets`.
-        train: the batched training dataset every worker would read whole (kept for TFDS).
+        train: what every worker would read whole (kept for TFDS): the batched training
+            dataset, or a function of the first epoch that gives it (`multiworker.fit`).
         workers, replicas, per_replica_batch, steps_per_epoch, seed: as the run trains.
         augmentation: the family's `augmentation.Augmentation` (`models.augmentation`), or None.
+        epochs: the run's epochs: each epoch of a worker's share is shuffled and shifted by
+            (seed, worker, epoch) alone (`data.make_pipeline`'s per-epoch stream).
 
     Returns:
         `(train, {"sharding": "data", ...})` for a TFDS dataset; for a folder dataset
-        `(input_fn, ShardPlan.to_json())`, where `input_fn(tf.distribute.InputContext)` gives
-        the worker's own endless, batched share of the files, for
-        `strategy.distribute_datasets_from_function`.
+        `(input_from, ShardPlan.to_json())`, where `input_from(first_epoch)` is the input
+        function for `strategy.distribute_datasets_from_function`: given a
+        `tf.distribute.InputContext`, the worker's own endless, batched share of the files from
+        epoch `first_epoch` on.
     """
     if datasets.train_files is None:
         print(f"Input: {DATA_RULE} ({datasets.spec.source.get('kind', 'tfds')} data, not files read per worker).",
@@ -142,17 +148,17 @@ def training_input(datasets: data.Datasets, train: tf.data.Dataset, *, workers: 
     paths, _ = datasets.train_files
     shards = plan(paths, datasets.spec.source["path"], workers=workers, replicas=replicas,
                   per_replica_batch=per_replica_batch, steps_per_epoch=steps_per_epoch)
-    return _input_fn(datasets, shards, seed, augmentation), shards.to_json()
+    return _input_from(datasets, shards, seed, augmentation, epochs), shards.to_json()
 
 
-def _input_fn(datasets: data.Datasets, shards: ShardPlan, seed: int,
-              augmentation=None) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+def _input_from(datasets: data.Datasets, shards: ShardPlan, seed: int, augmentation=None,
+                epochs: int | None = None) -> Callable[[int], Callable[[tf.distribute.InputContext], tf.data.Dataset]]:
     paths, labels = datasets.train_files
     root = Path(datasets.spec.source["path"])
     height, width, channels = datasets.spec.input_shape
     cache = datasets.cache_plan
 
-    def input_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    def input_fn(context: tf.distribute.InputContext, first_epoch: int = 0) -> tf.data.Dataset:
         i, n = context.input_pipeline_id, context.num_input_pipelines
         batch = context.get_per_replica_batch_size(shards.per_replica_batch * context.num_replicas_in_sync)
         # Sharded while still file names: the files of the other shares are never read here.
@@ -169,14 +175,19 @@ def _input_fn(datasets: data.Datasets, shards: ShardPlan, seed: int,
         examples = folders.decode(share.repeat().take(shards.examples_per_worker), (height, width), channels)
         if cache is not None and cache.kind == "disk":  # this worker's share only, in a file of its own
             examples = examples.cache(str(Path(cache.directory) / f"train-worker{i}-of-{n}"))
-        # A memory cache if the plan says so.
-        batches = datasets.batched(examples, batch_size=batch, seed=seed, training=True, own_splits=False)
-        if int(batches.cardinality()) != shards.batches_per_worker:
-            raise ValueError(f"Worker {i}'s share makes {int(batches.cardinality())} batches per epoch, "
+        per_epoch = -(-shards.examples_per_worker // batch)
+        if per_epoch != shards.batches_per_worker:
+            raise ValueError(f"Worker {i}'s share makes {per_epoch} batches per epoch, "
                              f"not the planned {shards.batches_per_worker}.")
-        return augmentation.apply(batches.repeat()) if augmentation else batches.repeat()
+        # A memory cache if the plan says so. Each epoch's order and shifts are fixed by (seed,
+        # worker, epoch), so a resumed run reads from `first_epoch` what an uninterrupted one
+        # would; the worker's own seed keeps its shifts apart from the other workers'.
+        own_seed = seed if i == 0 else epoch_seed(seed, i)
+        return datasets.batched(examples, batch_size=batch, seed=own_seed, training=True, own_splits=False,
+                                first_epoch=first_epoch, end_epoch=epochs,
+                                per_batch=augmentation.per_batch(own_seed) if augmentation else None)
 
-    return input_fn
+    return lambda first_epoch: functools.partial(input_fn, first_epoch=first_epoch)
 
 
 def shared_scan(dist) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]] | None:

@@ -11,6 +11,7 @@ it imports nothing from tuning, distribute, export, report or serving.
 """
 
 from tfpipeline.training.loop import (  # noqa: F401
+    EARLY_STOPPING_STATE,
     EXPLOSION_FACTOR,
     RETRY_CLIPNORM,
     CosineCycles,

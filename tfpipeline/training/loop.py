@@ -259,6 +259,7 @@ def make_callbacks(
     *,
     report_resume: bool = True,
     write_graph: bool = True,
+    state_dir: str | Path | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of every training loop: a run's (`fit`, `multiworker.fit`) and a search
     trial's (`tuning.hypermodel`), in the order they must run.
@@ -272,6 +273,9 @@ def make_callbacks(
         report_resume: print the epoch a resumed run starts from (not for a retry, which
             starts mid-run on purpose).
         write_graph: TensorBoard's graph (a search trial skips it).
+        state_dir: where early stopping keeps its state (`ResumableEarlyStopping`); None: in
+            `backup_dir`. The multi-worker loop, which has no BackupAndRestore, names its
+            checkpoint's folder.
     """
     # First, so every callback after it sees the model with all its layers trainable.
     callbacks: list[keras.callbacks.Callback] = [*freezing.callbacks(settings.frozen_layers, settings.frozen_epochs),
@@ -292,7 +296,7 @@ def make_callbacks(
             # On the validation loss, not accuracy: a few thousand validation images move the
             # accuracy in coarse steps, so late epochs of the cosine decay (usually the best)
             # tie or dip by one image, and patience would run out and restore an earlier epoch.
-            ResumableEarlyStopping(backup_dir, monitor="val_loss", mode="min",
+            ResumableEarlyStopping(state_dir or backup_dir, monitor="val_loss", mode="min",
                                    patience=settings.early_stopping_patience, restore_best_weights=True)
         )
     if logdir is not None:

@@ -61,6 +61,23 @@ class _StartFromDefaults:
         super().set_state(state)
         self._starts_done = list(state.get("starts_done", []))
 
+    def reload(self):
+        """KerasTuner's reload, then what a kill can leave half-done. A trial whose file was
+        written but not the oracle's state (a kill inside `create_trial`) is dropped: the next
+        trial takes its id and values, as in an uninterrupted search. A trial still listed as
+        running, which KerasTuner sends to run again from its start: not run again if it had
+        ended (`end_trial` saves the state before it takes the trial off that list, the tuner's
+        save after it); otherwise without what its file may hold of a report made before the
+        kill (between `update_trial` and `end_trial`), so its new run is scored alone, as a
+        first run is."""
+        super().reload()
+        for trial_id in set(self.trials) - set(self.start_order):
+            del self.trials[trial_id]
+        self._retry_queue = [trial_id for trial_id in self._retry_queue if trial_id not in self.end_order]
+        for trial_id in self._retry_queue:
+            trial = self.trials[trial_id]
+            trial.metrics, trial.score, trial.best_step = type(trial.metrics)(), None, 0
+
     # Atomic saves (runstate.write_json) to the same files and paths as KerasTuner's own, which
     # a kill mid-write would leave cut short (tfpipeline/training/internals.py lists the helpers).
     def save(self):
