@@ -46,10 +46,10 @@ def tf_config(ports: list[int], index: int) -> str:
 class Process:
     """`python -m pipelines.mnist ARGS` in the background, its output collected line by line."""
 
-    def __init__(self, args, cwd: Path, env: dict):
+    def __init__(self, args, cwd: Path, env: dict, module: str = "pipelines.mnist"):
         cwd.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "pipelines.mnist", *args],
+            [sys.executable, "-u", "-m", module, *args],
             cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
         )
@@ -96,7 +96,7 @@ class Process:
         return self.output
 
 
-def start_workers(base: Path, args, env: dict, n: int = 2) -> list[Process]:
+def start_workers(base: Path, args, env: dict, n: int = 2, module: str = "pipelines.mnist") -> list[Process]:
     """n workers, each in its own folder with its own TMPDIR (to see what it leaves behind)."""
     ports = free_ports(n)
     workers = []
@@ -104,7 +104,7 @@ def start_workers(base: Path, args, env: dict, n: int = 2) -> list[Process]:
         tmp = base / f"tmp{i}"
         tmp.mkdir(parents=True, exist_ok=True)
         worker_env = {**env, "TF_CONFIG": tf_config(ports, i), "TMPDIR": str(tmp)}
-        workers.append(Process(args, base / f"worker{i}", worker_env))
+        workers.append(Process(args, base / f"worker{i}", worker_env, module))
     return workers
 
 
@@ -396,3 +396,30 @@ def test_two_workers_killed_and_rerun_resume(tmp_path, env):
     meta = metadata(tmp_path / "worker0")
     assert meta["training"]["epochs_run"] == 5 and meta["distribution"]["weights_sha256"] in digests
     assert meta["training"]["steps_run"] == 5 * meta["training"]["steps_per_epoch"] == 5 * 94
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["table", "text"])
+def test_two_workers_read_their_own_shares_of_a_table_or_corpus(tmp_path, env, kind):
+    """A table (in memory or not), or text over --cache-budget: the loader reads each worker's share."""
+    from test_table import mixed_rows, write
+    from test_text import documents, write_table
+
+    if kind == "table":
+        table = write(tmp_path / "rows.csv", *mixed_rows(401))
+        flags = ("--label-column", "label")
+    else:
+        table = write_table(tmp_path / "rows.csv", documents(60))
+        flags = ("--label-column", "topic", "--cache-budget", "1K")
+    args = ("--dataset", str(table), *flags, "--no-tune", "--epochs", "2", "--histogram-freq", "0", "--deterministic")
+    chief, other = (w.finish() for w in start_workers(tmp_path, args, env, module=f"pipelines.{kind}"))
+    digests = [DIGEST.search(out).group(1) for out in (chief, other)]
+    assert digests[0] == digests[1], "the workers ended with different weights"
+    shares = [re.search(r"Input: worker (\d) of 2 trains on its own ([\d,]+) of the ([\d,]+) training", out)
+              for out in (chief, other)]
+    assert [m.group(1) for m in shares] == ["0", "1"], chief[-3000:]
+    sizes = [int(m.group(2).replace(",", "")) for m in shares]
+    assert sum(sizes) == int(shares[0].group(3).replace(",", "")) and abs(sizes[0] - sizes[1]) <= 1
+    meta = json.loads((tmp_path / "worker0" / "exported" / "rows" / "1" / "metadata.json").read_text())
+    assert meta["distribution"]["input"]["sharding"] == "rows" and meta["distribution"]["workers"] == 2
+    assert meta["dataset"]["source"]["shard"]["worker"] == 0

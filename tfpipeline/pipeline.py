@@ -219,7 +219,9 @@ def _load(config: PipelineConfig, dist: distribute.Distribution) -> data_lib.Dat
                              quick=config.quick, seed=config.seed, label_column=options.label_column,
                              text_column=getattr(options, "text_column", None),
                              table_flags=options.flags() if config.kind == "table" else None,
-                             cache_budget=config.cache_budget, work_dir=config.work_dir)
+                             cache_budget=config.cache_budget, work_dir=config.work_dir,
+                             # multi-worker (never with a search): each worker reads its own share
+                             shard=(dist.input_pipeline_id, dist.workers) if dist.kind == "multi_worker" else None)
     return data_lib.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
                          validation_fraction=config.validation_fraction, quick=config.quick,
                          image_size=config.image_size, channels=config.channels,
@@ -400,11 +402,12 @@ def _fit_member(ctx: _Run, job: _Training, model: keras.Model, *, member: int,
     # Multi-worker: the loop starts the stream once every worker knows the chief's restored epoch.
     train_input = stream if dist.kind == "multi_worker" else stream(training.resumed_epoch(backup))
     input_sharding = None
-    if dist.kind == "multi_worker" and job.trained_on == ["train"]:  # a folder's files: each worker its share
+    # A folder's files, or text and tables read per worker: each worker its own share.
+    if dist.kind == "multi_worker" and job.trained_on == ["train"]:
         train_input, input_sharding = sharding.training_input(
-            ctx.datasets, train_input, workers=dist.workers, replicas=dist.replicas, per_replica_batch=hp.batch_size,
-            steps_per_epoch=job.settings.steps_per_epoch, seed=seed, augmentation=augmentation,
-            epochs=job.settings.epochs)
+            ctx.datasets, train_input, examples=job.train, workers=dist.workers, replicas=dist.replicas,
+            per_replica_batch=hp.batch_size, steps_per_epoch=job.settings.steps_per_epoch, seed=seed,
+            augmentation=augmentation, epochs=job.settings.epochs)
     validation = job.validation
     result = fit(model, train_input, validation, job.settings,
                  logdir=ctx.logdir if not member else ctx.logdir / f"member{member}", backup_dir=backup,

@@ -10,7 +10,11 @@ prints which, and `metadata.json` records it under `distribution.input`:
   i, i + N, i + 2N, ...) before any file is read: it reads, decodes and caches its share
   only. The shares are disjoint and together are the whole training split. Each worker
   shuffles its share and batches it by the per-replica batch.
-* **data** (a TFDS dataset; text and tables, which are read into memory whole). Every worker
+* **rows** (text over the cache budget, and tables): the loader itself reads only this
+  worker's share of the training documents or rows (`data.load(..., shard=...)`), while it
+  fits the vocabulary or the column statistics on the whole split, the same on every worker.
+  Each share is repeated to the same count per epoch, as the files' shares are.
+* **data** (a TFDS dataset; text held in memory). Every worker
   reads the whole split, and tf.data's auto-sharding
   by DATA keeps each worker's part of every global batch (`data.make_pipeline`), so the
   global batches are exactly those of a one-machine run. TFDS's own sharding by file
@@ -122,7 +126,8 @@ def plan(paths: list[str], root: str | Path, *, workers: int, replicas: int, per
 
 
 def training_input(datasets: data.Datasets, train, *, workers: int, replicas: int, per_replica_batch: int,
-                   steps_per_epoch: int, seed: int, augmentation=None, epochs: int | None = None):
+                   steps_per_epoch: int, seed: int, augmentation=None, epochs: int | None = None,
+                   examples: tf.data.Dataset | None = None):
     """What multi-worker training reads, and its record for `metadata.json` (`distribution.input`).
 
     Args:
@@ -133,6 +138,8 @@ def training_input(datasets: data.Datasets, train, *, workers: int, replicas: in
         augmentation: the family's `augmentation.Augmentation` (`models.augmentation`), or None.
         epochs: the run's epochs: each epoch of a worker's share is shuffled and shifted by
             (seed, worker, epoch) alone (`data.make_pipeline`'s per-epoch stream).
+        examples: the unbatched training examples as trained (a table's with their class
+            weights): for text and tables read per worker, this worker's share.
 
     Returns:
         `(train, {"sharding": "data", ...})` for a TFDS dataset; for a folder dataset
@@ -141,6 +148,11 @@ def training_input(datasets: data.Datasets, train, *, workers: int, replicas: in
         `tf.distribute.InputContext`, the worker's own endless, batched share of the files from
         epoch `first_epoch` on.
     """
+    share = datasets.spec.source.get("shard")
+    if share:  # text or a table that the loader read per worker: `examples` is this worker's share
+        return _pre_sharded(examples if examples is not None else datasets.train, datasets, share,
+                            batches=steps_per_epoch * (replicas // workers), per_replica_batch=per_replica_batch,
+                            seed=seed, epochs=epochs)
     if datasets.train_files is None:
         print(f"Input: {DATA_RULE} ({datasets.spec.source.get('kind', 'tfds')} data, not files read per worker).",
               flush=True)
@@ -188,6 +200,41 @@ def _input_from(datasets: data.Datasets, shards: ShardPlan, seed: int, augmentat
                                 per_batch=augmentation.per_batch(own_seed) if augmentation else None)
 
     return lambda first_epoch: functools.partial(input_fn, first_epoch=first_epoch)
+
+
+def _pre_sharded(examples: tf.data.Dataset, datasets: data.Datasets, share: dict, *, batches: int,
+                 per_replica_batch: int, seed: int, epochs: int | None):
+    """`training_input` for a share the loader already read (`share`: `spec.source["shard"]`,
+    with `worker`, `workers`, and its size under `rows` or `documents`): repeated, as the files'
+    shares are, to the same examples per epoch on every worker; each epoch shuffled by (seed,
+    worker, epoch). `distribute_datasets_from_function` applies no auto-sharding, which data
+    already shared out must not get."""
+    worker, workers = share["worker"], share["workers"]
+    size = share.get("rows", share.get("documents"))
+    total = datasets.spec.num_examples["train"]
+    per_worker = max(-(-total // workers), (batches - 1) * per_replica_batch + 1)
+    if per_worker > batches * per_replica_batch:
+        raise ValueError(f"{total} training examples in {batches} batches of {per_replica_batch} per worker "
+                         "do not fit the steps per epoch; derive them from the same split and global batch.")
+    record = {"sharding": "rows", "rule": share.get("rule", ""), "worker": worker, "workers": workers,
+              "examples": size, "repeated": per_worker - size, "examples_per_worker_per_epoch": per_worker,
+              "batches_per_worker_per_epoch": batches, "per_replica_batch_size": per_replica_batch}
+    print(f"Input: worker {worker} of {workers} trains on its own {size:,} of the {total:,} training examples "
+          f"(read by the loader), repeated to {per_worker:,}: {batches} batches per epoch, as on every worker.",
+          flush=True)
+
+    def input_fn(context: tf.distribute.InputContext, first_epoch: int = 0) -> tf.data.Dataset:
+        if (context.input_pipeline_id, context.num_input_pipelines) != (worker, workers):
+            raise ValueError(f"The loader read worker {worker} of {workers}'s share, but this input pipeline is "
+                             f"{context.input_pipeline_id} of {context.num_input_pipelines}.")
+        batch = context.get_per_replica_batch_size(per_replica_batch * context.num_replicas_in_sync)
+        # Read to its end before repeating (so a disk cache completes), then its first examples again.
+        padded = examples.concatenate(examples.repeat().take(per_worker - size))
+        own_seed = seed if worker == 0 else epoch_seed(seed, worker)
+        return datasets.batched(padded, batch_size=batch, seed=own_seed, training=True, own_splits=False,
+                                first_epoch=first_epoch, end_epoch=epochs)
+
+    return (lambda first_epoch: functools.partial(input_fn, first_epoch=first_epoch)), record
 
 
 def shared_scan(dist) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]] | None:

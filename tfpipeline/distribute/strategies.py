@@ -191,6 +191,7 @@ class Distribution:
     task_type: str | None = None
     task_index: int | None = None
     is_chief: bool = True
+    has_chief: bool = False  # TF_CONFIG lists a "chief" task apart from the workers
     cpu_devices: int | None = None
     lr_scaling: str = "linear"
     _scratch: Path | None = dataclasses.field(default=None, repr=False)
@@ -204,6 +205,14 @@ class Distribution:
 
     def learning_rate(self, base: float) -> float:
         return scale_learning_rate(base, self.replicas, self.lr_scaling)
+
+    @property
+    def input_pipeline_id(self) -> int:
+        """This worker's input pipeline, as `tf.distribute.InputContext.input_pipeline_id` numbers
+        them: the chief 0, then the workers (worker i is i + 1 when a separate chief exists)."""
+        if self.kind != "multi_worker" or self.task_type == "chief":
+            return 0
+        return (self.task_index or 0) + int(self.has_chief)
 
     @property
     def worker_name(self) -> str:
@@ -303,7 +312,7 @@ def setup(
         ) from exc
     return Distribution(
         strategy, kind, requested, workers=cluster.workers, task_type=cluster.task_type,
-        task_index=cluster.task_index, is_chief=cluster.is_chief, lr_scaling=lr_scaling,
+        task_index=cluster.task_index, is_chief=cluster.is_chief, has_chief=cluster.has_chief, lr_scaling=lr_scaling,
     )
 
 
