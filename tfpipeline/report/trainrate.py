@@ -10,21 +10,12 @@ one fixed batch of random data, and records it beside its stage times (metadata.
 `reference_rate / images_per_s`.
 
 It is the procedure of the project's benchmark reference (`../shared/tools/train_rate.py`: 20
-warm-up steps, then the best of 3 x 150 steps), shortened: 10 warm-up steps, then the best of
-2 x 40. It costs building and tracing the model plus 90 x 128 images at the day's rate: about
-2 s of steps on a 6,000 images/s day, where the reference's take 10. On 2026-12-06, a slow and
-busy day here (1,000-2,900 images/s), it took 7-49 s.
-
-How close it reads to the reference is NOT yet shown to 10%. Checked on 2026-12-06,
-10:44-11:12 UTC, on the project's 2 CPU cores while other engineers' tests kept the load
-average at 2-9: the reference itself read anywhere from 801 to 2,157 images/s in that half
-hour. Fifteen pairs (10 as separate processes one after the other, 5 interleaved in one
-process with fresh models) gave ours / reference = 0.51, 0.61, 0.68, 0.71, 0.74, 0.74, 0.95,
-0.98, 1.06, 1.10, 1.26, 1.45, 1.47, 1.47, 1.83: geometric mean 0.97, with a scatter (about
-+-40%) that hides any bias under 10%. Repeat the check on a quiet machine
-(`python ../shared/tools/train_rate.py` and
-`python -c "from tfpipeline.report import trainrate; print(trainrate.measure())"`,
-alternating) before relying on it across days to better than that.
+warm-up steps, then the best of 3 x 150 steps), shortened to 10 warm-up steps and the best of
+2 x 40: a few seconds (building and tracing the model, then 90 x 128 images at the day's rate)
+where the reference takes ten or more. How close the two read is measured, with the dates, in
+docs/benchmarks.md; re-check by alternating `python ../shared/tools/train_rate.py` and
+`python -c "from tfpipeline.report import trainrate; print(trainrate.measure())"` on a quiet
+machine.
 
 `TFPIPELINE_TRAIN_RATE=0` skips the measurement (the tests set it; a run records that it was
 skipped). It runs on the chief only: a multi-worker run's other workers and a distributed
