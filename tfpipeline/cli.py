@@ -296,8 +296,9 @@ def _search(parser: argparse.ArgumentParser, dataset: str) -> None:
                        metavar="N", help="Hyperband: keep 1/N of the trials per round, each N times longer "
                                          f"(default {config.DEFAULT_FACTOR})")
     group.add_argument("--search-fraction", type=float, metavar="F",
-                       help=f"share of the training split the trials train on (default {config.DEFAULT_FRACTION}; "
-                            f"--quick: {config.QUICK_FRACTION}); the final training uses all of it")
+                       help=f"share of the training split the trials train on (default {config.DEFAULT_FRACTION}, "
+                            f"but at least {config.MIN_SEARCH_EXAMPLES:,} examples; --quick: {config.QUICK_FRACTION}); "
+                            "the final training uses all of it")
     group.add_argument("--families", type=families, metavar="A,B",
                        help="with --model auto: the families to choose from (default: all)")
     group.add_argument("--overwrite", action="store_true",

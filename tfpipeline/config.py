@@ -28,6 +28,10 @@ DEFAULT_MODELS = {"image": "cnn", "text": "mlp", "table": "mlp"}
 # cheaper per epoch than the full data), then the best is retrained on all of it.
 DEFAULT_MAX_EPOCHS, DEFAULT_FACTOR, DEFAULT_FRACTION = 15, 4, 0.2
 DEFAULT_TRIALS = 10  # random and bayesian (Hyperband's own schedule sets its number)
+# The default fraction saves time on a large split; on a small one (a few hundred rows, a few
+# thousand documents) a fifth leaves trials too few examples to rank hyperparameters by, so
+# trials get at least this many (the whole split when it is smaller). MNIST's fifth is above it.
+MIN_SEARCH_EXAMPLES = 10_000
 # --quick: a smoke test of the search in seconds (its data is already a small subset).
 QUICK_MAX_EPOCHS, QUICK_FRACTION, QUICK_TRIALS = 2, 1.0, 3
 

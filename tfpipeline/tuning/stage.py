@@ -19,7 +19,7 @@ import keras
 
 from tfpipeline import data as data_lib
 from tfpipeline import models, training
-from tfpipeline.config import PipelineConfig, SearchBudget, SearchSettings
+from tfpipeline.config import MIN_SEARCH_EXAMPLES, PipelineConfig, SearchBudget, SearchSettings
 from tfpipeline.errors import UserError
 from tfpipeline.runstate import RunState
 from tfpipeline.tuning import distributed, records
@@ -90,7 +90,10 @@ def search(config: PipelineConfig, settings: SearchSettings, datasets: data_lib.
     if settings.overwrite and state.created and config.run_name:  # same id as a dropped run
         shutil.rmtree(logdir / "trials", ignore_errors=True)
     spec = datasets.spec
-    num_search = max(1, round(spec.num_examples["train"] * budget.search_fraction))
+    num_train = spec.num_examples["train"]
+    num_search = max(1, round(num_train * budget.search_fraction))
+    if settings.search_fraction is None:  # the default fraction: never fewer than MIN_SEARCH_EXAMPLES
+        num_search = max(num_search, min(num_train, MIN_SEARCH_EXAMPLES))
     verbose = training.default_verbosity() if config.verbose is None else config.verbose
     setup = TrialSetup(config=config, families=families, fixed=config.pinned(), spec=spec,
                        data=TrialData(_weighted(config, datasets, datasets.train.take(num_search)),
