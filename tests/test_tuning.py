@@ -324,6 +324,15 @@ def test_search_is_the_default_except_for_a_smoke_test(capsys):
                       "factor": config.DEFAULT_FACTOR, "search_fraction": config.DEFAULT_FRACTION}
 
 
+def test_trials_train_on_a_fraction_but_never_too_few_examples():
+    default = SearchSettings()
+    assert default.search_examples(54_000, quick=False) == 10_800  # MNIST: the fifth, above the floor
+    assert default.search_examples(5_110, quick=False) == 5_110  # a small split: all of it
+    assert default.search_examples(30_000, quick=False) == config.MIN_SEARCH_EXAMPLES
+    assert SearchSettings(search_fraction=0.2).search_examples(5_110, quick=False) == 1_022  # as asked
+    assert default.search_examples(3_000, quick=True) == 3_000
+
+
 def test_tf_config_with_several_workers_trains_together_instead_of_searching(monkeypatch, capsys):
     # The plain command on every machine of a Kubeflow/Vertex AI job: one multi-worker
     # training, not a search and an export per machine.

@@ -100,6 +100,12 @@ class SearchSettings:
             search_fraction=self.search_fraction or (QUICK_FRACTION if quick else DEFAULT_FRACTION),
         )
 
+    def search_examples(self, num_train: int, quick: bool) -> int:
+        """How many of `num_train` training examples the trials train on: the fraction, and with
+        the default fraction at least `MIN_SEARCH_EXAMPLES` (all of a smaller split)."""
+        share = max(1, round(num_train * self.budget(quick).search_fraction))
+        return share if self.search_fraction is not None else max(share, min(num_train, MIN_SEARCH_EXAMPLES))
+
     def validate(self, kind: str = "image") -> None:
         """Raises UserError naming the flag: a value out of range, or a family `kind` lacks."""
         if self.tuner is not None and self.tuner not in TUNERS:

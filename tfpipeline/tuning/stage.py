@@ -19,7 +19,7 @@ import keras
 
 from tfpipeline import data as data_lib
 from tfpipeline import models, training
-from tfpipeline.config import MIN_SEARCH_EXAMPLES, PipelineConfig, SearchBudget, SearchSettings
+from tfpipeline.config import PipelineConfig, SearchBudget, SearchSettings
 from tfpipeline.errors import UserError
 from tfpipeline.runstate import RunState
 from tfpipeline.tuning import distributed, records
@@ -90,10 +90,7 @@ def search(config: PipelineConfig, settings: SearchSettings, datasets: data_lib.
     if settings.overwrite and state.created and config.run_name:  # same id as a dropped run
         shutil.rmtree(logdir / "trials", ignore_errors=True)
     spec = datasets.spec
-    num_train = spec.num_examples["train"]
-    num_search = max(1, round(num_train * budget.search_fraction))
-    if settings.search_fraction is None:  # the default fraction: never fewer than MIN_SEARCH_EXAMPLES
-        num_search = max(num_search, min(num_train, MIN_SEARCH_EXAMPLES))
+    num_search = settings.search_examples(spec.num_examples["train"], config.quick)
     verbose = training.default_verbosity() if config.verbose is None else config.verbose
     setup = TrialSetup(config=config, families=families, fixed=config.pinned(), spec=spec,
                        data=TrialData(_weighted(config, datasets, datasets.train.take(num_search)),
@@ -177,7 +174,7 @@ def _announce(setup: TrialSetup, budget: SearchBudget, tuner, *, role: str, resu
         size = f"{budget.tuner} search, {budget.max_trials} trials of up to {budget.max_epochs} epochs"
     examples = setup.spec.num_examples
     print(f"Hyperparameter search {setup.run_id}: {size}; families {', '.join(setup.families)}; trials train on "
-          f"{setup.num_search:,} of {examples['train']:,} training images and score validation accuracy on "
+          f"{setup.num_search:,} of {examples['train']:,} training examples and score validation accuracy on "
           f"{examples['validation']:,}.\n  search directory {directory}", flush=True)
     if role == "alone" or role == "chief":
         done = [t for t in tuner.oracle.trials.values() if t.status in ("COMPLETED", "FAILED")]
