@@ -5,7 +5,8 @@
 The issues' goal for text and tables: REST p50 for one example within 1 ms of the in-process
 signature call. The examples are the export's own input spec's `random_examples` (strings of its
 vocabulary for text, values of each column's kind for a table), sent one at a time: in-process
-through `serving_default` (in a child process, with TensorFlow's default threads), and over REST
+through `serving_default` (in child processes: with the server's TensorFlow thread settings, the
+like-for-like call the goal compares with, and with TensorFlow's defaults), and over REST
 (`:predict`, the columnar `inputs` form) by a keep-alive HTTP/1.1 client to
 `python -m tfpipeline.serve` on 127.0.0.1. Both in one invocation, so the difference is
 comparable whatever the machine's speed that day. Prints the table and writes JSON to
@@ -49,20 +50,28 @@ def _percentiles(latencies: list[float]) -> dict:
     return {"p50_ms": statistics.median(ms), "p99_ms": ms[int(0.99 * (len(ms) - 1))], "requests": len(ms)}
 
 
-def in_process(version_dir: Path, count: int) -> dict:
-    """p50/p99 of one-example `serving_default` calls (run in a child: its own TensorFlow)."""
+def in_process(version_dir: Path, count: int, intra: int = 0, inter: int = 0) -> dict:
+    """p50/p99 of one-example `serving_default` calls (run in a child: its own TensorFlow), with
+    these TensorFlow thread settings (0: TensorFlow's defaults)."""
     import tensorflow as tf
 
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
     signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    dtypes = {name: spec.dtype for name, spec in signature.structured_input_signature[1].items()}
-    calls = [{name: tf.constant(np.array(value), dtype=dtypes[name]) for name, value in example.items()}
+    dtypes = {name: object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
+              for name, spec in signature.structured_input_signature[1].items()}
+    calls = [{name: np.array(value, dtype=dtypes[name]) for name, value in example.items()}
              for example in _examples(version_dir, count)]
-    for call in calls[:50]:
-        signature(**call)
+
+    def call(arrays):  # from NumPy arrays to NumPy arrays, as a server's call is (the image bench's too)
+        return {k: v.numpy() for k, v in signature(**{k: tf.constant(a) for k, a in arrays.items()}).items()}
+
+    for arrays in calls[:50]:
+        call(arrays)
     latencies = []
-    for call in calls:
+    for arrays in calls:
         start = time.perf_counter()
-        {k: v.numpy() for k, v in signature(**call).items()}
+        call(arrays)
         latencies.append(time.perf_counter() - start)
     return _percentiles(latencies)
 
@@ -89,23 +98,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("version_dir", type=Path, help="an export's version folder (exported/<name>/<N>)")
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--child-in-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-threads", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     version_dir = args.version_dir.resolve()
-    if args.child_in_process:
-        print(json.dumps(in_process(version_dir, args.requests)))
+    if args.child_threads:
+        print(json.dumps(in_process(version_dir, args.requests, *args.child_threads)))
         return 0
-    child = subprocess.run([sys.executable, "-m", "bench.kind_serving", str(version_dir), "--requests",
-                            str(args.requests), "--child-in-process"], env=_env(), cwd=ROOT, check=True,
-                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    result = {"version_dir": str(version_dir), "in_process": json.loads(child.stdout.splitlines()[-1])}
+    from tfpipeline.serve import DEFAULT_BATCH_THREADS, default_tf_threads
+
+    result = {"version_dir": str(version_dir)}
+    # The like-for-like call uses the server's thread settings (one intra-op thread per batch
+    # thread on two cores: a core stays for the event loop); TensorFlow's defaults beside it.
+    for label, threads in (("in_process_server_threads", default_tf_threads(DEFAULT_BATCH_THREADS)),
+                           ("in_process_tf_defaults", (0, 0))):
+        child = subprocess.run([sys.executable, "-m", "bench.kind_serving", str(version_dir), "--requests",
+                                str(args.requests), "--child-threads", *map(str, threads)], env=_env(), cwd=ROOT,
+                               check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        result[label] = {**json.loads(child.stdout.splitlines()[-1]), "threads": list(threads)}
     with server(version_dir.parent) as endpoints:
         result["rest"] = over_rest(endpoints.rest, "mnist", version_dir, args.requests)
-    result["rest_minus_in_process_p50_ms"] = result["rest"]["p50_ms"] - result["in_process"]["p50_ms"]
-    for label in ("in_process", "rest"):
+    result["rest_minus_in_process_p50_ms"] = result["rest"]["p50_ms"] - result["in_process_server_threads"]["p50_ms"]
+    for label in ("in_process_server_threads", "in_process_tf_defaults", "rest"):
         row = result[label]
-        print(f"{label:12s} p50 {row['p50_ms']:7.3f} ms   p99 {row['p99_ms']:7.3f} ms   ({row['requests']} requests)")
-    print(f"REST adds {result['rest_minus_in_process_p50_ms']:.3f} ms at p50")
+        print(f"{label:26s} p50 {row['p50_ms']:7.3f} ms   p99 {row['p99_ms']:7.3f} ms   ({row['requests']} requests)")
+    print(f"REST adds {result['rest_minus_in_process_p50_ms']:.3f} ms at p50 to the call with the server's threads")
     out = ROOT / "bench" / "results" / f"kind_serving-{version_dir.parent.name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"command": "python -m bench.kind_serving " + " ".join(argv or sys.argv[1:]),
