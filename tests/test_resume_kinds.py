@@ -1,5 +1,5 @@
-"""Exact resume for text and tables: `python -m pipelines.text` on the real tweets and
-`python -m pipelines.table` on a generated table, with --deterministic, killed with SIGKILL after
+"""Exact resume for text and tables: `python -m pipelines.text` and `python -m pipelines.table`
+on a generated corpus and table, with --deterministic, killed with SIGKILL after
 their second epoch's backup and run again, end with the weights an uninterrupted run ends with.
 The image runs' cases (mid-epoch, tuned runs) are in test_resume.py; what makes a run exact is the
 same code for every kind (the per-epoch stream, the checkpointed early-stopping state)."""
@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
-from serving_helpers import ROOT, env
+from serving_helpers import env
 from test_table import mixed_rows, write
+from test_text import documents, write_table
 
-TWEETS = ROOT.parent / "shared" / "data" / "text" / "election-tweets-2016.tsv"
 COMMON = ("--no-tune", "--deterministic", "--epochs", "5", "--histogram-freq", "0")
 
 
 def _command(kind: str, dataset: Path, cwd: Path) -> list[str]:
     return [sys.executable, "-m", f"pipelines.{kind}", "--dataset", str(dataset), "--label-column",
-            {"text": "author", "table": "label"}[kind], *COMMON,
+            {"text": "topic", "table": "label"}[kind], *COMMON,
             "--export-dir", str(cwd / "exported"), "--logdir", str(cwd / "runs"), "--work-dir", str(cwd / "work")]
 
 
@@ -64,12 +64,10 @@ def _kill_after_epoch(command: list[str], cwd: Path, epoch: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "table"])
 def test_a_killed_run_resumes_to_an_uninterrupted_runs_weights(kind, tmp_path):
-    if kind == "text":
-        if not TWEETS.is_file():
-            pytest.fail(f"The tweets are needed; {TWEETS} does not exist (see ../shared/data/text/README.md).")
-        dataset = TWEETS
-    else:  # large enough that an epoch lasts long enough to be killed in
-        dataset = write(tmp_path / "rows.csv", *mixed_rows(20_000))
+    if kind == "text":  # generated, small: the tweets' end-to-end run is test_text_pipeline's
+        dataset = write_table(tmp_path / "docs.csv", documents(400))
+    else:
+        dataset = write(tmp_path / "rows.csv", *mixed_rows(6_000))
     outputs = {}
     for name in ("whole", "killed"):
         cwd = tmp_path / name

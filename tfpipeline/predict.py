@@ -166,7 +166,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    start_tensorflow_quietly()
+    if not args.tflite:  # LiteRT alone runs a .tflite file: TensorFlow is not needed, nor imported
+        start_tensorflow_quietly()
     if args.explain is not None:
         return exit_on_error(lambda: explain(args))
     return exit_on_error(lambda: predict(args))
