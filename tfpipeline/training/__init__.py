@@ -3,7 +3,8 @@
 Owns: `TrainSettings` and `settings_for`, the learning-rate schedule, the callbacks of every
 training loop (`make_callbacks`, also a search trial's), `fit` with its rollback and retry
 after a divergence (`FitResult`, `Recovery`), the optimizers (`optimizers`), losses
-(`losses`), frozen layers (`freezing`), ensembles (`ensemble`), and the list of private
+(`losses`), frozen layers (`freezing`), ensembles (`ensemble`), random layers' streams set
+from (seed, epoch) for exact resume (`seeds`), and the list of private
 Keras details the library relies on (`internals`).
 
 May import: errors, runstate, data and models. Nothing in data, models or inputs imports it;
