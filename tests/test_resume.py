@@ -58,7 +58,7 @@ def _killed(cwd: Path, env: dict, *, when, command=COMMAND) -> int:
 
 
 def _backup_epoch(cwd: Path) -> int:
-    found = list((cwd / "work").glob("mnist/*/*/train-*/training_metadata.json"))
+    found = list((cwd / "work").glob("*/*/*/train-*/training_metadata.json"))  # any dataset: test_resume_kinds too
     try:
         return json.loads(found[0].read_text())["epoch"] if found else 0
     except (OSError, ValueError):  # being written

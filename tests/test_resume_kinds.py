@@ -6,7 +6,6 @@ same code for every kind (the per-epoch stream, the checkpointed early-stopping 
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from serving_helpers import env
+from test_resume import _backup_epoch, _digest
 from test_table import mixed_rows, write
 from test_text import documents, write_table
 
@@ -26,20 +26,6 @@ def _command(kind: str, dataset: Path, cwd: Path) -> list[str]:
     return [sys.executable, "-m", f"pipelines.{kind}", "--dataset", str(dataset), "--label-column",
             {"text": "topic", "table": "label"}[kind], *COMMON,
             "--export-dir", str(cwd / "exported"), "--logdir", str(cwd / "runs"), "--work-dir", str(cwd / "work")]
-
-
-def _backup_epoch(cwd: Path) -> int:
-    found = list((cwd / "work").glob("*/*/*/train-*/training_metadata.json"))
-    try:
-        return json.loads(found[0].read_text())["epoch"] if found else 0
-    except (OSError, ValueError):  # being written
-        return -1
-
-
-def _digest(output: str) -> str:
-    found = re.findall(r"Final weights sha256 ([0-9a-f]{64})", output)
-    assert len(found) == 1, output[-3000:]
-    return found[0]
 
 
 def _kill_after_epoch(command: list[str], cwd: Path, epoch: int) -> None:
