@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras_tuner as kt
 import numpy as np
 import pytest
 
@@ -23,6 +24,7 @@ from tests.test_tensorboard import SESSION_GROUPS_QUERY, Board
 from tfpipeline import cli, config, models, tuning
 from tfpipeline.config import PipelineConfig, SearchSettings
 from tfpipeline.errors import UserError
+from tfpipeline.tuning.oracles import HyperbandOracle
 
 AUTO_RUN = "auto-search"
 # Tiny single-family searches: a 32-unit MLP whose width is pinned, the rest searched.
@@ -320,8 +322,43 @@ def test_search_is_the_default_except_for_a_smoke_test(capsys):
     assert plan(["--quick", "--tune"]) == SearchSettings()
     assert plan(["--strategy", "mirrored"]) is None
     budget = SearchSettings().budget(quick=False).to_json()
-    assert budget == {"tuner": "hyperband", "max_trials": None, "max_epochs": config.DEFAULT_MAX_EPOCHS,
-                      "factor": config.DEFAULT_FACTOR, "search_fraction": config.DEFAULT_FRACTION}
+    assert budget == {"tuner": "hyperband", "max_trials": config.DEFAULT_HYPERBAND_TRIALS,
+                      "max_epochs": config.DEFAULT_MAX_EPOCHS, "factor": config.DEFAULT_FACTOR,
+                      "search_fraction": config.DEFAULT_FRACTION}
+
+
+def test_the_default_hyperband_cap_fits_the_default_schedule_only():
+    # Another schedule, or a smoke test, runs Hyperband's own; a given cap always wins.
+    assert SearchSettings(max_epochs=10).budget(quick=False).max_trials is None
+    assert SearchSettings(factor=3).budget(quick=False).max_trials is None
+    assert SearchSettings().budget(quick=True).max_trials is None
+    assert SearchSettings(max_trials=20).budget(quick=False).max_trials == 20
+    assert SearchSettings(tuner="random").budget(quick=False).max_trials == config.DEFAULT_TRIALS
+
+
+def test_the_default_hyperband_cap_is_its_first_round_and_the_best_continued(tmp_path):
+    """KerasTuner's own Hyperband oracle, driven with made-up scores (no training): under the
+    default cap it proposes six trials of 4 epochs, the defaults first, then continues the best
+    of them (not the first) to 15 epochs, and stops: none of its later brackets' 15-epoch trials."""
+    budget = SearchSettings().budget(quick=False)
+    oracle = HyperbandOracle(objective=kt.Objective("val_accuracy", "max"), seed=0,
+                                            max_epochs=budget.max_epochs, factor=budget.factor)
+    oracle.max_trials = budget.max_trials
+    space = kt.HyperParameters()
+    space.Float("learning_rate", 1e-3, 1e-1, sampling="log", default=1e-2)
+    oracle._set_project_dir(str(tmp_path), "search")
+    oracle.hyperparameters = space
+    proposed, ids = [], []
+    while (trial := oracle.create_trial("tuner0")).status == "RUNNING":
+        ids.append(trial.trial_id)
+        values = trial.hyperparameters.values
+        proposed.append((values["tuner/epochs"], values.get("tuner/trial_id")))
+        score = 0.99 if len(proposed) == 3 else 0.9  # the third trial is the best of the round
+        oracle.update_trial(trial.trial_id, {"val_accuracy": score}, step=values["tuner/epochs"])
+        trial.status = "COMPLETED"  # as the tuner marks a trial that ran
+        oracle.end_trial(trial)
+    assert proposed == [(4, None)] * 6 + [(15, ids[2])]
+    assert oracle.trials[ids[0]].hyperparameters.values["learning_rate"] == 1e-2  # the defaults first
 
 
 def test_trials_train_on_a_fraction_but_never_too_few_examples():

@@ -246,10 +246,9 @@ def _how(parser: argparse.ArgumentParser, dataset: str) -> None:
     how.add_argument("--cache-budget", type=argtypes.byte_size, metavar="SIZE",
                      help="decoded examples up to SIZE (e.g. 2G) are cached in memory; a larger dataset is "
                           "cached on disk under --work-dir, or not at all (default: a quarter of the RAM)")
-    how.add_argument("--ensemble", type=int, metavar="N",
+    how.add_argument("--ensemble", type=int, metavar="N", default=_DEFAULTS["ensemble"],
                      help="train N models (seeds --seed, --seed+1, ...) and export one that averages their "
-                          f"probabilities (default: {config.TUNED_ENSEMBLE} after a search, 1 with --no-tune or "
-                          "--quick)")
+                          "probabilities: more accurate, N times the training and serving cost (default: 1)")
     how.add_argument("--quick", action="store_true",
                      help="small subset and one epoch (unless --epochs), no search (unless --tune): a smoke test")
 
@@ -288,7 +287,8 @@ def _search(parser: argparse.ArgumentParser, dataset: str) -> None:
     group.add_argument("--tuner", choices=config.TUNERS, help="search algorithm (default: hyperband)")
     group.add_argument("--max-trials", type=int, metavar="N",
                        help=f"number of trials (random, bayesian; default {config.DEFAULT_TRIALS}) or a cap on "
-                            "Hyperband's")
+                            f"Hyperband's (default {config.DEFAULT_HYPERBAND_TRIALS} with its default --max-epochs "
+                            "and --factor: its first round and the best trial continued; none otherwise)")
     group.add_argument("--max-epochs", type=int, metavar="N",
                        help=f"epochs of the longest trial (default {config.DEFAULT_MAX_EPOCHS}; --quick: "
                             f"{config.QUICK_MAX_EPOCHS})")

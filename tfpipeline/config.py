@@ -23,11 +23,15 @@ CLASS_WEIGHTS = ("none", "balanced")
 #: and encoded columns), the field's strong first choice on both (docs/text.md, docs/tables.md).
 DEFAULT_MODELS = {"image": "cnn", "text": "mlp", "table": "mlp"}
 
-# The default search budget, sized for a laptop CPU (docs/tuning.md): Hyperband trains trials
-# of 4 and 15 epochs (the CNN's default run) on a fifth of the training split (several times
-# cheaper per epoch than the full data), then the best is retrained on all of it.
+# The default search budget, sized for a laptop CPU (docs/tuning.md): trials train on a fifth
+# of the training split (several times cheaper per epoch than the full data), then the chosen
+# one is trained on all of it for the epochs its schedule spanned. Hyperband stops after
+# DEFAULT_HYPERBAND_TRIALS, its first bracket's opening: six trials of 4 epochs (the defaults
+# first), the best continued to 15. Its other brackets train new trials for all 15 epochs from
+# the start; on MNIST they cost half the search and never won (docs/benchmarks.md).
 DEFAULT_MAX_EPOCHS, DEFAULT_FACTOR, DEFAULT_FRACTION = 15, 4, 0.2
-DEFAULT_TRIALS = 10  # random and bayesian (Hyperband's own schedule sets its number)
+DEFAULT_HYPERBAND_TRIALS = 7
+DEFAULT_TRIALS = 10  # random and bayesian
 # The default fraction saves time on a large split; on a small one (a few hundred rows, a few
 # thousand documents) a fifth leaves trials too few examples to rank hyperparameters by, so
 # trials get at least this many (the whole split when it is smaller). MNIST's fifth is above it.
@@ -41,9 +45,6 @@ QUICK_MAX_EPOCHS, QUICK_FRACTION, QUICK_TRIALS = 2, 1.0, 3
 # between seeds, docs/index.md); a model that has converged can be held to a tighter one.
 DEFAULT_GATE_CONFIDENCE = 95.0
 DEFAULT_MAX_REGRESSION = 1.0
-# Models the tuned run trains with the chosen hyperparameters and averages (tfpipeline/training/ensemble.py):
-# the search's spare time buys the accuracy a single model no longer gains (docs/benchmarks.md).
-TUNED_ENSEMBLE = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,8 @@ class SearchSettings:
 
     Args:
         tuner: "hyperband" (default), "random" or "bayesian".
-        max_trials: Hyperband: a cap on its own schedule; the others: the number of trials.
+        max_trials: Hyperband: a cap on its own schedule (with the default schedule
+            `DEFAULT_HYPERBAND_TRIALS`, else none); the others: the number of trials.
         max_epochs: epochs of the longest trial.
         factor: Hyperband: each round keeps 1/factor of the trials, factor times longer.
         search_fraction: share of the training split the trials train on.
@@ -91,12 +93,18 @@ class SearchSettings:
         """The settings with every default filled in: what defines the search's size."""
         tuner = self.tuner or "hyperband"
         hyperband = tuner == "hyperband"
-        trials = self.max_trials or (None if hyperband else QUICK_TRIALS if quick else DEFAULT_TRIALS)
+        max_epochs = self.max_epochs or (QUICK_MAX_EPOCHS if quick else DEFAULT_MAX_EPOCHS)
+        factor = (self.factor or DEFAULT_FACTOR) if hyperband else None
+        if not hyperband:
+            default_trials = QUICK_TRIALS if quick else DEFAULT_TRIALS
+        else:  # the cap fits the default schedule only; another one runs in full
+            default_schedule = not quick and (max_epochs, factor) == (DEFAULT_MAX_EPOCHS, DEFAULT_FACTOR)
+            default_trials = DEFAULT_HYPERBAND_TRIALS if default_schedule else None
         return SearchBudget(
             tuner=tuner,
-            max_trials=trials,
-            max_epochs=self.max_epochs or (QUICK_MAX_EPOCHS if quick else DEFAULT_MAX_EPOCHS),
-            factor=(self.factor or DEFAULT_FACTOR) if hyperband else None,
+            max_trials=self.max_trials or default_trials,
+            max_epochs=max_epochs,
+            factor=factor,
             search_fraction=self.search_fraction or (QUICK_FRACTION if quick else DEFAULT_FRACTION),
         )
 
@@ -220,7 +228,8 @@ class PipelineConfig:
         export_tflite, max_quantization_drop: also publish the int8 model_int8.tflite, checked by
             LiteRT, unless it loses more than that many points of test accuracy (tfpipeline/export/tflite.py).
         ensemble: models trained (seeds seed, seed+1, ...) and exported as one that averages their
-            probabilities (tfpipeline/training/ensemble.py). None: `TUNED_ENSEMBLE` after a search, else 1.
+            probabilities (tfpipeline/training/ensemble.py). 1: one model, which serves at one
+            model's cost (the default, tuned or not).
     """
 
     dataset: str = "mnist"
@@ -262,7 +271,7 @@ class PipelineConfig:
     weight_decay: float | None = None
     export_tflite: bool = False
     max_quantization_drop: float = 0.5
-    ensemble: int | None = None
+    ensemble: int = 1
 
     def __post_init__(self):
         if self.model is None:  # each kind's default lives in DEFAULT_MODELS, not here
@@ -314,7 +323,7 @@ class PipelineConfig:
         _check("strategy", self.strategy, _one_of(*distribute.STRATEGIES))
         _check("lr_scaling", self.lr_scaling, _one_of(*distribute.LR_SCALING))
         multi_worker = self.strategy == "multi_worker" or (self.strategy == "auto" and self._tf_config_workers() > 1)
-        if (self.ensemble or 1) > 1 and multi_worker:
+        if self.ensemble > 1 and multi_worker:
             raise UserError(f"--ensemble {self.ensemble} trains several models one after another, which the "
                             "multi-worker loop (TF_CONFIG, --strategy multi_worker) does not do yet. Train one "
                             "model on the workers (drop --ensemble), or train the ensemble on one machine.")
@@ -328,11 +337,9 @@ class PipelineConfig:
             tflite.check_available()
         self.search.validate(self.kind)
 
-    def members(self, tuned: bool) -> int:
+    def members(self) -> int:
         """How many models the training stage trains and averages (`ensemble`)."""
-        if self.ensemble is not None:
-            return self.ensemble
-        return TUNED_ENSEMBLE if tuned and not self.quick else 1
+        return self.ensemble
 
     def search_plan(self) -> SearchSettings | None:
         """The search this run does, or None to train the family's defaults (printing why,
