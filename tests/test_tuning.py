@@ -322,13 +322,16 @@ def test_search_is_the_default_except_for_a_smoke_test(capsys):
     assert plan(["--quick", "--tune"]) == SearchSettings()
     assert plan(["--strategy", "mirrored"]) is None
     budget = SearchSettings().budget(quick=False).to_json()
-    assert budget == {"tuner": "hyperband", "max_trials": config.DEFAULT_HYPERBAND_TRIALS,
+    assert budget == {"tuner": "hyperband", "max_trials": config.DEFAULT_HYPERBAND_TRIALS["image"],
                       "max_epochs": config.DEFAULT_MAX_EPOCHS, "factor": config.DEFAULT_FACTOR,
                       "search_fraction": config.DEFAULT_FRACTION}
 
 
-def test_the_default_hyperband_cap_fits_the_default_schedule_only():
-    # Another schedule, or a smoke test, runs Hyperband's own; a given cap always wins.
+def test_the_default_hyperband_cap_fits_the_default_schedule_for_images_only():
+    # Another schedule, a smoke test, text or a table runs Hyperband's own; a given cap always wins.
+    assert SearchSettings().budget(quick=False, kind="image").max_trials == 7
+    assert SearchSettings().budget(quick=False, kind="text").max_trials is None
+    assert SearchSettings().budget(quick=False, kind="table").max_trials is None
     assert SearchSettings(max_epochs=10).budget(quick=False).max_trials is None
     assert SearchSettings(factor=3).budget(quick=False).max_trials is None
     assert SearchSettings().budget(quick=True).max_trials is None

@@ -287,8 +287,9 @@ def _search(parser: argparse.ArgumentParser, dataset: str) -> None:
     group.add_argument("--tuner", choices=config.TUNERS, help="search algorithm (default: hyperband)")
     group.add_argument("--max-trials", type=int, metavar="N",
                        help=f"number of trials (random, bayesian; default {config.DEFAULT_TRIALS}) or a cap on "
-                            f"Hyperband's (default {config.DEFAULT_HYPERBAND_TRIALS} with its default --max-epochs "
-                            "and --factor: its first round and the best trial continued; none otherwise)")
+                            f"Hyperband's (for images with its default --max-epochs and --factor: "
+                            f"{config.DEFAULT_HYPERBAND_TRIALS['image']}, its first round and the best trial "
+                            "continued; else none)")
     group.add_argument("--max-epochs", type=int, metavar="N",
                        help=f"epochs of the longest trial (default {config.DEFAULT_MAX_EPOCHS}; --quick: "
                             f"{config.QUICK_MAX_EPOCHS})")

@@ -53,8 +53,9 @@ class SearchResult:
 def identity(config: PipelineConfig, settings: SearchSettings) -> dict:
     """What defines "the same search", for its resume key (tfpipeline/runstate.py)."""
     return {"dataset": config.dataset, "families": list(families_of(config, settings)),
-            "budget": settings.budget(config.quick).to_json(), "fixed": config.pinned(), "seed": config.seed,
-            "quick": config.quick, "validation_fraction": config.validation_fraction, **config.input_identity(),
+            "budget": settings.budget(config.quick, config.kind).to_json(), "fixed": config.pinned(),
+            "seed": config.seed, "quick": config.quick, "validation_fraction": config.validation_fraction,
+            **config.input_identity(),
             **training.optimizer_options(config)}  # only the options set: older keys stay valid
 
 
@@ -70,7 +71,7 @@ def search(config: PipelineConfig, settings: SearchSettings, datasets: data_lib.
 
     Args:
         config: the run (seed, dataset, pinned hyperparameters, quick).
-        settings: the search's settings; `settings.budget(config.quick)` its size.
+        settings: the search's settings; `settings.budget(config.quick, config.kind)` its size.
         datasets: the prepared train / validation datasets (unbatched).
         state: the run's state folder (`state.run_dir / "search"` holds KerasTuner's project).
         logdir: the run's TensorBoard folder; trials log to `logdir / "trials"`.
@@ -85,7 +86,7 @@ def search(config: PipelineConfig, settings: SearchSettings, datasets: data_lib.
     """
     families = families_of(config, settings)
     auto = config.model == "auto"
-    budget = settings.budget(config.quick)
+    budget = settings.budget(config.quick, config.kind)
     this_role = distributed.role()
     if settings.overwrite and state.created and config.run_name:  # same id as a dropped run
         shutil.rmtree(logdir / "trials", ignore_errors=True)
