@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfpipeline import pipeline
+from tfpipeline import cli, pipeline
 from tfpipeline.config import PipelineConfig
 from tfpipeline.errors import UserError
 from tfpipeline.training import ensemble
@@ -96,8 +96,8 @@ def test_one_model_keeps_nothing_in_the_state_folder(tmp_path):
 
 def test_every_run_trains_one_model_unless_an_ensemble_is_asked_for():
     # One model, tuned or not: an ensemble serves at N times one model's cost (docs/benchmarks.md).
-    assert PipelineConfig().members() == PipelineConfig(tune=False).members() == 1
-    assert PipelineConfig(ensemble=2).members() == 2
+    assert PipelineConfig().ensemble == PipelineConfig(tune=False).ensemble == 1
+    assert cli.config_from_args(cli.build_parser().parse_args([])).ensemble == 1  # the flag's default too
 
 
 def test_an_ensemble_on_several_workers_is_refused(monkeypatch):

@@ -85,6 +85,7 @@ def test_auto_search_tries_two_families_and_exports_the_best(auto_run):
     assert metadata["training"]["epochs_run"] == best["epochs_scheduled"]
     assert metadata["training"]["steps_run"] == best["epochs_scheduled"] * metadata["training"]["steps_per_epoch"]
     assert metadata["training"]["examples"] == 4000 and metadata["training"]["trained_on"] == ["train", "validation"]
+    assert "ensemble" not in metadata["model"]  # one model after a search: it serves at one model's cost
     assert search["tuner"] == "hyperband" and search["max_epochs"] == 2 and search["factor"] == 2
     assert search["search_examples"] == 900
     # The CSV next to the search directory says the same.
@@ -345,7 +346,7 @@ def test_the_default_hyperband_cap_is_its_first_round_and_the_best_continued(tmp
     of them (not the first) to 15 epochs, and stops: none of its later brackets' 15-epoch trials."""
     budget = SearchSettings().budget(quick=False)
     oracle = HyperbandOracle(objective=kt.Objective("val_accuracy", "max"), seed=0,
-                                            max_epochs=budget.max_epochs, factor=budget.factor)
+                             max_epochs=budget.max_epochs, factor=budget.factor)
     oracle.max_trials = budget.max_trials
     space = kt.HyperParameters()
     space.Float("learning_rate", 1e-3, 1e-1, sampling="log", default=1e-2)

@@ -28,11 +28,10 @@ DEFAULT_MODELS = {"image": "cnn", "text": "mlp", "table": "mlp"}
 # one is trained on all of it for the epochs its schedule spanned.
 DEFAULT_MAX_EPOCHS, DEFAULT_FACTOR, DEFAULT_FRACTION = 15, 4, 0.2
 # Images: Hyperband stops after its first bracket's opening, six trials of 4 epochs (the
-# defaults first) and the best continued to 15. Its other brackets train new trials for all
-# 15 epochs; on MNIST they took half the search and never won, because 4 epochs already rank
-# the CNN's trials as 15 do. Not so for text: the text MLP's defaults scored the round's lowest
-# validation accuracy in 4 epochs (91.0%), but 93.5% in their own 10, level with the best
-# trial, so text and tables keep Hyperband's whole schedule (docs/benchmarks.md, issue 28).
+# defaults first) and the best continued to 15; its later brackets, fresh 15-epoch trials,
+# cost half the search and never won on MNIST, where 4 epochs rank the CNN's trials as 15 do.
+# Text and tables keep the whole schedule: 4 epochs misranked the text MLP's defaults
+# (docs/benchmarks.md, "The default run at a third of its cost").
 DEFAULT_HYPERBAND_TRIALS = {"image": 7}
 DEFAULT_TRIALS = 10  # random and bayesian
 # The default fraction saves time on a large split; on a small one (a few hundred rows, a few
@@ -340,10 +339,6 @@ class PipelineConfig:
         if self.export_tflite and self.kind == "image":
             tflite.check_available()
         self.search.validate(self.kind)
-
-    def members(self) -> int:
-        """How many models the training stage trains and averages (`ensemble`)."""
-        return self.ensemble
 
     def search_plan(self) -> SearchSettings | None:
         """The search this run does, or None to train the family's defaults (printing why,

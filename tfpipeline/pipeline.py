@@ -338,7 +338,7 @@ def _train(ctx: _Run) -> _Trained:
                                                   job.settings.epochs * job.settings.steps_per_epoch, spec=spec.input)
         return model
 
-    count = config.members()
+    count = config.ensemble
 
     def fit(member: int) -> tuple[keras.Model, dict]:
         with ctx.times.stage(_stage_name(member, count)):
