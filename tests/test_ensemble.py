@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfpipeline import cli, pipeline
+from tfpipeline import cli
 from tfpipeline.config import PipelineConfig
 from tfpipeline.errors import UserError
 from tfpipeline.training import ensemble
@@ -111,16 +111,5 @@ def test_an_ensemble_on_several_workers_is_refused(monkeypatch):
         PipelineConfig(ensemble=0).validate()
 
 
-@pytest.mark.slow
-def test_a_tuned_run_exports_the_average_of_its_members(tmp_path, manual_dir, data_dir):
-    result = pipeline.run(PipelineConfig(
-        quick=True, tune=True, ensemble=2, manual_dir=str(manual_dir), data_dir=data_dir,
-        export_dir=str(tmp_path / "exported"), logdir=str(tmp_path / "runs"), work_dir=str(tmp_path / "work")))
-    model = result.metadata["model"]
-    assert model["members"] == 2 and [m["seed"] for m in model["ensemble"]] == [42, 43]
-    alone = [m["test_accuracy"] for m in model["ensemble"]]
-    assert alone[0] != alone[1] and all(0.5 < a < 1 for a in alone)  # two different, trained models
-    # The export (verified against the Keras model when it was written) serves the average.
-    assert result.export_path.exists() and result.test_accuracy > 0.5
-    assert (result.logdir / "member1" / "train").is_dir()  # the second member's own curves
-    assert not list((tmp_path / "work").rglob("member*.weights.h5"))  # kept only until the run ends
+# The end-to-end run of a tuned ensemble (its export, its members' curves) is in test_resume.py,
+# which also kills and resumes that run.

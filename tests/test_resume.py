@@ -33,9 +33,9 @@ def _env(manual_dir, data_dir) -> dict:
     return {"TFPIPELINE_MANUAL_DIR": str(manual_dir), "TFDS_DATA_DIR": data_dir}
 
 
-def _killed(cwd: Path, env: dict, *, when, command=COMMAND) -> int:
+def _killed(cwd: Path, env: dict, *, when, command=COMMAND) -> tuple[int, str]:
     """Start the command, SIGKILL it once `when(backup_epoch, stdout_so_far)` says so, and
-    return the epoch its backup held (the epochs it had finished)."""
+    return the epoch its backup held (the epochs it had finished) and its output."""
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.mnist", *command], cwd=cwd,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env},
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -48,7 +48,8 @@ def _killed(cwd: Path, env: dict, *, when, command=COMMAND) -> int:
             if when(_backup_epoch(cwd), "".join(lines)):
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                return _backup_epoch(cwd)
+                reader.join(timeout=10)
+                return _backup_epoch(cwd), "".join(lines)
             time.sleep(0.01)
     finally:
         if proc.poll() is None:
@@ -63,6 +64,12 @@ def _backup_epoch(cwd: Path) -> int:
         return json.loads(found[0].read_text())["epoch"] if found else 0
     except (OSError, ValueError):  # being written
         return -1
+
+
+def _versions(cwd: Path) -> list[str]:
+    """The versions exported under `cwd` (temporary or half-written ones included)."""
+    base = cwd / "exported" / "mnist"
+    return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +93,7 @@ def test_two_runs_with_the_same_seed_give_the_same_weights(uninterrupted):
 
 @pytest.mark.slow
 def test_killed_at_an_epoch_boundary_resumes_to_the_same_weights(uninterrupted, tmp_path, manual_dir, data_dir):
-    finished = _killed(tmp_path, _env(manual_dir, data_dir), when=lambda epoch, out: epoch == 2)
+    finished, _ = _killed(tmp_path, _env(manual_dir, data_dir), when=lambda epoch, out: epoch == 2)
     assert finished == 2
     proc = run_cli(*COMMAND, cwd=tmp_path, env=_env(manual_dir, data_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -100,54 +107,68 @@ def test_killed_at_an_epoch_boundary_resumes_to_the_same_weights(uninterrupted, 
 def test_killed_in_the_middle_of_an_epoch_resumes_to_the_same_weights(uninterrupted, tmp_path, manual_dir,
                                                                       data_dir):
     # Epoch 3 has begun (its first batches are training) and is not finished.
-    finished = _killed(tmp_path, _env(manual_dir, data_dir),
+    finished, _ = _killed(tmp_path, _env(manual_dir, data_dir),
                        when=lambda epoch, out: epoch == 2 and re.search(r"Epoch 3/4\n", out) is not None)
     assert finished == 2
+    assert _versions(tmp_path) == [] and list((tmp_path / "work").glob("mnist/*/*/train-*"))
     proc = run_cli(*COMMAND, cwd=tmp_path, env=_env(manual_dir, data_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Resuming training from epoch 3/4" in proc.stdout
+    assert "Resuming interrupted run" in proc.stdout and "Resuming training from epoch 3/4" in proc.stdout
+    assert "Epoch 2/4" not in proc.stdout  # only the epochs left ran after the restart
     assert _digest(proc) == uninterrupted[0]
+    # One version, not half-written; the backup is gone; the schedule's step count resumed too.
+    assert _versions(tmp_path) == ["1"]
+    meta = json.loads((tmp_path / "exported/mnist/1/metadata.json").read_text())["training"]
+    assert meta["epochs_run"] == 4 and meta["resumed"] is True and meta["steps_run"] == 4 * meta["steps_per_epoch"]
+    assert not list((tmp_path / "work").glob("mnist/*/*/train-*"))
 
 
 TUNED = ("--quick", "--tune", "--ensemble", "2", "--deterministic", "--histogram-freq", "0")
 
 
 @pytest.fixture(scope="module")
-def tuned_whole(tmp_path_factory, manual_dir, data_dir) -> str:
+def tuned_whole(tmp_path_factory, manual_dir, data_dir) -> tuple[Path, str]:
     """An uninterrupted tuned run (a Hyperband search of 2 trials of 2 epochs, then 2 members):
-    its final weights' digest."""
+    its folder and its final weights' digest."""
     cwd = tmp_path_factory.mktemp("tuned-whole")
     whole = run_cli(*TUNED, cwd=cwd, env=_env(manual_dir, data_dir))
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert "Search finished: 2 of 2 trials completed" in whole.stdout, whole.stdout[-3000:]
-    return _digest(whole)
+    return cwd, _digest(whole)
 
 
 @pytest.mark.slow
-def test_a_tuned_run_killed_during_the_search_resumes_to_the_same_weights(tuned_whole, tmp_path, manual_dir,
-                                                                         data_dir):
+def test_a_tuned_run_exports_the_average_of_its_members(tuned_whole):
+    cwd, _ = tuned_whole
+    metadata = json.loads((cwd / "exported/mnist/1/metadata.json").read_text())
+    model = metadata["model"]
+    assert model["members"] == 2 and [m["seed"] for m in model["ensemble"]] == [42, 43]
+    alone = [m["test_accuracy"] for m in model["ensemble"]]
+    assert alone[0] != alone[1] and all(0.5 < a < 1 for a in alone)  # two different, trained models
+    # The export (verified against the Keras model when it was written) serves the average.
+    assert metadata["export"]["verified_test_accuracy"] == metadata["metrics"]["test"]["accuracy"] > 0.5
+    assert (cwd / metadata["run"]["logdir"] / "member1" / "train").is_dir()  # the second member's own curves
+    assert not list((cwd / "work").rglob("member*.weights.h5"))  # kept only until the run ends
+
+
+@pytest.mark.slow
+def test_a_tuned_run_killed_in_the_search_then_in_a_member_resumes_to_the_same_weights(tuned_whole, tmp_path,
+                                                                                       manual_dir, data_dir):
     env = _env(manual_dir, data_dir)
     # In the second epoch of the second trial: the first trial is finished, the second has a
     # best-epoch checkpoint of its first epoch and is not finished.
     _killed(tmp_path, env, command=TUNED,
             when=lambda epoch, out: "Epoch 2/2\n" in out.partition("Running Trial #2\n")[2])
-    rerun = run_cli(*TUNED, cwd=tmp_path, env=env)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    # The finished trial is kept; the unfinished one runs again from its start, as the same trial.
-    assert "Resuming the search: 1 finished trial kept (0000); unfinished ones run again." in rerun.stdout
-    assert "Search: Running Trial #1\n" not in rerun.stdout and "Search finished: 2 of 2 trials" in rerun.stdout
-    assert _digest(rerun) == tuned_whole
-
-
-@pytest.mark.slow
-def test_a_tuned_run_killed_during_an_ensemble_member_resumes_to_the_same_weights(tuned_whole, tmp_path, manual_dir,
-                                                                                 data_dir):
-    env = _env(manual_dir, data_dir)
-    _killed(tmp_path, env, command=TUNED, when=lambda epoch, out: "Member 2 of 2:" in out)
+    # Run again, and killed again while it trains the second member. The finished trial is
+    # kept; the unfinished one runs again from its start, as the same trial.
+    _, out = _killed(tmp_path, env, command=TUNED, when=lambda epoch, out: "Member 2 of 2:" in out)
+    assert "Resuming the search: 1 finished trial kept (0000); unfinished ones run again." in out, out[-3000:]
+    assert "Search: Running Trial #1\n" not in out and "Search finished: 2 of 2 trials" in out
     rerun = run_cli(*TUNED, cwd=tmp_path, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "Member 1 of 2: trained before this run was interrupted; loaded" in rerun.stdout
-    assert _digest(rerun) == tuned_whole
+    assert "Running Trial" not in rerun.stdout
+    assert _digest(rerun) == tuned_whole[1]
 
 
 def _batches(train, count: int) -> list:
