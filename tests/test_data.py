@@ -81,6 +81,17 @@ def test_evaluation_pipeline_keeps_dataset_order(data_dir):
     np.testing.assert_array_equal(_epoch_labels(ds), _epoch_labels(ds))
 
 
+def test_pipelines_run_without_the_autotuning_thread(data_dir):
+    # Deleting an iterator joins that thread, which can sleep up to a minute: the pause it
+    # left after a run's last epoch and after search trials (docs/benchmarks.md, issue 28).
+    datasets = data.load("mnist", data_dir=data_dir, quick=True)
+    streams = [data.make_pipeline(datasets.test, batch_size=256, training=False, seed=0),
+               data.make_pipeline(datasets.train, batch_size=64, training=True, seed=0),
+               data.make_pipeline(datasets.train, batch_size=64, training=True, seed=0, first_epoch=1, end_epoch=3)]
+    assert [stream.options().autotune.enabled for stream in streams] == [False, False, False]
+    assert all(stream.options().deterministic for stream in streams)
+
+
 def test_unknown_dataset_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="Unknown dataset 'no_such_dataset'"):
         data.load("no_such_dataset", data_dir=str(tmp_path))

@@ -565,6 +565,12 @@ def _epochs(dataset: tf.data.Dataset, *, batch_size: int, seed: int, first_epoch
 def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.deterministic = True
+    # No autotuning thread. At the end of `fit` (and of every search trial) deleting the
+    # training iterator joins that thread, which can be asleep until its next optimization,
+    # and its period grows to a minute: up to that long of nothing after the last epoch
+    # (docs/benchmarks.md, issue 28). The knobs it would tune keep their starting values; an
+    # epoch takes as long.
+    options.autotune.enabled = False
     # The cached source is not file-based, so a multi-worker strategy must shard by data.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
