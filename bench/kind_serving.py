@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serving import ROOT, _env, server
+from bench.serving import ROOT, _env, one_call_latencies, server, serving_signature
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (by tfpipeline.inputs)
 
@@ -55,9 +55,7 @@ def in_process(version_dir: Path, count: int, intra: int = 0, inter: int = 0) ->
     these TensorFlow thread settings (0: TensorFlow's defaults)."""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    signature = serving_signature(version_dir, intra, inter)
     dtypes = {name: object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
               for name, spec in signature.structured_input_signature[1].items()}
     calls = [{name: np.array(value, dtype=dtypes[name]) for name, value in example.items()}
@@ -66,14 +64,7 @@ def in_process(version_dir: Path, count: int, intra: int = 0, inter: int = 0) ->
     def call(arrays):  # from NumPy arrays to NumPy arrays, as a server's call is (the image bench's too)
         return {k: v.numpy() for k, v in signature(**{k: tf.constant(a) for k, a in arrays.items()}).items()}
 
-    for arrays in calls[:50]:
-        call(arrays)
-    latencies = []
-    for arrays in calls:
-        start = time.perf_counter()
-        call(arrays)
-        latencies.append(time.perf_counter() - start)
-    return _percentiles(latencies)
+    return _percentiles(one_call_latencies(call, calls))
 
 
 def over_rest(url: str, name: str, version_dir: Path, count: int) -> dict:

@@ -117,25 +117,40 @@ def find_or_build_model(base: Path, workdir: Path) -> tuple[Path, str]:
 
 # -- in-process reference (child process) ---------------------------------------------
 
+def serving_signature(version_dir: Path, intra: int, inter: int):
+    """The export's `serving_default`, loaded with these TensorFlow thread settings (0 =
+    TensorFlow's default). Call it first in a process: the settings must precede any op."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    return tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+
+
+def one_call_latencies(call, inputs: list, warmup: int = 50) -> list[float]:
+    """Seconds of each `call(x)` for x in `inputs`, one after another, after `warmup` untimed
+    calls on the first inputs (tracing, caches)."""
+    for x in inputs[:warmup]:
+        call(x)
+    latencies = []
+    for x in inputs:
+        start = time.perf_counter()
+        call(x)
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
 def in_process(version_dir: Path, images: np.ndarray, count: int, intra: int, inter: int) -> dict:
     """Latency of one-image calls and the model's images/s at batch 1 and 32, with these
     TensorFlow thread settings (0 = TensorFlow's default); runs in a child process."""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    signature = serving_signature(version_dir, intra, inter)
 
     def call(batch):
         return {k: v.numpy() for k, v in signature(images=tf.constant(batch)).items()}
 
-    for _ in range(50):
-        call(images[:1])
-    latencies = []
-    for i in range(count):
-        start = time.perf_counter()
-        call(images[i % len(images):][:1])
-        latencies.append(time.perf_counter() - start)
+    latencies = one_call_latencies(call, [images[i % len(images):][:1] for i in range(count)])
     run = percentiles(latencies, Run("in-process, 1 image", requests=count))
     return {"run": asdict(run),
             "images_per_s": {"batch 1": model_rate(call, images[:1], 1),
