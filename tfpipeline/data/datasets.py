@@ -128,8 +128,9 @@ class Datasets:
         for role in ("train", "validation", "test"):
             splits[role] = getattr(self, role).cache()
             # One full pass completes the cache; every later iterator of `splits[role]`,
-            # and of datasets made from it (`take`, `concatenate`), reads memory.
-            for images, _ in splits[role].batch(1024).prefetch(tf.data.AUTOTUNE):
+            # and of datasets made from it (`take`, `concatenate`), reads memory. With the
+            # training pipelines' options: its iterator is deleted when the pass ends.
+            for images, _ in _with_options(splits[role].batch(1024)).prefetch(tf.data.AUTOTUNE):
                 progress.add(int(images.shape[0]))
         return dataclasses.replace(self, **splits, in_memory=True)
 
