@@ -248,7 +248,8 @@ def _how(parser: argparse.ArgumentParser, dataset: str) -> None:
                           "cached on disk under --work-dir, or not at all (default: a quarter of the RAM)")
     how.add_argument("--ensemble", type=int, metavar="N", default=_DEFAULTS["ensemble"],
                      help="train N models (seeds --seed, --seed+1, ...) and export one that averages their "
-                          "probabilities: more accurate, N times the training and serving cost (default: 1)")
+                          "probabilities: more accurate, for N times the training (fewer --epochs each keep it "
+                          "lower) and a slower served model (default: 1)")
     how.add_argument("--quick", action="store_true",
                      help="small subset and one epoch (unless --epochs), no search (unless --tune): a smoke test")
 
