@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -89,3 +90,14 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def exported_versions(cwd: Path) -> list[str]:
+    """The versions `pipelines.mnist` exported under `cwd` (temporary or half-written ones included)."""
+    base = cwd / "exported" / "mnist"
+    return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+
+
+def exported_metadata(cwd: Path, version: int | str = 1) -> dict:
+    """The metadata.json of version `version` that `pipelines.mnist` exported under `cwd`."""
+    return json.loads((cwd / "exported" / "mnist" / str(version) / "metadata.json").read_text())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_ports, run_cli
+from tests.conftest import ROOT, exported_metadata, exported_versions, free_ports, run_cli
 from tfpipeline import distribute, models
 from tfpipeline.errors import UserError
 
@@ -106,15 +106,6 @@ def start_workers(base: Path, args, env: dict, n: int = 2, module: str = "pipeli
         worker_env = {**env, "TF_CONFIG": tf_config(ports, i), "TMPDIR": str(tmp)}
         workers.append(Process(args, base / f"worker{i}", worker_env, module))
     return workers
-
-
-def exported_versions(cwd: Path) -> list[str]:
-    base = cwd / "exported" / "mnist"
-    return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
-
-
-def metadata(cwd: Path, version: str = "1") -> dict:
-    return json.loads((cwd / "exported" / "mnist" / version / "metadata.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +234,7 @@ def test_mirrored_trains_two_replicas_and_exports(mirrored_and_default):
     cwd, single, mirrored = mirrored_and_default
     assert mirrored.returncode == 0, mirrored.stdout[-3000:] + mirrored.stderr[-3000:]
     assert "Strategy mirrored (2 local replicas): global batch 64 = 32 per replica x 2" in mirrored.stdout
-    meta = metadata(cwd / "mirror")
+    meta = exported_metadata(cwd / "mirror")
     dist = meta["distribution"]
     assert (dist["strategy"], dist["replicas"], dist["workers"], dist["global_batch_size"]) == ("mirrored", 2, 1, 64)
     assert dist["effective_learning_rate"] == pytest.approx(2 * dist["base_learning_rate"])
@@ -258,8 +249,8 @@ def test_mirrored_trains_two_replicas_and_exports(mirrored_and_default):
 def test_mirrored_reaches_the_single_device_accuracy(mirrored_and_default):
     cwd, single, mirrored = mirrored_and_default
     assert single.returncode == 0 and mirrored.returncode == 0
-    one = metadata(cwd / "default")
-    two = metadata(cwd / "mirror")
+    one = exported_metadata(cwd / "default")
+    two = exported_metadata(cwd / "mirror")
     assert one["distribution"]["strategy"] == "default" and one["distribution"]["global_batch_size"] == 32
     a, b = one["metrics"]["test"]["accuracy"], two["metrics"]["test"]["accuracy"]
     assert a > 0.85 and b > 0.85
@@ -273,7 +264,7 @@ def test_the_default_cnn_trains_mirrored(tmp_path, env):
     proc = run_cli("--quick", "--strategy", "mirrored", "--cpu-devices", "2", "--epochs", "2",
                    "--histogram-freq", "0", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    meta = metadata(tmp_path)
+    meta = exported_metadata(tmp_path)
     assert meta["model"]["family"] == "cnn" and meta["distribution"]["replicas"] == 2
     defaults = dataclasses.asdict(models.hyperparams("cnn", {"epochs": 2}))
     assert meta["model"]["hyperparameters"] == json.loads(json.dumps(defaults))
@@ -306,7 +297,7 @@ def test_two_workers_train_identically_and_only_the_chief_exports(two_workers):
     assert "the chief evaluates and exports" in other
 
     assert exported_versions(tmp_path / "worker0") == ["1"]
-    meta = metadata(tmp_path / "worker0")
+    meta = exported_metadata(tmp_path / "worker0")
     assert meta["distribution"]["weights_sha256"] == digests[0]
     # A TFDS dataset: every worker reads it whole and keeps its share of each global batch.
     assert meta["distribution"]["input"]["sharding"] == "data" and "Input: every worker reads" in other
@@ -353,7 +344,7 @@ def test_a_mirrored_run_killed_and_rerun_resumes(tmp_path, env):
     check_resumed(output, 5)
     assert "Resuming interrupted run" in output
     assert exported_versions(tmp_path) == ["1"]  # no half-written or temporary version
-    meta = metadata(tmp_path)
+    meta = exported_metadata(tmp_path)
     assert meta["training"]["epochs_run"] == 5 and meta["training"]["resumed"] is True
     # The optimizer's step count (the learning-rate schedule's position) resumed too.
     assert meta["training"]["steps_run"] == 5 * meta["training"]["steps_per_epoch"]
@@ -379,7 +370,7 @@ def test_two_workers_killed_mid_epoch_resume_to_the_uninterrupted_weights(two_wo
     assert digests == {DIGEST.search(two_workers[1]).group(1)}, "not the uninterrupted run's weights"
     assert exported_versions(tmp_path / "worker0") == ["1"]
     assert exported_versions(tmp_path / "worker1") == []
-    meta = metadata(tmp_path / "worker0")
+    meta = exported_metadata(tmp_path / "worker0")
     assert meta["training"]["epochs_run"] == 2 and meta["distribution"]["weights_sha256"] in digests
     # The optimizer's step count (the learning-rate schedule's position) resumed too.
     assert meta["training"]["steps_run"] == 2 * meta["training"]["steps_per_epoch"] == 2 * 47

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, exported_metadata, exported_versions, run_cli
 
 # The default CNN (its shift augmentation switches on at epoch 2), on --quick's 3,000 images.
 COMMAND = ("--quick", "--no-tune", "--deterministic", "--epochs", "4", "--histogram-freq", "0")
@@ -66,12 +66,6 @@ def _backup_epoch(cwd: Path) -> int:
         return -1
 
 
-def _versions(cwd: Path) -> list[str]:
-    """The versions exported under `cwd` (temporary or half-written ones included)."""
-    base = cwd / "exported" / "mnist"
-    return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, manual_dir, data_dir):
     """Two uninterrupted runs of the command, in two folders: their final weights' digests."""
@@ -80,8 +74,7 @@ def uninterrupted(tmp_path_factory, manual_dir, data_dir):
         cwd = tmp_path_factory.mktemp(name)
         proc = run_cli(*COMMAND, cwd=cwd, env=_env(manual_dir, data_dir))
         assert proc.returncode == 0, proc.stderr[-3000:]
-        metadata = json.loads((cwd / "exported/mnist/1/metadata.json").read_text())
-        assert metadata["distribution"]["weights_sha256"] == _digest(proc)
+        assert exported_metadata(cwd)["distribution"]["weights_sha256"] == _digest(proc)
         digests.append(_digest(proc))
     return digests
 
@@ -110,15 +103,15 @@ def test_killed_in_the_middle_of_an_epoch_resumes_to_the_same_weights(uninterrup
     finished, _ = _killed(tmp_path, _env(manual_dir, data_dir),
                        when=lambda epoch, out: epoch == 2 and re.search(r"Epoch 3/4\n", out) is not None)
     assert finished == 2
-    assert _versions(tmp_path) == [] and list((tmp_path / "work").glob("mnist/*/*/train-*"))
+    assert exported_versions(tmp_path) == [] and list((tmp_path / "work").glob("mnist/*/*/train-*"))
     proc = run_cli(*COMMAND, cwd=tmp_path, env=_env(manual_dir, data_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Resuming interrupted run" in proc.stdout and "Resuming training from epoch 3/4" in proc.stdout
     assert "Epoch 2/4" not in proc.stdout  # only the epochs left ran after the restart
     assert _digest(proc) == uninterrupted[0]
     # One version, not half-written; the backup is gone; the schedule's step count resumed too.
-    assert _versions(tmp_path) == ["1"]
-    meta = json.loads((tmp_path / "exported/mnist/1/metadata.json").read_text())["training"]
+    assert exported_versions(tmp_path) == ["1"]
+    meta = exported_metadata(tmp_path)["training"]
     assert meta["epochs_run"] == 4 and meta["resumed"] is True and meta["steps_run"] == 4 * meta["steps_per_epoch"]
     assert not list((tmp_path / "work").glob("mnist/*/*/train-*"))
 
@@ -140,7 +133,7 @@ def tuned_whole(tmp_path_factory, manual_dir, data_dir) -> tuple[Path, str]:
 @pytest.mark.slow
 def test_a_tuned_run_exports_the_average_of_its_members(tuned_whole):
     cwd, _ = tuned_whole
-    metadata = json.loads((cwd / "exported/mnist/1/metadata.json").read_text())
+    metadata = exported_metadata(cwd)
     model = metadata["model"]
     assert model["members"] == 2 and [m["seed"] for m in model["ensemble"]] == [42, 43]
     alone = [m["test_accuracy"] for m in model["ensemble"]]

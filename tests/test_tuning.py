@@ -19,7 +19,7 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, free_ports, run_cli
+from tests.conftest import ROOT, exported_metadata, free_ports, run_cli
 from tests.test_tensorboard import SESSION_GROUPS_QUERY, Board
 from tfpipeline import cli, config, models, tuning
 from tfpipeline.config import PipelineConfig, SearchSettings
@@ -35,10 +35,6 @@ TINY = ["--quick", "--model", "mlp", "--hparam", "units=32", "--histogram-freq",
 @pytest.fixture(scope="module")
 def env(manual_dir, data_dir):
     return {"TFPIPELINE_MANUAL_DIR": str(manual_dir), "TFDS_DATA_DIR": data_dir}
-
-
-def _metadata(cwd: Path, version: int = 1) -> dict:
-    return json.loads((cwd / f"exported/mnist/{version}/metadata.json").read_text())
 
 
 def _trial_files(cwd: Path) -> dict[str, dict]:
@@ -60,7 +56,7 @@ def auto_run(tmp_path_factory, env):
                    "--max-trials", "3", "--search-fraction", "0.3", "--histogram-freq", "0", "--run-name", AUTO_RUN,
                    "--profile-batches", "2,4", cwd=cwd, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return cwd, proc, _metadata(cwd)
+    return cwd, proc, exported_metadata(cwd)
 
 
 @pytest.mark.slow
@@ -197,7 +193,7 @@ def test_resume_after_kill_keeps_finished_trials(tmp_path, env):
     for trial_id, trial in before.items():  # kept: same ids, same scores, logs untouched
         assert after[trial_id]["score"] == trial["score"]
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in event_files.items())
-    metadata = _metadata(tmp_path)
+    metadata = exported_metadata(tmp_path)
     assert metadata["search"]["resumed"] and len(metadata["search"]["trials"]) == 5
     assert sorted(p.name for p in (tmp_path / "exported/mnist").iterdir() if p.name.isdigit()) == ["1"]
     # One run: the resumed search logged its trials under the interrupted run's id.
@@ -243,7 +239,7 @@ def test_chief_and_two_workers_share_one_search(tmp_path, env):
     table = logs["chief"].split("Search finished:", 1)[1].split("Trials table:", 1)[0]
     listed = [line.split()[0] for line in table.splitlines()[2:] if line.strip()]
     assert listed == everything
-    metadata = _metadata(tmp_path)
+    metadata = exported_metadata(tmp_path)
     assert metadata["search"]["distributed"] and len(metadata["search"]["trials"]) == trials
     assert not (tmp_path / "exported/mnist/2").exists()
 
