@@ -70,7 +70,8 @@ def child(args) -> None:
     hp = models.hyperparams("cnn", {"batch_size": per_replica})
     # Augmentation on from the first batch, so the throughput includes its cost.
     augmentation = dataclasses.replace(models.augmentation("cnn", hp, 0), start_epoch=0)
-    train_ds = augmentation.apply(data.make_pipeline(train, batch_size=args.global_batch, training=True, seed=0))
+    train_ds = data.make_pipeline(train, batch_size=args.global_batch, training=True, seed=0, first_epoch=0,
+                                  end_epoch=args.epochs, per_batch=augmentation.per_batch(0))
     # The settings a real run derives (as pipeline.run does: global batch, scaled rate, and the
     # family's own warmup and weight averaging), for the bench's epochs and images.
     global_hp = dataclasses.replace(hp, epochs=args.epochs, batch_size=args.global_batch,

@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serving import ROOT, _env, one_call_latencies, server, serving_signature
+from bench.serving import ROOT, _env, one_call_latencies, p50_p99_ms, server, serving_signature
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (by tfpipeline.inputs)
 
@@ -46,8 +45,8 @@ def _examples(version_dir: Path, count: int) -> list[dict]:
 
 
 def _percentiles(latencies: list[float]) -> dict:
-    ms = sorted(1e3 * t for t in latencies)
-    return {"p50_ms": statistics.median(ms), "p99_ms": ms[int(0.99 * (len(ms) - 1))], "requests": len(ms)}
+    p50, p99 = p50_p99_ms(latencies)
+    return {"p50_ms": p50, "p99_ms": p99, "requests": len(latencies)}
 
 
 def in_process(version_dir: Path, count: int, intra: int = 0, inter: int = 0) -> dict:

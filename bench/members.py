@@ -15,7 +15,6 @@ advice: two 8-epoch models train about as long as one 15-epoch model.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -27,9 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.speed import RESULTS  # noqa: E402
+from bench.speed import RESULTS, default_cnn  # noqa: E402
 from bench.timing import machine  # noqa: E402
-from tfpipeline import data, models, training  # noqa: E402
+from tfpipeline import data, training  # noqa: E402
 from tfpipeline.report import evaluation  # noqa: E402
 
 FIRST_SEED = 11
@@ -38,13 +37,7 @@ FIRST_SEED = 11
 def train_one(datasets, epochs: int, seed: int) -> tuple[keras.Model, float]:
     """The default CNN trained `epochs` on the training split with `seed`; returns it (its
     averaged weights, as a run exports them) and its training seconds."""
-    keras.utils.set_random_seed(seed)
-    hp = dataclasses.replace(models.hyperparams("cnn"), epochs=epochs)
-    settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0, early_stopping_patience=0)
-    augmentation = models.augmentation("cnn", hp, seed)
-    train = datasets.batched(datasets.train, batch_size=hp.batch_size, seed=seed, training=True, first_epoch=0,
-                             end_epoch=epochs, per_batch=augmentation.per_batch(seed))
-    model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
+    model, _, settings, train = default_cnn(datasets, seed, epochs)
     start = time.perf_counter()
     training.fit(model, train, None, settings)
     return model, time.perf_counter() - start

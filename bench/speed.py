@@ -40,20 +40,39 @@ from tfpipeline.training import freezing
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def fit_default_cnn(datasets, test_images, test_labels, seed: int = 0, extra_callbacks=()):
-    """Train our default CNN through our own pipeline, with the settings `pipelines.mnist`
-    uses, scoring the test set after each epoch; returns (model, hp, timer)."""
+def default_cnn(datasets, seed: int, epochs: int | None = None):
+    """Our default CNN, untrained, with what `pipelines.mnist --no-tune [--epochs E]` trains it
+    with: its hyperparameters, the run's settings (no early stopping: nothing to validate on
+    here) and the training stream of its input pipeline (shifts per batch, fixed by seed,
+    epoch and step). Returns (model, hp, settings, train)."""
     keras.utils.set_random_seed(seed)
-    hp = models.hyperparams("cnn")
-    # No validation here (the test set is scored after each epoch instead), so no early stopping.
+    hp = models.hyperparams("cnn", {"epochs": epochs} if epochs else None)
     settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0, early_stopping_patience=0)
-    augmentation = models.augmentation("cnn", hp, seed)
-    train = augmentation.apply(datasets.batched(datasets.train, batch_size=hp.batch_size, seed=seed, training=True))
+    train = training_batches(datasets, "cnn", hp, seed)
     model = models.build("cnn", datasets.spec.input_shape, datasets.spec.num_classes, hp)
+    return model, hp, settings, train
+
+
+def training_batches(datasets, family: str, hp, seed: int, *, always_augmented: bool = False):
+    """The endless training stream a run of `family` feeds its model, epoch by epoch over
+    `hp.epochs` (`make_pipeline`'s, with the family's augmentation per batch). `always_augmented`:
+    the augmentation on from the first batch, so throughput figures include its cost whichever
+    epoch a run starts it at."""
+    augmentation = models.augmentation(family, hp, seed)
+    if always_augmented:
+        augmentation = dataclasses.replace(augmentation, start_epoch=0)
+    return datasets.batched(datasets.train, batch_size=hp.batch_size, seed=seed, training=True, first_epoch=0,
+                            end_epoch=hp.epochs, per_batch=augmentation.per_batch(seed))
+
+
+def fit_default_cnn(datasets, test_images, test_labels, seed: int = 0, extra_callbacks=()):
+    """Train our default CNN as `pipelines.mnist --no-tune` does (`default_cnn`), scoring the
+    test set after each epoch; returns (model, hp, timer)."""
+    model, hp, settings, train = default_cnn(datasets, seed)
     timer = TimeToAccuracy(test_images, test_labels)
     # training.fit's callbacks, as in a real run: with weight averaging, the timer scores the
     # averaged weights that the run would export.
-    training.fit(model, train, None, settings, extra_callbacks=[*augmentation.callbacks(), timer, *extra_callbacks])
+    training.fit(model, train, None, settings, extra_callbacks=[timer, *extra_callbacks])
     return model, hp, timer
 
 
@@ -82,17 +101,11 @@ def run_flops_per_step(model, hp) -> float:
     return (frozen_epochs * frozen + (hp.epochs - frozen_epochs) * full) / hp.epochs
 
 
-def always_augmented(family: str, hp, dataset):
-    """`dataset` with the family's augmentation on from the first batch: throughput figures
-    include its cost, whichever epoch a run starts it at."""
-    return dataclasses.replace(models.augmentation(family, hp, 0), start_epoch=0).apply(dataset)
-
-
 def input_pipeline_rate(datasets, hp, repeats: int) -> float:
     """Images/s the training pipeline (augmentation included) delivers with no model attached
     (after its cache fills)."""
-    ds = always_augmented("cnn", hp, datasets.batched(datasets.train, batch_size=hp.batch_size, seed=0,
-                                                      training=True))
+    steps = -(-datasets.spec.num_examples["train"] // hp.batch_size)
+    ds = training_batches(datasets, "cnn", hp, 0, always_augmented=True).take(steps)  # one epoch
     for _ in ds:  # a first pass fills the shuffle buffer (and the cache, if not in memory yet)
         pass
     rates = []
@@ -111,8 +124,7 @@ def family_rate(name: str, datasets, repeats: int, steps: int = 30) -> float:
     settings = training.settings_for(hp, datasets.spec.num_examples["train"], verbose=0)
     model = models.build(name, datasets.spec.input_shape, datasets.spec.num_classes, hp)
     model = training.compile_model(model, settings)
-    train = datasets.batched(datasets.train, batch_size=hp.batch_size, seed=0, training=True)
-    ds = always_augmented(name, hp, train).repeat()
+    ds = training_batches(datasets, name, hp, 0, always_augmented=True)
     model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # trace and warm up
     rates = []
     for _ in range(repeats):

@@ -139,10 +139,10 @@ def test_shifts_are_an_input_stage_not_part_of_the_model(family):
 
     images = np.zeros((4, 28, 28, 1), np.uint8)
     images[:, 10:18, 10:18] = 255
-    batches = tf.data.Dataset.from_tensor_slices((images, np.zeros(4, np.int32))).batch(4)
     starts_later = "augment_from_epoch" in {f.name for f in dataclasses.fields(models.family(family).Hyperparams)}
     hp = models.hyperparams(family, {"augment": 0.2, **({"augment_from_epoch": 0} if starts_later else {})})
-    shifted, _ = next(iter(models.augmentation(family, hp, seed=1).apply(batches)))
+    augment = models.augmentation(family, hp, seed=1).per_batch(1)
+    shifted, _ = augment(tf.constant(images), tf.zeros(4, tf.int32), tf.constant(0, tf.int64), tf.constant(0, tf.int64))
     assert shifted.dtype == tf.uint8 and shifted.shape == images.shape
     assert not np.array_equal(shifted.numpy(), images)
     assert not any(isinstance(layer, keras.layers.RandomTranslation)

@@ -155,20 +155,25 @@ def test_label_smoothing_is_keras_categorical_smoothing_on_integer_labels():
 
 
 def test_augmentation_starts_at_its_epoch_and_leaves_earlier_batches_alone():
+    """The shifts run inside the input pipeline from `start_epoch` on, decided by each batch's
+    epoch; a batch's shifts depend on (seed, epoch, step) alone, so a resumed run repeats them."""
     from tfpipeline.data.augmentation import Augmentation
 
     images = np.zeros((4, 12, 12, 1), "uint8")
     images[:, 4:8, 4:8] = 255
-    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(4))).batch(4)
+    images, labels = tf.constant(images), tf.range(4)
     layer = keras.layers.RandomTranslation(0.3, 0.3, fill_mode="constant", interpolation="nearest", seed=1)
-    augmentation = Augmentation(layer, start_epoch=1)
-    augmented = augmentation.apply(dataset)
-    switch, = augmentation.callbacks()
-    switch.on_epoch_begin(0)
-    first, _ = next(iter(augmented))
-    assert first.dtype == tf.uint8 and np.array_equal(first, images)
-    switch.on_epoch_begin(1)
-    later, _ = next(iter(augmented))
+    augment = Augmentation(layer, start_epoch=1).per_batch(seed=7)
+
+    def batch(epoch, step):
+        return augment(images, labels, tf.constant(epoch, tf.int64), tf.constant(step, tf.int64))[0].numpy()
+
+    first = batch(0, 0)
+    assert first.dtype == np.uint8 and np.array_equal(first, images)
+    later = batch(1, 0)
     assert not np.array_equal(later, images)
     assert sorted(np.unique(later)) == [0, 255]  # whole-pixel shifts: values stay the image's
-    assert Augmentation().apply(dataset) is dataset and Augmentation().callbacks() == []
+    assert not np.array_equal(batch(1, 1), later)  # each step its own shifts...
+    assert np.array_equal(batch(1, 0), later)  # ...and the same ones when that step comes again
+    unchanged, same_labels = Augmentation().per_batch(7)(images, labels, 3, 0)
+    assert unchanged is images and same_labels is labels

@@ -30,30 +30,20 @@ class Augmentation:
     layer: keras.layers.Layer | None = None
     start_epoch: int = 0
 
-    def __post_init__(self):
-        # Read by the pipeline's map, set by `callbacks()` at each epoch's start: the
-        # pipeline itself does not know which epoch the model is in.
-        self._active = tf.Variable(self.start_epoch == 0, trainable=False, name="augmentation_active")
-
-    def apply(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
-        """The batched training `dataset` with the augmentation in its own stage (unchanged
-        without a layer). One call at a time keeps the seeded random stream in a fixed order."""
-        if self.layer is None:
-            return dataset
-        layer, active = self.layer, self._active
-
-        def augment(images, labels):
-            shifted = tf.cond(active, lambda: tf.cast(layer(images, training=True), images.dtype), lambda: images)
-            return shifted, labels
-
-        return dataset.map(augment, num_parallel_calls=1, deterministic=True).prefetch(tf.data.AUTOTUNE)
-
     def per_batch(self, seed: int):
         """For `make_pipeline(..., per_batch=...)`: the augmentation of one batch, decided from
-        its epoch inside the pipeline (no variable set from outside, which a prefetching
-        pipeline reads ahead of the model), with the layer's random stream set from (seed,
-        epoch, step) first, so each batch's shifts are fixed by where it is in the run. A
-        resumed run shifts the batches of its remaining epochs as an uninterrupted one does."""
+        its epoch inside the pipeline (not from a variable the training loop sets at each
+        epoch's start: a prefetching pipeline reads batches ahead of the model), with the
+        layer's random stream set from (seed, epoch, step) first, so each batch's shifts are
+        fixed by where it is in the run. A resumed run shifts the batches of its remaining
+        epochs as an uninterrupted one does.
+
+        Args:
+            seed: the run's (or ensemble member's) seed.
+
+        Returns:
+            `augment(images, labels, epoch, step) -> (images, labels)`, for `tf.data`'s map.
+        """
         layer, start = self.layer, self.start_epoch
         if layer is None:
             return lambda images, labels, epoch, step: (images, labels)
@@ -67,18 +57,3 @@ class Augmentation:
             return shifted, labels
 
         return augment
-
-    def callbacks(self) -> list[keras.callbacks.Callback]:
-        """For the training loop: switches the augmentation on at `start_epoch`."""
-        if self.layer is None or self.start_epoch == 0:
-            return []
-        return [_Switch(self._active, self.start_epoch)]
-
-
-class _Switch(keras.callbacks.Callback):
-    def __init__(self, active: tf.Variable, start_epoch: int):
-        super().__init__()
-        self.active, self.start_epoch = active, start_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.active.assign(epoch >= self.start_epoch)  # epochs count from 0, resumed runs too
