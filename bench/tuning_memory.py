@@ -70,8 +70,8 @@ def measure(trials: int, tuner_kind: str, workdir: Path) -> dict:
         config=config, families=families, fixed=pinned, spec=spec, data=data, num_search=1024, max_epochs=1,
         logdir=workdir / "runs" / "bench", run_id="bench", verbose=0))
     settings = SearchSettings(tuner=tuner_kind, max_trials=trials, max_epochs=1)
-    tuner = tuning.make_tuner(settings.budget(quick=True), hypermodel, workdir / "work", start_families=(None,),
-                              seed=0)
+    tuner = tuning.make_tuner(settings.budget(quick=True, kind="image"), hypermodel, workdir / "work",
+                              start_families=(None,), seed=0)
     tuner.oracle.verbose = 0
     rss: list[float] = []
     end_trial = tuner.on_trial_end

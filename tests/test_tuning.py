@@ -318,7 +318,7 @@ def test_search_is_the_default_except_for_a_smoke_test(capsys):
     assert "No hyperparameter search (--quick)" in capsys.readouterr().out
     assert plan(["--quick", "--tune"]) == SearchSettings()
     assert plan(["--strategy", "mirrored"]) is None
-    budget = SearchSettings().budget(quick=False).to_json()
+    budget = SearchSettings().budget(quick=False, kind="image").to_json()
     assert budget == {"tuner": "hyperband", "max_trials": config.DEFAULT_HYPERBAND_TRIALS["image"],
                       "max_epochs": config.DEFAULT_MAX_EPOCHS, "factor": config.DEFAULT_FACTOR,
                       "search_fraction": config.DEFAULT_FRACTION}
@@ -329,18 +329,18 @@ def test_the_default_hyperband_cap_fits_the_default_schedule_for_images_only():
     assert SearchSettings().budget(quick=False, kind="image").max_trials == 7
     assert SearchSettings().budget(quick=False, kind="text").max_trials is None
     assert SearchSettings().budget(quick=False, kind="table").max_trials is None
-    assert SearchSettings(max_epochs=10).budget(quick=False).max_trials is None
-    assert SearchSettings(factor=3).budget(quick=False).max_trials is None
-    assert SearchSettings().budget(quick=True).max_trials is None
-    assert SearchSettings(max_trials=20).budget(quick=False).max_trials == 20
-    assert SearchSettings(tuner="random").budget(quick=False).max_trials == config.DEFAULT_TRIALS
+    assert SearchSettings(max_epochs=10).budget(quick=False, kind="image").max_trials is None
+    assert SearchSettings(factor=3).budget(quick=False, kind="image").max_trials is None
+    assert SearchSettings().budget(quick=True, kind="image").max_trials is None
+    assert SearchSettings(max_trials=20).budget(quick=False, kind="image").max_trials == 20
+    assert SearchSettings(tuner="random").budget(quick=False, kind="image").max_trials == config.DEFAULT_TRIALS
 
 
 def test_the_default_hyperband_cap_is_its_first_round_and_the_best_continued(tmp_path):
     """KerasTuner's own Hyperband oracle, driven with made-up scores (no training): under the
     default cap it proposes six trials of 4 epochs, the defaults first, then continues the best
     of them (not the first) to 15 epochs, and stops: none of its later brackets' 15-epoch trials."""
-    budget = SearchSettings().budget(quick=False)
+    budget = SearchSettings().budget(quick=False, kind="image")
     oracle = HyperbandOracle(objective=kt.Objective("val_accuracy", "max"), seed=0,
                              max_epochs=budget.max_epochs, factor=budget.factor)
     oracle.max_trials = budget.max_trials

@@ -91,9 +91,10 @@ class SearchSettings:
         return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self)
                 if getattr(self, f.name) != f.default]
 
-    def budget(self, quick: bool, kind: str = "image") -> SearchBudget:
+    def budget(self, quick: bool, kind: str) -> SearchBudget:
         """The settings with every default filled in: what defines the search's size (for
-        data of `kind`: the default cap on Hyperband's trials depends on it)."""
+        data of `kind`, "image", "text" or "table": the default cap on Hyperband's trials
+        depends on it, so it has no default)."""
         tuner = self.tuner or "hyperband"
         hyperband = tuner == "hyperband"
         max_epochs = self.max_epochs or (QUICK_MAX_EPOCHS if quick else DEFAULT_MAX_EPOCHS)
@@ -108,13 +109,17 @@ class SearchSettings:
             max_trials=self.max_trials or default_trials,
             max_epochs=max_epochs,
             factor=factor,
-            search_fraction=self.search_fraction or (QUICK_FRACTION if quick else DEFAULT_FRACTION),
+            search_fraction=self.fraction(quick),
         )
+
+    def fraction(self, quick: bool) -> float:
+        """The share of the training split the trials train on."""
+        return self.search_fraction or (QUICK_FRACTION if quick else DEFAULT_FRACTION)
 
     def search_examples(self, num_train: int, quick: bool) -> int:
         """How many of `num_train` training examples the trials train on: the fraction, and with
         the default fraction at least `MIN_SEARCH_EXAMPLES` (all of a smaller split)."""
-        share = max(1, round(num_train * self.budget(quick).search_fraction))
+        share = max(1, round(num_train * self.fraction(quick)))
         return share if self.search_fraction is not None else max(share, min(num_train, MIN_SEARCH_EXAMPLES))
 
     def validate(self, kind: str = "image") -> None:
