@@ -215,8 +215,8 @@ def main(argv=None) -> int:
         result["reference"] = reference.train(x_train, y_train, test_images, test_labels)
     print("ours (default CNN, default settings):", flush=True)
     # The matmul is timed right before and right after our training, and their mean is what
-    # the efficiency divides by: this machine's speed drifts within minutes, and one timing
-    # taken before the reference's minutes of training moved the ratio by 0.34-0.50.
+    # the efficiency divides by: this machine's speed drifts within minutes, so a timing taken
+    # before the reference's minutes of training let the ratio drift with it (docs/benchmarks.md).
     before = matmul_flops_per_second()
     result["ours"] = train_ours(datasets, test_images, test_labels)
     after = matmul_flops_per_second()

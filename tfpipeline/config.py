@@ -122,8 +122,8 @@ class SearchSettings:
         share = max(1, round(num_train * self.fraction(quick)))
         return share if self.search_fraction is not None else max(share, min(num_train, MIN_SEARCH_EXAMPLES))
 
-    def validate(self, kind: str = "image") -> None:
-        """Raises UserError naming the flag: a value out of range, or a family `kind` lacks."""
+    def validate(self, kind: str) -> None:
+        """Raises UserError naming the flag: a value out of range, or a family data of `kind` lacks."""
         if self.tuner is not None and self.tuner not in TUNERS:
             raise UserError(f"Unknown tuner {self.tuner!r}; choose one of {', '.join(TUNERS)}.")
         for name in ("max_trials", "max_epochs"):
