@@ -1,1 +1,1 @@
-"""Benchmarks. `python -m bench` runs the speed suite; `python bench/serving.py` the server's."""
+"""Benchmarks. `python -m bench` runs the speed suite; `python -m bench.serving` the server's."""

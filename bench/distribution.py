@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import os
 import socket
@@ -51,11 +50,11 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from bench import results
 from tfpipeline import data, distribute, models, training
 from tfpipeline.distribute import multiworker
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 
 
 def child(args) -> None:
@@ -277,14 +276,10 @@ def main(argv=None) -> int:
               f"{'' if row['machinery_overhead'] is None else format(row['machinery_overhead'], '.1%'):>9} "
               f"{row['cpu_seconds_per_1000_images']:>12.2f}   "
               + ", ".join(f"{o:.1%} ({load})" for o, load in zip(row["overhead_by_round"], row["load"])))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"distribution-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps({"command": "python -m bench.distribution " + " ".join(argv or sys.argv[1:]),
-                                "cores": os.cpu_count(), "global_batch": args.global_batch,
-                                "epochs": args.epochs, "examples": args.examples,
-                                "cnn": dataclasses.asdict(models.hyperparams("cnn", {})),
-                                "nice": os.nice(0), "summary": summary,
-                                "rounds": rounds}, indent=2))
+    path = results.write("distribution", {"global_batch": args.global_batch, "epochs": args.epochs,
+                                          "examples": args.examples,
+                                          "cnn": dataclasses.asdict(models.hyperparams("cnn", {})),
+                                          "nice": os.nice(0), "summary": summary, "rounds": rounds}, argv)
     print(f"\nwrote {path.relative_to(ROOT)}")
     return 0
 

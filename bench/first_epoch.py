@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
 
 import keras
 
-from bench.speed import RESULTS, fit_default_cnn
-from bench.timing import machine
+from bench import results
+from bench.speed import fit_default_cnn
 from tfpipeline import data
 from tfpipeline.report import evaluation
 
@@ -46,16 +45,14 @@ def main(argv=None) -> int:
         print(f"seed {seed}:", flush=True)
         runs.append(first_epoch(datasets, test_images, test_labels, seed))
     accuracies = [r["test_accuracy"] for r in runs]
-    result = {"machine": machine(), "started": dt.datetime.now().isoformat(timespec="seconds"), "runs": runs,
+    result = {"started": dt.datetime.now().isoformat(timespec="seconds"), "runs": runs,
               "mean": statistics.mean(accuracies), "stdev": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
               "min": min(accuracies), "max": max(accuracies),
               "seeds_at_or_above_99": sum(a >= 0.99 for a in accuracies)}
     print(f"\ntest accuracy after epoch 1 over {len(runs)} seeds: mean {result['mean']:.2%}, "
           f"stdev {result['stdev']:.2%}, min {result['min']:.2%}, max {result['max']:.2%}; "
           f"{result['seeds_at_or_above_99']} of {len(runs)} at 99% or more")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"first-epoch-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = results.write("first_epoch", result, argv)
     print(f"results: {path}")
     return 0
 

@@ -22,7 +22,6 @@ the JSON it wrote under bench/results/.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import statistics
@@ -31,9 +30,10 @@ import sys
 import time
 from pathlib import Path
 
+from bench import results
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -142,13 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--manual-dir", help="folder of the MNIST files (default: $TFPIPELINE_MANUAL_DIR)")
     args = parser.parse_args(argv)
     result = ratio(args) if args.command == "ratio" else rss(args)
-    result = {"command": " ".join(["python -m bench.folder_input", *(argv or sys.argv[1:])]),
-              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **result}
     print(json.dumps(result, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"folder_input-{args.command}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(path)
+    print(results.write(f"folder_input-{args.command}", result, argv, command="python -m bench.folder_input"))
     return 0
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import results
 from bench.serving import ROOT, _env, one_call_latencies, p50_p99_ms, server, serving_signature
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (by tfpipeline.inputs)
@@ -112,10 +113,7 @@ def main(argv=None) -> int:
         row = result[label]
         print(f"{label:26s} p50 {row['p50_ms']:7.3f} ms   p99 {row['p99_ms']:7.3f} ms   ({row['requests']} requests)")
     print(f"REST adds {result['rest_minus_in_process_p50_ms']:.3f} ms at p50 to the call with the server's threads")
-    out = ROOT / "bench" / "results" / f"kind_serving-{version_dir.parent.name}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"command": "python -m bench.kind_serving " + " ".join(argv or sys.argv[1:]),
-                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result}, indent=2))
+    print(f"wrote {results.write('kind_serving', result, argv)}")
     return 0
 
 

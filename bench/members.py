@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
-import json
 import os
 import statistics
 import time
@@ -26,8 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.speed import RESULTS, default_cnn  # noqa: E402
-from bench.timing import machine  # noqa: E402
+from bench import results  # noqa: E402
+from bench.speed import default_cnn  # noqa: E402
 from tfpipeline import data, training  # noqa: E402
 from tfpipeline.report import evaluation  # noqa: E402
 
@@ -75,6 +74,7 @@ def main(argv=None) -> int:
                         help="model lengths to compare (default: 8 15)")
     parser.add_argument("--seeds", type=int, default=5, help=f"seeds {FIRST_SEED}, {FIRST_SEED + 1}, ... (default: 5)")
     args = parser.parse_args(argv)
+    started = dt.datetime.now().isoformat(timespec="seconds")
     datasets = data.load("mnist").decode_into_memory()  # as pipelines.mnist does
     splits = {name: evaluation.collect(datasets.batched(getattr(datasets, name), batch_size=1000, seed=0,
                                                         training=False))
@@ -86,10 +86,7 @@ def main(argv=None) -> int:
         for name, mean in run["mean"].items():
             pairs = f", pairs {mean['pairs']:.2%}" if mean["pairs"] is not None else ""
             print(f"{run['epochs']} epochs, {name}: models {mean['models']:.2%}{pairs}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"members-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps({"machine": machine(), "started": dt.datetime.now().isoformat(timespec="seconds"),
-                                "runs": runs}, indent=2))
+    path = results.write("members", {"started": started, "runs": runs}, argv)
     print(f"results: {path}")
     return 0
 

@@ -1,6 +1,6 @@
 """Benchmark the server over gRPC and REST against calling the SavedModel in-process.
 
-    python bench/serving.py [--model-base-path exported/mnist] [--soak-seconds 60]
+    python -m bench.serving [--model-base-path exported/mnist] [--soak-seconds 60]
 
 Measures, on this machine, with one 28x28x1 image per request:
   1. p50/p99 latency at concurrency 1: the in-process signature call vs the server over gRPC
@@ -32,7 +32,6 @@ import gc
 import gzip
 import json
 import os
-import platform
 import re
 import resource
 import signal
@@ -48,6 +47,8 @@ from urllib.parse import urlsplit
 from urllib.request import urlopen
 
 import numpy as np
+
+from bench import results
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_TEST_IMAGES = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -187,7 +188,7 @@ def model_rate(call, batch: np.ndarray, threads: int, seconds: float = 3.0) -> d
 
 def run_in_process(version_dir: Path, count: int, intra: int, inter: int) -> dict:
     output = subprocess.run(
-        [sys.executable, __file__, "--child-in-process", str(version_dir), "--latency-requests",
+        [sys.executable, "-m", "bench.serving", "--child-in-process", str(version_dir), "--latency-requests",
          str(count), "--child-threads", str(intra), str(inter)],
         env=_env(), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=True)
     return json.loads(output.stdout.splitlines()[-1])
@@ -253,7 +254,7 @@ def run_loads(endpoints: Endpoints, loads: list[Load]) -> list[Run]:
     for item in loads:
         target = endpoints.grpc if item.protocol == "grpc" else endpoints.rest
         children.append(subprocess.Popen(
-            [sys.executable, __file__, f"--child-{item.protocol}-load", target,
+            [sys.executable, "-m", "bench.serving", f"--child-{item.protocol}-load", target,
              "--child-stats", endpoints.rest, "--child-method", item.method,
              "--concurrency", str(item.concurrency),
              "--child-limits", str(item.max_requests), str(item.max_seconds)],
@@ -656,19 +657,15 @@ def main(argv=None) -> int:
         for sample in run.error_samples:
             print(f"  {run.name}: {sample}")
 
-    out = args.out or ROOT / "bench" / "results" / f"serving-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    out = results.write("serving", {
         "model": model_label, "inputs": images_label,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_before": load_before, "loadavg_after": load_after},
+        "machine": {"loadavg_before": load_before, "loadavg_after": load_after},
         "args": {k: str(v) for k, v in vars(args).items()},
         "server_tf_threads": threads,
         "runs": [asdict(r) for r in runs.values()],
         "model_alone": {"server_threads": rates, "tf_default_threads": default["images_per_s"]},
         "summary": result, "goals": goals,
-    }, indent=2))
+    }, argv, out=args.out)
     print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 

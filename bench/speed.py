@@ -20,24 +20,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from bench import reference  # noqa: E402
+from bench import (
+    reference,  # noqa: E402
+    results,  # noqa: E402
+)
 from bench.flops import matmul_flops_per_second, train_step_flops  # noqa: E402
-from bench.timing import TimeToAccuracy, machine  # noqa: E402
+from bench.timing import TimeToAccuracy  # noqa: E402
 from tfpipeline import data, models, training  # noqa: E402
 from tfpipeline.report import evaluation
 from tfpipeline.training import freezing
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def default_cnn(datasets, seed: int, epochs: int | None = None):
@@ -206,7 +205,7 @@ def main(argv=None) -> int:
     datasets = data.load("mnist", data_dir=args.data_dir, manual_dir=args.manual_dir).decode_into_memory()
     test_images, test_labels = evaluation.collect(
         datasets.batched(datasets.test, batch_size=1000, seed=0, training=False))
-    result: dict = {"machine": machine(), "started": dt.datetime.now().isoformat(timespec="seconds")}
+    result: dict = {"machine": {}, "started": dt.datetime.now().isoformat(timespec="seconds")}
 
     if not args.skip_reference:
         print("plain-Keras reference (15 epochs):", flush=True)
@@ -243,8 +242,6 @@ def main(argv=None) -> int:
 
     print()
     print(table(result))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"speed-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = results.write("speed", result, argv, command="python -m bench")
     print(f"\nwall time {result['wall_seconds']:.0f} s; results: {path}")
     return 0

@@ -15,11 +15,12 @@ and writes JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
+
+from bench import results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -69,10 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--families", default="mlp,cnn,rnn,transformer")
     args = parser.parse_args(argv)
     result = measure(args.dataset, args.label_column, args.families.split(","))
-    out = ROOT / "bench" / "results" / "text_input.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"command": "python -m bench.text_input " + " ".join(argv or sys.argv[1:]),
-                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result}, indent=2))
+    print(f"wrote {results.write('text_input', result, argv)}")
     return 0
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench import results
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -109,11 +110,12 @@ def main(argv=None) -> int:
     int8_row.update(bytes=(version / quantize.FILENAME).stat().st_size, what="model_int8.tflite")
     drop = round((float_row["test_accuracy"] - int8_row["test_accuracy"]) * 100, 3)
     result = {"version": str(version), "test_images": len(labels), "threads": os.cpu_count(),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "accuracy_drop_points": drop,
+              "accuracy_drop_points": drop,
               "size_ratio_variables_over_tflite": round(float_row["bytes"] / int8_row["bytes"], 2),
               "rows": [float_row, int8_row]}
 
-    print(f"\n{version}, {len(labels):,} test images, {os.cpu_count()} threads, {result['date']}\n")
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"\n{version}, {len(labels):,} test images, {os.cpu_count()} threads, {date}\n")
     print("| model | size | latency p50 (1 image) | p99 | throughput (batch 256) | test accuracy |")
     print("|---|---|---|---|---|---|")
     for row in (float_row, int8_row):
@@ -122,9 +124,7 @@ def main(argv=None) -> int:
               f"{row['test_accuracy']:.2%} |")
     print(f"\nint8 vs float: {result['size_ratio_variables_over_tflite']}x smaller than the variables, "
           f"accuracy drop {drop:+.2f} points.")
-    out = args.out or ROOT / "bench" / "results" / f"tflite-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = results.write("tflite", result, argv, out=args.out)
     print(f"JSON: {out}")
     return 0
 
