@@ -64,18 +64,19 @@ class LocalClient:
     """The latest version under an export base (or a version folder), loaded with TensorFlow."""
 
     def __init__(self, model_dir: Path):
-        _, self.path = latest_version_dir(model_dir)
+        version, self.path = latest_version_dir(model_dir)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
-        from tfpipeline.serving.servable import describe_signature
+        from tfpipeline.serving.servable import load_servable
 
         self._tf = tf
         try:
-            self._root = tf.saved_model.load(str(self.path))  # keeps the variables alive
+            # The server's own loader, so a local prediction runs the model as served.
+            self._servable = load_servable(self.path, version)  # keeps the session alive
         except (OSError, ValueError, tf.errors.OpError) as exc:
             raise UserError(f"Cannot load the SavedModel in {self.path}: {str(exc).strip().splitlines()[0]}") from None
-        self._signatures = {name: describe_signature(name, fn) for name, fn in self._root.signatures.items()}
+        self._signatures = self._servable.signatures
         self.signatures = sorted(self._signatures)
         self.where = str(self.path)
 

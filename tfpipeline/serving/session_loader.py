@@ -1,8 +1,10 @@
-"""TF1 SavedModels in a TF1 session, called the way TF Serving calls them.
+"""A SavedModel in a TF1 session, called the way TF Serving calls it.
 
-Some SavedModels cannot go through `tf.saved_model.load`: TF 1.x exports whose signatures
-carry no shapes, or whose variables are reference variables (`DT_FLOAT_REF` outputs). TF
-Serving runs every model in a session, feeding tensors by graph name, and so can these.
+TF Serving runs every model in a session, feeding and fetching tensors by graph name, and so
+does our server (`servable`), TF2 exports included: their MetaGraph holds the same graph,
+their variables a saver and their tables an init op. That also serves what
+`tf.saved_model.load` cannot: TF 1.x exports whose signatures carry no shapes, or whose
+variables are reference variables (`DT_FLOAT_REF` outputs).
 
 A signature becomes a callable made with the session's `MakeCallable` (through
 `Session._make_callable_from_options`), not `Session.run`: `run` checks each fed array's
