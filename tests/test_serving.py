@@ -18,6 +18,8 @@ import tensorflow as tf
 from serving_helpers import ROOT, Server, export_version, random_images, start_server, stop_server
 from serving_helpers import env as _env
 
+import tfpipeline
+
 pytestmark = pytest.mark.slow
 
 MAX_INSTANCES = 200
@@ -49,6 +51,15 @@ def server(model_base, tmp_path_factory):
                           "--tensorflow-inter-op-parallelism", "0")
     yield server
     stop_server(server)
+
+
+def test_server_log_holds_no_tensorflow_noise(server):
+    """TensorFlow starts quietly, and the session loader's notices (its own deprecation, each
+    restore) stay out: a TF2 export's load leaves only the server's own lines."""
+    log = server.log_path.read_text()
+    assert "loaded mnist version 1" in log
+    for noise in (*tfpipeline._START_UP_NOISE, "is deprecated", "Restoring parameters"):
+        assert noise not in log
 
 
 # -- status and metadata ------------------------------------------------------------------

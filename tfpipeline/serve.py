@@ -309,6 +309,9 @@ def server_config(args: argparse.Namespace):
         intra = args.tensorflow_intra_op_parallelism
     if args.tensorflow_inter_op_parallelism is not None:
         inter = args.tensorflow_inter_op_parallelism
+    # The flags are checked; the serving modules import TensorFlow, so it starts here, without
+    # its start-up noise in the server's log.
+    start_tensorflow_quietly()
     from tfpipeline.serving.core import ServerConfig
 
     return ServerConfig(
@@ -344,7 +347,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         config = server_config(args)
-        start_tensorflow_quietly()
         from tfpipeline.serving.server import serve
 
         try:

@@ -16,6 +16,8 @@ callables are safe to call from several threads at once.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from pathlib import Path
 from typing import Callable
@@ -40,8 +42,23 @@ def open_session(path: Path, tags: list[str]):
         inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads())
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config)
-    tf.compat.v1.saved_model.loader.load(session, tags, str(path))
+    with _quiet_tensorflow_logger():
+        tf.compat.v1.saved_model.loader.load(session, tags, str(path))
     return session
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logger():
+    """Hold back TensorFlow's Python log below ERROR: the TF1 loader announces its own
+    deprecation (it is not going away from TF Serving's way of running models) and each
+    variable restore, on every load; neither tells a server's reader anything."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def session_call(session, signature_def) -> Callable[[dict[str, np.ndarray]], dict]:
