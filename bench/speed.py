@@ -28,10 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from bench import (
-    reference,  # noqa: E402
-    results,  # noqa: E402
-)
+from bench import reference, results  # noqa: E402
 from bench.flops import matmul_flops_per_second, train_step_flops  # noqa: E402
 from bench.timing import TimeToAccuracy  # noqa: E402
 from tfpipeline import data, models, training  # noqa: E402

@@ -169,18 +169,16 @@ def _load_in_session(path: Path, meta_graph) -> tuple[Any, dict[str, Signature]]
 
 
 def load_servable(path: Path, version: int) -> Servable:
-    """Load a SavedModel directory with the loader it needs, describe its signatures and warm
-    them up.
+    """Load a SavedModel directory in a session, describe its signatures and warm them up.
 
     Raises whatever TensorFlow raises for a broken directory; the caller records it.
     """
     start = time.monotonic()
     meta_graph = read_meta_graph(path)
-    signature_defs = dict(meta_graph.signature_def)
     root, signatures = _load_in_session(path, meta_graph)
     if not signatures:
         raise ValueError(f"{path} has no signatures to serve")
     for signature in signatures.values():
         warm_up(signature)
     return Servable(version, Path(path), signatures, root, time.monotonic() - start,
-                    signature_defs={k: v for k, v in signature_defs.items() if k in signatures})
+                    signature_defs={name: meta_graph.signature_def[name] for name in signatures})
