@@ -35,6 +35,9 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from tfpipeline.serving.clients import GrpcClient, RestClient
+from tfpipeline.serving.servable import read_meta_graph
+
 pytestmark = pytest.mark.slow
 
 TFS = ROOT.parent / "shared" / "data" / "tfs_testdata"
@@ -744,6 +747,26 @@ def test_tf2_export_serves_classify_and_predict(stub):
     request.model_spec.signature_name = "classify_x_to_y"
     add_example(request.input, x=2.0)
     assert stub.Classify(request, TIMEOUT).result.classifications[0].classes[0].score == 3.0
+
+
+def test_tf2_metadata_lists_every_signature_def_as_tf_serving_does(server, setup):
+    # TF Serving's GetModelMetadata copies the MetaGraphDef's whole signature map, so a TF2
+    # export's metadata shows the loader's `__saved_model_init_op` (a NoOp output, no method
+    # name) beside the signatures it serves; only calling it is refused.
+    status, body = server.get("/v1/models/tf2/metadata")
+    listed = body["metadata"]["signature_def"]["signature_def"]
+    assert status == 200 and {"__saved_model_init_op", "serving_default", "classify_x_to_y"} <= set(listed)
+    assert listed["__saved_model_init_op"] == {"inputs": {}, "outputs": {"__saved_model_init_op": {
+        "dtype": "DT_INVALID", "tensor_shape": {"dim": [], "unknown_rank": True}, "name": "NoOp"}},
+        "method_name": "", "defaults": {}}
+    on_disk = read_meta_graph(setup[0] / "saved_model_half_plus_two_tf2_cpu" / "00000123").signature_def
+    assert sorted(listed) == sorted(on_disk)
+    status, answer = server.post("/v1/models/tf2:predict", {"signature_name": "__saved_model_init_op",
+                                                            "instances": [1.0]})
+    assert status == 400 and "__saved_model_init_op" in answer["error"]
+    # Our clients list what can be called, from ours or TF Serving's metadata alike.
+    callable_ones = sorted(set(on_disk) - {"__saved_model_init_op"})
+    assert RestClient(server.url, "tf2").signatures == GrpcClient(server.grpc_target, "tf2").signatures == callable_ones
 
 
 def test_multi_input_multi_output_model(server, stub):

@@ -22,6 +22,11 @@ TABLE_CLASSIFY = "classify"  # a table's TF Serving classification signature (se
 CLASSIFY_INPUTS = "inputs"  # its input, as TF Serving's Classify API names it
 SCORES = "scores"  # its output beside `classes` (the class names)
 
+# SignatureDefs a SavedModel keeps for its loader, not for serving (TF2 exports carry the init
+# op's): TensorFlow's `saved_model.constants` INIT_OP_SIGNATURE_KEY and TRAIN_OP_SIGNATURE_KEY.
+# TF Serving lists them in a model's metadata but they are not signatures to call.
+LOADER_SIGNATURES = frozenset({"__saved_model_init_op", "__saved_model_train_op"})
+
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"

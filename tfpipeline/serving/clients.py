@@ -112,7 +112,7 @@ class RestClient:
             self._defs = metadata["metadata"]["signature_def"]["signature_def"]
         except (KeyError, TypeError):
             raise UserError(f"The server at {self.base} did not describe the model's signatures") from None
-        self.signatures = sorted(self._defs)
+        self.signatures = sorted(set(self._defs) - names.LOADER_SIGNATURES)
 
     def metadata(self) -> dict | None:
         return None  # a server does not publish our metadata.json
@@ -191,7 +191,7 @@ class GrpcClient:
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)
         self._defs = dict(signature_map.signature_def)
-        self.signatures = sorted(self._defs)
+        self.signatures = sorted(set(self._defs) - names.LOADER_SIGNATURES)
 
     def metadata(self) -> dict | None:
         return None

@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
 )
 
 from tfpipeline.errors import UserError
+from tfpipeline.signatures import DEFAULT as DEFAULT_SIGNATURE
 
 from . import inference
 from .core import ServingCore
@@ -39,7 +40,6 @@ from .tensors import check_output_filter, input_arrays, output_protos
 
 log = logging.getLogger("tfpipeline.serving")
 
-DEFAULT_SIGNATURE = "serving_default"
 _STATES = get_model_status_pb2.ModelVersionStatus.State
 
 

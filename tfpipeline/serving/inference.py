@@ -16,12 +16,14 @@ from __future__ import annotations
 import numpy as np
 from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
 
+from tfpipeline.signatures import CLASSIFY_METHOD, REGRESS_METHOD
+from tfpipeline.signatures import DEFAULT as DEFAULT_SIGNATURE
+
 from .core import ServingCore
 from .errors import FailedPrecondition, RequestError, Unimplemented
 from .examples import serialized_examples
-from .servable import CLASSIFY_METHOD, REGRESS_METHOD, Servable, Signature
+from .servable import Servable, Signature
 
-DEFAULT_SIGNATURE = "serving_default"
 _VERB = {CLASSIFY_METHOD: "classification", REGRESS_METHOD: "regression"}
 
 

@@ -29,15 +29,9 @@ from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
+from tfpipeline.signatures import LOADER_SIGNATURES, PREDICT_METHOD
+
 from .session_loader import open_session, session_call
-
-# SignatureDefs a SavedModel keeps for its loader, not for serving (TF2 exports carry the init
-# op's): TensorFlow's `saved_model.constants` INIT_OP_SIGNATURE_KEY and TRAIN_OP_SIGNATURE_KEY.
-_INTERNAL_SIGNATURES = frozenset({"__saved_model_init_op", "__saved_model_train_op"})
-
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
 
 
 @dataclass(frozen=True)
@@ -109,7 +103,8 @@ class Servable:
     root: Any = field(repr=False)
     load_seconds: float = 0.0
     # The SavedModel's own SignatureDef protos (graph tensor names, method names, defaults),
-    # which both metadata endpoints return as TF Serving does.
+    # which both metadata endpoints return as TF Serving does: all of them, the loader's
+    # `__saved_model_init_op` included, though only `signatures` can be called.
     signature_defs: dict = field(default_factory=dict, repr=False)
     # Per-signature request batchers, created by the server on first use and stored here so
     # they live exactly as long as this version does (in-flight requests keep both alive).
@@ -159,7 +154,7 @@ def _load_in_session(path: Path, meta_graph) -> tuple[Any, dict[str, Signature]]
     session = open_session(path, list(meta_graph.meta_info_def.tags) or ["serve"])
     signatures = {}
     for name, signature_def in meta_graph.signature_def.items():
-        if name in _INTERNAL_SIGNATURES:
+        if name in LOADER_SIGNATURES:
             continue
         inputs = {k: TensorInfo.from_proto(k, v) for k, v in signature_def.inputs.items()}
         outputs = {k: TensorInfo.from_proto(k, v) for k, v in signature_def.outputs.items()}
@@ -181,4 +176,4 @@ def load_servable(path: Path, version: int) -> Servable:
     for signature in signatures.values():
         warm_up(signature)
     return Servable(version, Path(path), signatures, root, time.monotonic() - start,
-                    signature_defs={name: meta_graph.signature_def[name] for name in signatures})
+                    signature_defs=dict(meta_graph.signature_def))

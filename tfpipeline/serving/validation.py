@@ -23,11 +23,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from tfpipeline.signatures import DEFAULT as DEFAULT_SIGNATURE
+
 from . import fastpath
 from .errors import FailedPrecondition, RequestError
 from .servable import Signature, TensorInfo
-
-DEFAULT_SIGNATURE = "serving_default"
 
 
 @dataclass
