@@ -40,7 +40,6 @@ import argparse
 import dataclasses
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -126,17 +125,6 @@ class EpochClock(keras.callbacks.Callback):
         self.cpu_seconds.append(sum(os.times()[:2]) - self._cpu)
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def measure(name: str, strategy: str, args, *, workers: int = 1, cpu_devices: int | None = None,
             threads: int | None = None, batch: int | None = None, environ: dict | None = None,
             steps_per_execution: int | None = None) -> dict:
@@ -150,15 +138,14 @@ def measure(name: str, strategy: str, args, *, workers: int = 1, cpu_devices: in
     if steps_per_execution:
         command += ["--steps-per-execution", str(steps_per_execution)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(environ or {})}
-    ports = free_ports(workers) if workers > 1 else []
+    ports = distribute.free_ports(workers) if workers > 1 else []
     print(f"{name}: running ({' '.join(command[1:])}) ...", flush=True)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     procs = []
     for index in range(workers):
         if ports:
-            env = {**env, "TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                                                   "task": {"type": "worker", "index": index}})}
+            env = {**env, "TF_CONFIG": distribute.local_tf_configs(ports)[index]}
         procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=900)[0] for p in procs]

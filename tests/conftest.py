@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -64,18 +63,6 @@ def quadrant_images() -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int32)
 
 
-def free_ports(n: int) -> list[int]:
-    """Ports the OS says are free on 127.0.0.1, for servers that cannot take port 0
-    (TensorBoard, a TF_CONFIG cluster, the KerasTuner oracle). All are bound at once, so
-    they differ; each is released before it is handed over."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

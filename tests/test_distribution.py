@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, exported_metadata, exported_versions, free_ports, run_cli
+from tests.conftest import ROOT, exported_metadata, exported_versions, run_cli
 from tfpipeline import distribute, models
 from tfpipeline.errors import UserError
 
@@ -37,11 +37,6 @@ RESUMED = re.compile(r"Resuming training from epoch (\d+)/(\d+)")
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def tf_config(ports: list[int], index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
-
 
 class Process:
     """`python -m pipelines.mnist ARGS` in the background, its output collected line by line."""
@@ -98,12 +93,12 @@ class Process:
 
 def start_workers(base: Path, args, env: dict, n: int = 2, module: str = "pipelines.mnist") -> list[Process]:
     """n workers, each in its own folder with its own TMPDIR (to see what it leaves behind)."""
-    ports = free_ports(n)
+    configs = distribute.local_tf_configs(distribute.free_ports(n))
     workers = []
     for i in range(n):
         tmp = base / f"tmp{i}"
         tmp.mkdir(parents=True, exist_ok=True)
-        worker_env = {**env, "TF_CONFIG": tf_config(ports, i), "TMPDIR": str(tmp)}
+        worker_env = {**env, "TF_CONFIG": configs[i], "TMPDIR": str(tmp)}
         workers.append(Process(args, base / f"worker{i}", worker_env, module))
     return workers
 
@@ -116,7 +111,7 @@ def env(manual_dir, data_dir):
 # --- strategy selection (no processes) -------------------------------------------------------
 
 def cluster(n: int, index: int = 0) -> distribute.ClusterInfo:
-    return distribute.parse_tf_config(tf_config([2000 + i for i in range(n)], index))
+    return distribute.parse_tf_config(distribute.local_tf_configs([2000 + i for i in range(n)])[index])
 
 
 def test_auto_without_tf_config_is_one_device():

@@ -19,10 +19,10 @@ import pytest
 import tensorflow as tf
 from folder_factory import add_broken, split_folder
 
-from tests.conftest import ROOT, free_ports
+from tests.conftest import ROOT
 from tfpipeline import data
 from tfpipeline.data import folders, imaging
-from tfpipeline.distribute import sharding
+from tfpipeline.distribute import free_ports, local_tf_configs, sharding
 from tfpipeline.errors import UserError
 
 INPUT_LINE = re.compile(r"Input: worker (\d) of 2 reads (\d+) of the (\d+) training files, its tf.data shard "
@@ -105,8 +105,8 @@ def test_each_worker_input_decodes_only_its_share(tmp_path):
 
 def start_worker(index: int, ports, args, cwd: Path) -> subprocess.Popen:
     cwd.mkdir(parents=True, exist_ok=True)
-    config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": local_tf_configs(ports)[index],
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.Popen([sys.executable, "-u", "-m", "pipelines.images", *args], cwd=cwd, env=env,
                             stdout=open(cwd.parent / f"worker{index}.log", "w"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import free_ports, run_cli
+from tests.conftest import run_cli
 from tfpipeline import cli
+from tfpipeline.distribute import free_ports
 from tfpipeline.errors import UserError
 from tfpipeline.pipeline import PipelineConfig, run
 

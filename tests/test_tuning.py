@@ -19,10 +19,11 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, exported_metadata, free_ports, run_cli
+from tests.conftest import ROOT, exported_metadata, run_cli
 from tests.test_tensorboard import SESSION_GROUPS_QUERY, Board
 from tfpipeline import cli, config, models, tuning
 from tfpipeline.config import PipelineConfig, SearchSettings
+from tfpipeline.distribute import free_ports
 from tfpipeline.errors import UserError
 from tfpipeline.tuning.oracles import HyperbandOracle
 

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -107,6 +108,27 @@ def parse_tf_config(text: str | None) -> ClusterInfo | None:
     if not isinstance(task_index, int) or not 0 <= task_index < len(members):
         raise bad(f"task index {task_index!r} is not one of the {len(members)} {task_type}(s) listed")
     return ClusterInfo(len(chiefs) + len(workers), task_type, task_index, bool(chiefs))
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports the OS says are free on 127.0.0.1, for servers that cannot take port 0 (a
+    TF_CONFIG cluster, TensorBoard, the KerasTuner oracle). All are bound at once, so they
+    differ; each is released before it is handed over."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def local_tf_configs(ports: list[int]) -> list[str]:
+    """The TF_CONFIG of each worker of a cluster on this machine, one per port (worker 0, the
+    chief, first): how the tests and `bench.distribution` run several workers on one host."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(len(ports))]
 
 
 def resolve(requested: str, cluster: ClusterInfo | None, gpus: int, cpu_devices: int | None = None) -> str:
