@@ -62,6 +62,11 @@ def test_server_log_holds_no_tensorflow_noise(server):
         assert noise not in log
 
 
+def test_server_runs_on_uvloop_where_it_is_installed(server):
+    # A declared dependency on Linux and macOS (pyproject.toml): the server must really use it.
+    assert "; uvloop event loop)" in server.log_path.read_text()
+
+
 # -- status and metadata ------------------------------------------------------------------
 
 def test_status_has_tf_serving_shape(server):

@@ -19,7 +19,6 @@ into a ServerConfig and reports setup mistakes without a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -347,10 +346,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         config = server_config(args)
-        from tfpipeline.serving.server import serve
+        from tfpipeline.serving.server import run
 
         try:
-            asyncio.run(serve(config))
+            run(config)
         except KeyboardInterrupt:  # Ctrl-C is how a server in a terminal is stopped: not a failure
             pass
         return 0

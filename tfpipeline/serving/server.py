@@ -1,7 +1,8 @@
 """The server's lifetime: load the models, listen on REST and gRPC, poll, stop on a signal.
 
-One process, one event loop: aiohttp (REST) and grpc.aio (gRPC) both run in it and share one
-ServingCore, so both protocols see the same loaded versions and join the same batches.
+One process, one event loop (uvloop's where installed): aiohttp (REST) and grpc.aio (gRPC) both
+run in it and share one ServingCore, so both protocols see the same loaded versions and join the
+same batches.
 """
 
 from __future__ import annotations
@@ -117,15 +118,31 @@ async def _poll_config_file(config: ServerConfig, models: ModelRegistry) -> None
                       path, getattr(exc, "message", exc))
 
 
+def run(config: ServerConfig) -> None:
+    """Serve until SIGINT/SIGTERM, on uvloop's event loop where it is installed, else asyncio's.
+
+    uvloop (libuv under asyncio's API; a dependency wherever it builds, which is not Windows)
+    moves each request through the loop with less Python: under load both protocols answer
+    7-24% more predictions a second, and nothing else changes (docs/serving.md).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
+
+
 async def serve(config: ServerConfig) -> None:
     """Load the models, listen, poll for new versions, and run until SIGINT/SIGTERM."""
     batching = config.batching
     log.info("starting: models %s (batching %s, max batch %d, timeout %d us, max enqueued "
-             "batches %d; TensorFlow intra-op %d, inter-op %d threads)",
+             "batches %d; TensorFlow intra-op %d, inter-op %d threads; %s event loop)",
              ", ".join(f"{m.name} from {m.base_path}" for m in config.models),
              "on" if batching.enabled else "off", batching.max_batch_size,
              round(batching.timeout_seconds * 1e6), batching.max_enqueued_batches,
-             config.intra_op_threads, config.inter_op_threads)
+             config.intra_op_threads, config.inter_op_threads,
+             type(asyncio.get_running_loop()).__module__.split(".")[0])
     configure_threads(config.intra_op_threads, config.inter_op_threads)
     models = ModelRegistry(functools.partial(load_and_warm_up,
                                              replay_warmup=config.enable_model_warmup))
