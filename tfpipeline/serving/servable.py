@@ -145,11 +145,6 @@ def read_meta_graph(path: Path):
     return saved_model.meta_graphs[0]
 
 
-def read_signature_defs(path: Path) -> dict:
-    """Signature name -> SignatureDef proto, from the SavedModel's serving meta graph."""
-    return dict(read_meta_graph(path).signature_def)
-
-
 def _load_in_session(path: Path, meta_graph) -> tuple[Any, dict[str, Signature]]:
     session = open_session(path, list(meta_graph.meta_info_def.tags) or ["serve"])
     signatures = {}
