@@ -122,8 +122,8 @@ def run(config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM, on uvloop's event loop where it is installed, else asyncio's.
 
     uvloop (libuv under asyncio's API; a dependency wherever it builds, which is not Windows)
-    moves each request through the loop with less Python: under load both protocols answer
-    7-24% more predictions a second, and nothing else changes (docs/serving.md).
+    moves each request through the loop with less Python, so a loaded server answers more
+    requests a second; nothing else changes (measured in docs/serving.md, "uvloop").
     """
     try:
         import uvloop
