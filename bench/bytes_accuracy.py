@@ -13,10 +13,14 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
+from tfpipeline import start_tensorflow_quietly
 
-from tfpipeline.data import folders
+start_tensorflow_quietly()  # TensorFlow loads here, without its C++ start-up noise
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfpipeline.data import folders  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,12 +46,16 @@ import sys
 import time
 from pathlib import Path
 
-import keras
-import tensorflow as tf
+from tfpipeline import start_tensorflow_quietly
 
-from bench import results
-from tfpipeline import data, distribute, models, training
-from tfpipeline.distribute import multiworker
+start_tensorflow_quietly()  # TensorFlow loads here, without its C++ start-up noise
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bench import results  # noqa: E402
+from tfpipeline import data, distribute, models, training  # noqa: E402
+from tfpipeline.distribute import multiworker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

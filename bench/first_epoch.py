@@ -15,12 +15,16 @@ import argparse
 import datetime as dt
 import statistics
 
-import keras
+from tfpipeline import start_tensorflow_quietly
 
-from bench import results
-from bench.speed import fit_default_cnn
-from tfpipeline import data
-from tfpipeline.report import evaluation
+start_tensorflow_quietly()  # TensorFlow loads here, without its C++ start-up noise
+
+import keras  # noqa: E402
+
+from bench import results  # noqa: E402
+from bench.speed import fit_default_cnn  # noqa: E402
+from tfpipeline import data  # noqa: E402
+from tfpipeline.report import evaluation  # noqa: E402
 
 
 class _StopAfterFirstEpoch(keras.callbacks.Callback):

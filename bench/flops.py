@@ -18,8 +18,12 @@ import argparse
 import json
 import time
 
-import keras
-import tensorflow as tf
+from tfpipeline import start_tensorflow_quietly
+
+start_tensorflow_quietly()  # TensorFlow loads here, without its C++ start-up noise
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 
 def matmul_flops_per_second(n: int = 2048, calls: int = 10, repeats: int = 5) -> float:

@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 from bench import results
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfpipeline import start_tensorflow_quietly
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--epochs", type=int, default=1)
     m.add_argument("--manual-dir", help="folder of the MNIST files (default: $TFPIPELINE_MANUAL_DIR)")
     args = parser.parse_args(argv)
+    start_tensorflow_quietly()  # before anything here imports TensorFlow
     result = ratio(args) if args.command == "ratio" else rss(args)
     print(json.dumps(result, indent=2))
     print(results.write(f"folder_input-{args.command}", result, argv, command="python -m bench.folder_input"))

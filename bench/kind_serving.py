@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import subprocess
 import sys
 import time
@@ -28,8 +27,7 @@ import numpy as np
 
 from bench import results
 from bench.serving import ROOT, _env, one_call_latencies, p50_p99_ms, server, serving_signature
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (by tfpipeline.inputs)
+from tfpipeline import start_tensorflow_quietly
 
 
 def _examples(version_dir: Path, count: int) -> list[dict]:
@@ -91,6 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--child-threads", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    start_tensorflow_quietly()  # before anything here imports TensorFlow
     version_dir = args.version_dir.resolve()
     if args.child_threads:
         print(json.dumps(in_process(version_dir, args.requests, *args.child_threads)))

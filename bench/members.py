@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (by keras)
+from tfpipeline import start_tensorflow_quietly
+
+start_tensorflow_quietly()  # TensorFlow loads here, without its C++ start-up noise
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 

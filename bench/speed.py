@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfpipeline import start_tensorflow_quietly
+
+start_tensorflow_quietly()  # TensorFlow loads here, without its C++ start-up noise
 
 import keras  # noqa: E402
 
@@ -32,8 +33,8 @@ from bench import reference, results  # noqa: E402
 from bench.flops import matmul_flops_per_second, train_step_flops  # noqa: E402
 from bench.timing import TimeToAccuracy  # noqa: E402
 from tfpipeline import data, models, training  # noqa: E402
-from tfpipeline.report import evaluation
-from tfpipeline.training import freezing
+from tfpipeline.report import evaluation  # noqa: E402
+from tfpipeline.training import freezing  # noqa: E402
 
 
 def default_cnn(datasets, seed: int, epochs: int | None = None):

@@ -15,14 +15,12 @@ and writes JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 from bench import results
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfpipeline import start_tensorflow_quietly
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--label-column")
     parser.add_argument("--families", default="mlp,cnn,rnn,transformer")
     args = parser.parse_args(argv)
+    start_tensorflow_quietly()  # before anything here imports TensorFlow
     result = measure(args.dataset, args.label_column, args.families.split(","))
     print(f"wrote {results.write('text_input', result, argv)}")
     return 0

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import results
+from tfpipeline import start_tensorflow_quietly
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="only the first N test images (a quick check)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/)")
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    start_tensorflow_quietly()  # before anything here imports TensorFlow
     import tensorflow as tf
 
     from tfpipeline.export import tflite as quantize

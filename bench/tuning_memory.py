@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfpipeline import start_tensorflow_quietly
+
+start_tensorflow_quietly()  # TensorFlow loads here, without its C++ start-up noise
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
