@@ -498,11 +498,14 @@ def main(argv: list[str] | None = None, dataset: str | None = "mnist", kind: str
     # Called with the flags of another process (a test, a notebook): the run's own start is the start.
     started = process_started() if argv is None else None
     args = build_parser(dataset, kind).parse_args(argv)  # exits 2 with a usage message on bad flags
-    start_tensorflow_quietly()
-    from tfpipeline.pipeline import WorkerResult, run
 
     def work() -> int:
-        result = run(config_from_args(args, kind), started=started)
+        run_config = config_from_args(args, kind)
+        run_config.check_values()  # a value's own mistake answers before TensorFlow's seconds of start-up
+        start_tensorflow_quietly()
+        from tfpipeline.pipeline import WorkerResult, run
+
+        result = run(run_config, started=started)
         print(worker_summary(result) if isinstance(result, WorkerResult) else summary(result))
         return 0
 

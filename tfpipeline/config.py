@@ -320,14 +320,24 @@ class PipelineConfig:
             raise UserError(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to {self.kind} "
                             f"data (python -m {commands[self.kind]}); drop {'it' if len(foreign) == 1 else 'them'}.")
 
+    def check_values(self) -> None:
+        """The checks that need no TensorFlow: the kind and its options, and each value's own
+        rule (`_RULES`). The CLI makes them before TensorFlow starts, so a mistyped value is
+        answered at once; `validate` makes them too.
+
+        Raises:
+            UserError: naming the flag, the value and the fix.
+        """
+        self._validate_kind()
+        for name, rule in _RULES.items():
+            _check(name, getattr(self, name), rule)
+
     def validate(self) -> None:
         """Check every value and combination; raises `UserError` naming the flag, the value and the fix."""
         from tfpipeline import distribute, models, training
         from tfpipeline.export import tflite
 
-        self._validate_kind()
-        for name, rule in _RULES.items():
-            _check(name, getattr(self, name), rule)
+        self.check_values()
         _check("strategy", self.strategy, _one_of(*distribute.STRATEGIES))
         _check("lr_scaling", self.lr_scaling, _one_of(*distribute.LR_SCALING))
         multi_worker = self.strategy == "multi_worker" or (self.strategy == "auto" and self._tf_config_workers() > 1)
