@@ -13,6 +13,7 @@ are listed in docs/serving.md.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from tfpipeline.export.savedmodel import set_method_names
 from tfpipeline.serving.clients import GrpcClient, RestClient
 from tfpipeline.serving.servable import read_meta_graph
 
@@ -801,7 +803,10 @@ def test_broken_model_is_end_with_its_error_and_others_serve(server, model_stub,
 
 
 def test_outputs_as_tensor_content_with_the_flag(tmp_path):
-    server = start_server(tfs_root() / HALF_PLUS_TWO, tmp_path / "server.log",
+    # One signature gets a method name that is none of TF Serving's three.
+    shutil.copytree(tfs_root() / HALF_PLUS_TWO, tmp_path / "model")
+    set_method_names(tmp_path / "model" / "00000123", {"regress_x_to_y2": "tensorflow/serving/custom"})
+    server = start_server(tmp_path / "model", tmp_path / "server.log",
                           "--enable_serialization_as_tensor_content",
                           "--enable_signature_method_name_check", "--num_load_threads=2",
                           model_name="default")
@@ -817,6 +822,24 @@ def test_outputs_as_tensor_content_with_the_flag(tmp_path):
         add_example(request.input, x=2.0)
         error = rpc_error(stub.Classify, request)
         assert "Expected classification signature method_name" in error.details()
+        # Predict serves predict, classify and regress signatures, and with the check on
+        # nothing else: TF Serving's INTERNAL error, over gRPC and REST alike.
+        example = tf.train.Example()
+        example.features.feature["x"].float_list.value.append(2.0)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "default"
+        request.model_spec.signature_name = "regress_x_to_y"
+        request.inputs["inputs"].CopyFrom(tf.make_tensor_proto([example.SerializeToString()]))
+        assert tf.make_ndarray(stub.Predict(request, TIMEOUT).outputs["outputs"]).tolist() == [[3.0]]
+        request.model_spec.signature_name = "regress_x_to_y2"
+        error = rpc_error(stub.Predict, request)
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert error.details() == ("Expected prediction signature method_name to be one of "
+                                   "{tensorflow/serving/predict, tensorflow/serving/classify, "
+                                   "tensorflow/serving/regress}. Was: tensorflow/serving/custom")
+        status, body = server.post("/v1/models/default:predict", {
+            "signature_name": "regress_x_to_y2", "instances": [{"b64": ""}]})
+        assert status == 500 and body["error"] == error.details()
         assert "--num_load_threads=2 is accepted for TF Serving compatibility but not " \
             "implemented" in server.log()
     finally:

@@ -94,6 +94,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature = servable.signatures.get(name)
         if signature is None:
             raise FailedPrecondition(f"Serving signature key \"{name}\" not found.")
+        inference.check_predict_method(signature, self.core.config.method_name_check)
         wanted = list(request.output_filter)
         check_output_filter(wanted, signature)
         arrays, rows = input_arrays(request.inputs, signature)

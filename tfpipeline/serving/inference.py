@@ -6,6 +6,8 @@ tf.Examples) and outputs `classes` (DT_STRING, [batch, n]) and/or `scores` (DT_F
 [batch] or [batch, 1]). As in TF Serving (whose `--enable_signature_method_name_check` is
 off by default) the method name is checked only when that flag is on, so predict-method
 signatures of that form serve these APIs too. Checks, codes and messages are TF Serving's.
+With the flag on, Predict too serves only signatures of the three methods TF Serving's Predict
+accepts (`check_predict_method`, called by both front ends).
 
 The examples go through the same batching queue as a Predict on that signature would, so
 concurrent Classify calls on a batchable signature share one model call.
@@ -16,15 +18,28 @@ from __future__ import annotations
 import numpy as np
 from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
 
-from tfpipeline.signatures import CLASSIFY_METHOD, REGRESS_METHOD
+from tfpipeline.signatures import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
 from tfpipeline.signatures import DEFAULT as DEFAULT_SIGNATURE
 
 from .core import ServingCore
-from .errors import FailedPrecondition, RequestError, Unimplemented
+from .errors import FailedPrecondition, RequestError, Unimplemented, status_error
 from .examples import serialized_examples
 from .servable import Servable, Signature
 
 _VERB = {CLASSIFY_METHOD: "classification", REGRESS_METHOD: "regression"}
+_PREDICT_METHODS = (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD)
+
+
+def check_predict_method(signature: Signature, check_method: bool) -> None:
+    """With `--enable_signature_method_name_check`, Predict (REST and gRPC) serves only
+    signatures whose method is predict, classify or regress, as TF Serving's does.
+
+    Raises:
+        RequestError: with TF Serving's code (INTERNAL) and message, naming the method found.
+    """
+    if check_method and signature.method_name not in _PREDICT_METHODS:
+        raise status_error("INTERNAL", "Expected prediction signature method_name to be one of {"
+                           f"{', '.join(_PREDICT_METHODS)}}}. Was: {signature.method_name}")
 
 
 def find_signature(servable: Servable, name: str, method: str, check_method: bool,

@@ -154,7 +154,7 @@ def _load_in_session(path: Path, meta_graph) -> tuple[Any, dict[str, Signature]]
         inputs = {k: TensorInfo.from_proto(k, v) for k, v in signature_def.inputs.items()}
         outputs = {k: TensorInfo.from_proto(k, v) for k, v in signature_def.outputs.items()}
         signatures[name] = Signature(name, inputs, outputs, session_call(session, signature_def),
-                                     signature_def.method_name or PREDICT_METHOD)
+                                     signature_def.method_name)
     return session, signatures
 
 
