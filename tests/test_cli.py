@@ -233,6 +233,15 @@ def test_help_answers_without_starting_tensorflow(command):
     assert proc.stdout.strip().splitlines()[-1] == "loaded: []", proc.stdout[-500:]
 
 
+@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--learning-rate", "nan"], ["--gate-confidence", "101"]])
+def test_a_mistaken_value_is_answered_before_tensorflow_starts(flags):
+    code = (f"import sys\nfrom pipelines import mnist\nstatus = mnist.main({flags!r})\n"
+            "print('exit', status, 'loaded:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "exit 2 loaded: []", proc.stdout[-500:] + proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: {flags[0]} "), proc.stderr
+
+
 def test_tensorflow_starts_without_its_start_up_noise():
     """The C++ lines TensorFlow prints while loading (CUDA stub, absl) are held back; what it
     prints with TF_CPP_MIN_LOG_LEVEL=0 shows they exist on this install."""
@@ -245,3 +254,12 @@ def test_tensorflow_starts_without_its_start_up_noise():
     loud = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert loud.returncode == 0 and len(loud.stderr.splitlines()) > 1, loud.stderr
+
+
+def test_a_benchmark_that_loads_tensorflow_at_import_starts_quietly():
+    # The benchmarks import TensorFlow at the top (to time their own work); they start it as
+    # the pipelines do, so even their --help prints nothing on stderr.
+    proc = subprocess.run([sys.executable, "-m", "bench.distribution", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": ""})
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
+    assert proc.stderr == "", proc.stderr
