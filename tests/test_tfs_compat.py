@@ -727,7 +727,7 @@ def test_unknown_signature_is_failed_precondition(server, stub):
     assert error.details() == "Serving signature key \"nope\" not found."
 
 
-def test_counter_with_reference_variables_keeps_state(stub):
+def test_counter_with_reference_variables_keeps_state(server, stub):
     def call(signature: str, **inputs) -> float:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "counter"
@@ -740,6 +740,10 @@ def test_counter_with_reference_variables_keeps_state(stub):
     assert [call("incr_counter"), call("incr_counter")] == [1.0, 2.0]
     assert call("incr_counter_by", delta=3.0) == 5.0
     assert call("get_counter") == 5.0
+    # Over REST, as in TF Serving, a signature without inputs cannot be called: the JSON is
+    # read by the signature's inputs.
+    status, answer = server.post("/v1/models/counter:predict", {"signature_name": "get_counter", "instances": [1]})
+    assert (status, answer) == (400, {"error": "Failed to get input map for signature: get_counter"})
 
 
 def test_tf2_export_serves_classify_and_predict(stub):
@@ -751,7 +755,7 @@ def test_tf2_export_serves_classify_and_predict(stub):
     assert stub.Classify(request, TIMEOUT).result.classifications[0].classes[0].score == 3.0
 
 
-def test_tf2_metadata_lists_every_signature_def_as_tf_serving_does(server, setup):
+def test_tf2_metadata_lists_every_signature_def_as_tf_serving_does(server, setup, stub):
     # TF Serving's GetModelMetadata copies the MetaGraphDef's whole signature map, so a TF2
     # export's metadata shows the loader's `__saved_model_init_op` (a NoOp output, no method
     # name) beside the signatures it serves; only calling it is refused.
@@ -765,7 +769,13 @@ def test_tf2_metadata_lists_every_signature_def_as_tf_serving_does(server, setup
     assert sorted(listed) == sorted(on_disk)
     status, answer = server.post("/v1/models/tf2:predict", {"signature_name": "__saved_model_init_op",
                                                             "instances": [1.0]})
-    assert status == 400 and "__saved_model_init_op" in answer["error"]
+    # Calling it gets TF Serving's answers: REST cannot read JSON for a signature without
+    # inputs (json_tensor.cc); gRPC refuses the inputs sent (predict_util.cc).
+    assert (status, answer) == (400, {"error": "Failed to get input map for signature: __saved_model_init_op"})
+    error = rpc_error(stub.Predict, predict_x("tf2", "__saved_model_init_op"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == ("input size does not match signature: 1!=0 len({x}) != len({}). "
+                               "Sent extra: {x}. Missing but required: {}.")
     # Our clients list what can be called, from ours or TF Serving's metadata alike.
     callable_ones = sorted(set(on_disk) - {"__saved_model_init_op"})
     assert RestClient(server.url, "tf2").signatures == GrpcClient(server.grpc_target, "tf2").signatures == callable_ones

@@ -161,7 +161,7 @@ class RestServer:
         try:
             servable = self._servable(request)  # picked once: a swap cannot pull it away
             body = await self._read_body(request)
-            parsed = parse_predict(body, servable.signatures, self.config.max_instances)
+            parsed = parse_predict(body, servable, self.config.max_instances)
             inference.check_predict_method(parsed.signature, self.config.method_name_check)
             pending = self.core.enqueue(servable, parsed.signature, parsed.inputs, parsed.rows)
         finally:

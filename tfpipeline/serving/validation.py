@@ -27,7 +27,7 @@ from tfpipeline.signatures import DEFAULT as DEFAULT_SIGNATURE
 
 from . import fastpath
 from .errors import FailedPrecondition, RequestError
-from .servable import Signature, TensorInfo
+from .servable import Servable, Signature, TensorInfo
 
 
 @dataclass
@@ -54,12 +54,12 @@ def parse_json_object(body: bytes) -> dict:
     return data
 
 
-def parse_predict(body: bytes, signatures: Mapping[str, Signature], max_instances: int) -> PredictRequest:
-    request = _parse_plain(body, signatures, max_instances)
+def parse_predict(body: bytes, servable: Servable, max_instances: int) -> PredictRequest:
+    request = _parse_plain(body, servable.signatures, max_instances)
     if request is not None:
         return request
     data = parse_json_object(body)
-    signature = _pick_signature(data.get("signature_name"), signatures)
+    signature = _pick_signature(data.get("signature_name"), servable)
     has_rows, has_columns = "instances" in data, "inputs" in data
     if has_rows == has_columns:
         raise RequestError(
@@ -90,15 +90,19 @@ def _parse_plain(body: bytes, signatures: Mapping[str, Signature],
     return PredictRequest(signature, {info.name: array}, len(array), row_format)
 
 
-def _pick_signature(name: Any, signatures: Mapping[str, Signature]) -> Signature:
-    if name is None or name == "":
-        name = DEFAULT_SIGNATURE
+def _pick_signature(given: Any, servable: Servable) -> Signature:
+    name = DEFAULT_SIGNATURE if given is None or given == "" else given
     if not isinstance(name, str):
         raise RequestError(f"JSON Value: {json.dumps(name)} not formatted correctly. "
                            "'signature_name' key must be a string value.")
-    if name not in signatures:
+    signature = servable.signatures.get(name)
+    if signature is None and name not in servable.signature_defs:
         raise FailedPrecondition(f"Serving signature key \"{name}\" not found.")
-    return signatures[name]
+    if signature is None or not signature.inputs:
+        # TF Serving reads the JSON by the signature's inputs; with none (the loader's
+        # `__saved_model_init_op`, or a signature without inputs) it answers this.
+        raise RequestError(f"Failed to get input map for signature: {given or 'DEFAULT'}")
+    return signature
 
 
 def _parse_rows(instances: Any, signature: Signature, max_instances: int) -> dict[str, np.ndarray]:
