@@ -37,8 +37,8 @@ from tensorflow_serving.apis import (
 )
 
 from tfpipeline.export.savedmodel import set_method_names
+from tfpipeline.export.warmup import read_meta_graph
 from tfpipeline.serving.clients import GrpcClient, RestClient
-from tfpipeline.serving.servable import read_meta_graph
 
 pytestmark = pytest.mark.slow
 

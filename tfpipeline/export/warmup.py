@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
@@ -26,14 +27,26 @@ def warmup_path(savedmodel_dir: Path) -> Path:
     return Path(savedmodel_dir) / WARMUP_DIR / WARMUP_FILE
 
 
-def _signature_defs(savedmodel_dir: Path) -> dict:
-    """The SignatureDefs of the serving meta graph, read from saved_model.pb (no load)."""
+def read_meta_graph(path: Path):
+    """The SavedModel's serving MetaGraphDef (tagged "serve", else the first one), read from
+    saved_model.pb (or .pbtxt) without loading anything: its SignatureDefs name every input
+    a warm-up request must give, and the server serves and describes them (`tfpipeline.serving`).
+
+    Raises:
+        ValueError: the file holds no MetaGraph.
+    """
     saved_model = saved_model_pb2.SavedModel()
-    saved_model.ParseFromString((Path(savedmodel_dir) / "saved_model.pb").read_bytes())
+    pb, pbtxt = Path(path) / "saved_model.pb", Path(path) / "saved_model.pbtxt"
+    if pb.is_file():
+        saved_model.ParseFromString(pb.read_bytes())
+    else:
+        text_format.Parse(pbtxt.read_text(), saved_model)
+    if not saved_model.meta_graphs:
+        raise ValueError(f"{path} holds no MetaGraph")
     for meta_graph in saved_model.meta_graphs:
         if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    return {}
+            return meta_graph
+    return saved_model.meta_graphs[0]
 
 
 def build_requests(savedmodel_dir: Path, requests: dict[str, dict[str, np.ndarray]],
@@ -48,7 +61,7 @@ def build_requests(savedmodel_dir: Path, requests: dict[str, dict[str, np.ndarra
     Raises:
         ValueError: a request names a signature the SavedModel lacks, or not exactly its inputs.
     """
-    signature_defs = _signature_defs(savedmodel_dir)
+    signature_defs = read_meta_graph(savedmodel_dir).signature_def
     logs = []
     for name, arrays in sorted(requests.items()):
         if name not in signature_defs:

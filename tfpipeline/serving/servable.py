@@ -25,10 +25,9 @@ from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import saved_model_pb2
 
+from tfpipeline.export.warmup import read_meta_graph
 from tfpipeline.signatures import LOADER_SIGNATURES, PREDICT_METHOD
 
 from .session_loader import open_session, session_call
@@ -127,22 +126,6 @@ def warm_up(signature: Signature) -> None:
         arrays[name] = np.zeros((1, *info.shape[1:]), info.dtype)
     if arrays:
         signature(arrays)
-
-
-def read_meta_graph(path: Path):
-    """The SavedModel's serving MetaGraphDef (tagged "serve", else the first one)."""
-    saved_model = saved_model_pb2.SavedModel()
-    pb, pbtxt = Path(path) / "saved_model.pb", Path(path) / "saved_model.pbtxt"
-    if pb.is_file():
-        saved_model.ParseFromString(pb.read_bytes())
-    else:
-        text_format.Parse(pbtxt.read_text(), saved_model)
-    if not saved_model.meta_graphs:
-        raise ValueError(f"{path} holds no MetaGraph")
-    for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
-            return meta_graph
-    return saved_model.meta_graphs[0]
 
 
 def _load_in_session(path: Path, meta_graph) -> tuple[Any, dict[str, Signature]]:
