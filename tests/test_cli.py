@@ -233,13 +233,22 @@ def test_help_answers_without_starting_tensorflow(command):
     assert proc.stdout.strip().splitlines()[-1] == "loaded: []", proc.stdout[-500:]
 
 
-@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--learning-rate", "nan"], ["--gate-confidence", "101"]])
-def test_a_mistaken_value_is_answered_before_tensorflow_starts(flags):
-    code = (f"import sys\nfrom pipelines import mnist\nstatus = mnist.main({flags!r})\n"
+@pytest.mark.parametrize("command, flags, said", [
+    ("mnist", ["--epochs", "0"], "--epochs must be a positive whole number"),
+    ("mnist", ["--learning-rate", "nan"], "--learning-rate must be a positive"),
+    ("mnist", ["--gate-confidence", "101"], "--gate-confidence must be a percentage"),
+    ("images", ["--dataset", "./no/such/photos"], "The dataset folder"),
+    ("text", ["--dataset", "no_such_tweets.csv"], "The text dataset"),
+    ("table", ["--dataset", "~/no_such_table.csv", "--label-column", "y"], "The table"),
+])
+def test_a_mistaken_value_is_answered_before_tensorflow_starts(command, flags, said):
+    # A value's own mistake, or a --dataset path with nothing there, needs no TensorFlow to
+    # see: the command answers before its seconds of start-up.
+    code = (f"import sys\nfrom pipelines import {command}\nstatus = {command}.main({flags!r})\n"
             "print('exit', status, 'loaded:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "exit 2 loaded: []", proc.stdout[-500:] + proc.stderr[-2000:]
-    assert proc.stderr.startswith(f"error: {flags[0]} "), proc.stderr
+    assert proc.stderr.startswith(f"error: {said}"), proc.stderr
 
 
 def test_tensorflow_starts_without_its_start_up_noise():

@@ -11,6 +11,7 @@ import dataclasses
 import textwrap
 
 from tfpipeline import argtypes, config, start_tensorflow_quietly
+from tfpipeline.data import paths
 from tfpipeline.errors import (
     EXIT_DIVERGED,
     EXIT_EXPORT_FAILED,
@@ -501,7 +502,10 @@ def main(argv: list[str] | None = None, dataset: str | None = "mnist", kind: str
 
     def work() -> int:
         run_config = config_from_args(args, kind)
-        run_config.check_values()  # a value's own mistake answers before TensorFlow's seconds of start-up
+        # A value's own mistake, or a --dataset path with nothing there, is answered before
+        # TensorFlow's seconds of start-up; the loaders would say the same, later.
+        run_config.check_values()
+        paths.check_dataset(run_config.dataset, run_config.kind)
         start_tensorflow_quietly()
         from tfpipeline.pipeline import WorkerResult, run
 

@@ -5,8 +5,8 @@ Owns: loading and splitting (`load`, which picks the kind's loader in `kinds`: i
 `tablecolumns` (column types and statistics) and `tablestream` (tables over the cache budget);
 `Datasets`, `DatasetSpec`), batching
 (`batched`, `Datasets.batched`), image folders and their cache plan (`folders`), decoding
-and resizing (`imaging`), and the training augmentation applied in the input pipeline
-(`augmentation`).
+and resizing (`imaging`), the training augmentation applied in the input pipeline
+(`augmentation`), and the checks of a `--dataset` path made before TensorFlow starts (`paths`).
 
 May import: errors (and inputs, for the spec it builds). It imports nothing from models,
 training, tuning, distribute, export, report or serving: every later stage builds on it

@@ -29,7 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
-from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR, folders, imaging
+from tfpipeline.data import ENV_DATA_DIR, ENV_MANUAL_DIR, folders, imaging, paths
 from tfpipeline.errors import UserError
 from tfpipeline.inputs import InputSpec
 from tfpipeline.inputs import image as image_input  # the module, not its class: it imports data.imaging
@@ -254,7 +254,7 @@ def is_folder(name: str) -> bool:
     """Whether `--dataset name` means a folder: a value that starts like a path (`/`, `.`, `~`:
     no TFDS name does), or an existing path that is not also a TFDS name (`./mnist` is the
     folder when a folder `mnist` is beside the TFDS dataset of that name)."""
-    if name.startswith(("/", ".", "~")):
+    if paths.starts_like_a_path(name):
         return True
     if not Path(name).exists():
         return False

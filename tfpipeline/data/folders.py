@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline.data import imaging
+from tfpipeline.data import imaging, paths
 from tfpipeline.errors import UserError
 
 #: Split folder names the split layout recognises, by role.
@@ -100,11 +100,7 @@ def _strays(directories: list[Path], used: set[str]) -> list[str]:
 
 def detect_layout(root: Path) -> tuple[str, dict[str, Path]]:
     """("split", {role: folder}) or ("flat", {}) for a dataset folder; UserError if neither."""
-    if not root.exists():
-        raise UserError(
-            f"The dataset folder {root} does not exist. Pass --dataset a folder of class "
-            "sub-folders (DIR/<class>/*.jpg or DIR/train/<class>/*.jpg) or a TFDS dataset name."
-        )
+    paths.require(root, "image")
     if not root.is_dir():
         raise UserError(f"--dataset {root} is a file, not a folder. Pass the folder that holds the class sub-folders.")
     subdirs = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}

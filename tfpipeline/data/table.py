@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline.data import folders, tablefile, tablestream
+from tfpipeline.data import folders, paths, tablefile, tablestream
 from tfpipeline.data.datasets import Datasets, DatasetSpec
 from tfpipeline.data.tablecolumns import infer_columns, typed_columns
 from tfpipeline.errors import UserError
@@ -220,9 +220,7 @@ def load_table(path: str | Path, label: str, *, validation_fraction: float = 0.2
             empty file, a bad flag or shard (see `tablefile.read`, `read_parts`, `typed_columns`).
     """
     path = resolve(path)
-    if not path.exists():
-        raise UserError(f"The table {path} does not exist. Pass a CSV/TSV file, or a folder holding "
-                        "train.csv and test.csv, with --dataset.")
+    paths.require(path, "table")
     # The header's names are input names (`tablefile.input_name`): so are the user's.
     label = tablefile.input_name(label)
     flags = {role: tuple(tablefile.input_name(n) for n in names) for role, names in (flags or {}).items()}

@@ -45,6 +45,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tfpipeline.data import paths
 from tfpipeline.errors import UserError
 
 ROLES = ("train", "validation", "test")
@@ -203,9 +204,7 @@ def read(path: str | os.PathLike, *, validation_fraction: float, seed: int, text
         raise UserError(f"--validation-fraction must be between 0 and 0.5 for a text dataset (the same share "
                         f"is carved for test when the data has no test split), got {validation_fraction}.")
     root = Path(path).expanduser().resolve()
-    if not root.exists():
-        raise UserError(f"The text dataset {root} does not exist. Pass a folder of class folders of text files, "
-                        "or a CSV/TSV file, with --dataset.")
+    paths.require(root, "text")
     tables = _split_tables(root) if root.is_dir() else None
     if root.is_file() or tables:
         data = _read_tables(root, tables, (validation_fraction, seed), (text_column, label_column),
