@@ -151,11 +151,13 @@ def run(config: PipelineConfig, *, started: float | None = None) -> PipelineResu
     dist = distribute.setup("default" if plan else config.strategy, cpu_devices=config.cpu_devices,
                             lr_scaling=config.lr_scaling)
     export_base = export.ensure_writable(dist.writable(Path(config.export_dir) / config.dataset_name))
-    _measure_train_rate(times, dist, searching=plan is not None)  # before the seeds: it draws none of them
+    # The data first: a mistake in it is reported before the train rate's seconds. Neither
+    # draws from the seeds set after them (the data's splits and orders take theirs explicitly).
+    datasets = _data(config, dist, times)
+    _measure_train_rate(times, dist, searching=plan is not None)
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: same weights, same order
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    datasets = _data(config, dist, times)
     state = _run_state(config, plan, dist, datasets.spec.version)
     logdir = dist.writable(Path(config.logdir) / config.dataset_name / state.run_id)
     ctx = _Run(config, dist, datasets, state, logdir, export_base, started, times)
