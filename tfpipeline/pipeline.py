@@ -151,8 +151,7 @@ def run(config: PipelineConfig, *, started: float | None = None) -> PipelineResu
     dist = distribute.setup("default" if plan else config.strategy, cpu_devices=config.cpu_devices,
                             lr_scaling=config.lr_scaling)
     export_base = export.ensure_writable(dist.writable(Path(config.export_dir) / config.dataset_name))
-    # The data first: a mistake in it is reported before the train rate's seconds. Neither
-    # draws from the seeds set after them (the data's splits and orders take theirs explicitly).
+    # Data first (its mistakes come before the probe's seconds); neither draws from the seeds below.
     datasets = _data(config, dist, times)
     _measure_train_rate(times, dist, searching=plan is not None)
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: same weights, same order
