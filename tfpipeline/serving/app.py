@@ -162,7 +162,7 @@ class RestServer:
             servable = self._servable(request)  # picked once: a swap cannot pull it away
             body = await self._read_body(request)
             parsed = parse_predict(body, servable, self.config.max_instances)
-            inference.check_predict_method(parsed.signature, self.config.method_name_check)
+            inference.check_predict_method(parsed.signature.method_name, self.config.method_name_check)
             pending = self.core.enqueue(servable, parsed.signature, parsed.inputs, parsed.rows)
         finally:
             self.core.arrivals.leave()

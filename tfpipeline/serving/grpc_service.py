@@ -36,7 +36,6 @@ from .core import ServingCore
 from .errors import FailedPrecondition, RequestError
 from .metadata import signature_def_map
 from .model_config import specs_from_proto
-from .servable import Signature
 from .tensors import check_input_names, check_output_filter, input_arrays, output_protos
 
 log = logging.getLogger("tfpipeline.serving")
@@ -93,16 +92,15 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         servable = _lookup(self.core, request)
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = servable.signatures.get(name)
-        if signature is None and name in servable.signature_defs:
-            # The loader's own SignatureDef: TF Serving finds it, then refuses the request on
-            # its method (with the check on) or on its inputs (it has none).
-            signature = Signature(name, {}, {}, None, servable.signature_defs[name].method_name)
-            inference.check_predict_method(signature, self.core.config.method_name_check)
-            check_input_names(list(request.inputs), signature)
-            raise RequestError(f"Serving signature key \"{name}\" is the loader's, not one to call.")
-        if signature is None:
+        if signature is None and name not in servable.signature_defs:
             raise FailedPrecondition(f"Serving signature key \"{name}\" not found.")
-        inference.check_predict_method(signature, self.core.config.method_name_check)
+        method = signature.method_name if signature is not None else servable.signature_defs[name].method_name
+        inference.check_predict_method(method, self.core.config.method_name_check)
+        if signature is None:
+            # The loader's own SignatureDef: TF Serving finds it and refuses the request on its
+            # inputs (it has none); with none sent, we refuse it as nothing to call.
+            check_input_names(list(request.inputs), [])
+            raise RequestError(f"Serving signature key \"{name}\" is the loader's, not one to call.")
         wanted = list(request.output_filter)
         check_output_filter(wanted, signature)
         arrays, rows = input_arrays(request.inputs, signature)

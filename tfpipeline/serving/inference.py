@@ -30,16 +30,16 @@ _VERB = {CLASSIFY_METHOD: "classification", REGRESS_METHOD: "regression"}
 _PREDICT_METHODS = (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD)
 
 
-def check_predict_method(signature: Signature, check_method: bool) -> None:
+def check_predict_method(method_name: str, check_method: bool) -> None:
     """With `--enable_signature_method_name_check`, Predict (REST and gRPC) serves only
     signatures whose method is predict, classify or regress, as TF Serving's does.
 
     Raises:
         RequestError: with TF Serving's code (INTERNAL) and message, naming the method found.
     """
-    if check_method and signature.method_name not in _PREDICT_METHODS:
+    if check_method and method_name not in _PREDICT_METHODS:
         raise status_error("INTERNAL", "Expected prediction signature method_name to be one of {"
-                           f"{', '.join(_PREDICT_METHODS)}}}. Was: {signature.method_name}")
+                           f"{', '.join(_PREDICT_METHODS)}}}. Was: {method_name}")
 
 
 def find_signature(servable: Servable, name: str, method: str, check_method: bool,

@@ -31,16 +31,17 @@ _FIELDS = {"float32": "float_val", "float64": "double_val", "int32": "int_val",
 def input_arrays(inputs, signature: Signature) -> tuple[dict[str, np.ndarray], int]:
     """Map of input name -> TensorProto to checked arrays, and their shared batch size
     (0 when the inputs disagree on dimension 0 or are scalars)."""
-    check_input_names(list(inputs), signature)
+    check_input_names(list(inputs), list(signature.inputs))
     arrays = {name: to_array(inputs[name], signature.inputs[name]) for name in inputs}
     sizes = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
     rows = sizes.pop() if len(sizes) == 1 else 0
     return arrays, max(rows, 0)
 
 
-def check_input_names(given: list[str], signature: Signature) -> None:
-    """TF Serving's checks and messages for the set of input aliases of a request."""
-    expected = sorted(signature.inputs)
+def check_input_names(given: list[str], expected: list[str]) -> None:
+    """TF Serving's checks and messages for the set of input aliases of a request, against
+    the signature's input names."""
+    expected = sorted(expected)
     if set(given) == set(expected):
         return
     extra = sorted(set(given) - set(expected))
