@@ -142,14 +142,14 @@ def measure(name: str, strategy: str, args, *, workers: int = 1, cpu_devices: in
     if steps_per_execution:
         command += ["--steps-per-execution", str(steps_per_execution)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(environ or {})}
-    ports = distribute.free_ports(workers) if workers > 1 else []
+    tf_configs = distribute.local_tf_configs(distribute.free_ports(workers)) if workers > 1 else []
     print(f"{name}: running ({' '.join(command[1:])}) ...", flush=True)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     procs = []
     for index in range(workers):
-        if ports:
-            env = {**env, "TF_CONFIG": distribute.local_tf_configs(ports)[index]}
+        if tf_configs:
+            env = {**env, "TF_CONFIG": tf_configs[index]}
         procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=900)[0] for p in procs]

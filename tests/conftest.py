@@ -63,8 +63,6 @@ def quadrant_images() -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int32)
 
 
-
-
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m pipelines.mnist ARGS` in a real subprocess from `cwd`."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
