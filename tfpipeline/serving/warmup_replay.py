@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tfpipeline.export.warmup import read_warmup_requests
+from tfpipeline.signatures import DEFAULT as DEFAULT_SIGNATURE
 
 from .errors import RequestError
 from .servable import Servable, load_servable
@@ -30,7 +31,7 @@ def replay(servable: Servable) -> int:
             raise ValueError(f"warm-up record {i} is a {kind}; only predict_log records are "
                              "supported (these models expose predict signatures)")
         request = record.predict_log.request
-        name = request.model_spec.signature_name or "serving_default"
+        name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = servable.signatures.get(name)
         if signature is None:
             raise ValueError(f"warm-up record {i} asks for signature \"{name}\", which the "
