@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import fcntl
 import json
 import os
 import subprocess
@@ -23,6 +25,14 @@ MNIST_FILES = (
 )
 
 
+def pytest_collection_modifyitems(items):
+    """Files with the most slow tests first, each file's tests in their own order. The two
+    workers take whole files as they become free, so a long file taken last would leave the
+    other worker idle until it ends; the quick unit-test files, taken last, even out the end."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # a stable sort: files stay whole
+
+
 @pytest.fixture(scope="session")
 def manual_dir() -> Path:
     """The four published MNIST files: $TFPIPELINE_MANUAL_DIR, else ../shared/data/mnist."""
@@ -38,12 +48,21 @@ def manual_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir(manual_dir, tmp_path_factory) -> str:
-    """A TFDS data dir with MNIST prepared (once per session, about 20 s, unless reused)."""
-    path = os.environ.get("TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+    """A TFDS data dir with MNIST prepared (once per session, about 20 s, unless reused).
+
+    The test workers (pyproject.toml's `-n`) share it: $TFDS_DATA_DIR, else one folder beside
+    their own temporary folders. The first worker to take the lock prepares it; the others wait,
+    then find it prepared, instead of writing the same files at the same time.
+    """
+    shared = tmp_path_factory.getbasetemp().parent if "PYTEST_XDIST_WORKER" in os.environ else None
+    path = Path(os.environ.get("TFDS_DATA_DIR") or (shared or tmp_path_factory.getbasetemp()) / "tfds")
+    path.mkdir(parents=True, exist_ok=True)
     from tfpipeline import data
 
-    data.prepare("mnist", data_dir=path, manual_dir=manual_dir)
-    return path
+    with open(path / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data.prepare("mnist", data_dir=str(path), manual_dir=manual_dir)
+    return str(path)
 
 
 @pytest.fixture
