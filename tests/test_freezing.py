@@ -50,7 +50,7 @@ class _Weights(keras.callbacks.Callback):
         self.trained.append({layer.name for layer in self.model.layers if layer.trainable and layer.weights})
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs.append({layer.name: [keras.ops.convert_to_numpy(w) for w in layer.weights]
+        self.epochs.append({layer.name: [w.numpy() for w in layer.weights]
                             for layer in self.model.layers if layer.weights})
 
 
@@ -60,7 +60,7 @@ def _fit(tiny_images, epochs: int, frozen_epochs: int):
     hp = models.hyperparams("cnn", {"filters": [16, 16], "dense_units": 16, "augment": 0.0,
                                     "frozen_stem_epochs": frozen_epochs, "epochs": epochs, "batch_size": 32})
     model = models.build("cnn", (28, 28, 1), 4, hp)
-    start = {layer.name: [keras.ops.convert_to_numpy(w) for w in layer.weights] for layer in model.layers}
+    start = {layer.name: [w.numpy() for w in layer.weights] for layer in model.layers}
     settings = dataclasses.replace(training.settings_for(hp, 256, verbose=0), early_stopping_patience=0)
     train = tf.data.Dataset.from_tensor_slices((images[:256], labels[:256])).batch(32)
     weights = _Weights()
@@ -90,7 +90,7 @@ def test_a_run_that_ends_frozen_still_ends_with_every_layer_trainable(tiny_image
     # `trainable_weights`: a model still frozen then would pair the wrong weights.
     model, start, weights, _ = _fit(tiny_images, epochs=1, frozen_epochs=1)
     assert all(layer.trainable for layer in model.layers)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.get_layer("conv0_0").kernel),
+    np.testing.assert_allclose(model.get_layer("conv0_0").kernel.numpy(),
                                start["conv0_0"][0], atol=1e-6)
 
 

@@ -22,7 +22,7 @@ class _RawWeights(keras.callbacks.Callback):
         self.steps: list[list[np.ndarray]] = []
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps.append([keras.ops.convert_to_numpy(v) for v in self.model.trainable_weights])
+        self.steps.append([v.numpy() for v in self.model.trainable_weights])
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_the_trained_model_holds_the_moving_average_of_the_weights(averaged_run)
     expected = [w.astype(np.float64) for w in raw.steps[0]]
     for step in raw.steps[1:]:
         expected = [MOMENTUM * e + (1 - MOMENTUM) * w for e, w in zip(expected, step)]
-    final = [keras.ops.convert_to_numpy(v) for v in model.trainable_weights]
+    final = [v.numpy() for v in model.trainable_weights]
     for got, want, last in zip(final, expected, raw.steps[-1]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert any(not np.allclose(got, last) for got, last in zip(final, raw.steps[-1])), (
