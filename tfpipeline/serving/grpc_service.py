@@ -33,7 +33,7 @@ from tfpipeline.signatures import DEFAULT as DEFAULT_SIGNATURE
 
 from . import inference
 from .core import ServingCore
-from .errors import FailedPrecondition, RequestError
+from .errors import RequestError
 from .metadata import signature_def_map
 from .model_config import specs_from_proto
 from .tensors import check_input_names, check_output_filter, input_arrays, output_protos
@@ -91,9 +91,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request, context):
         servable = _lookup(self.core, request)
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        signature = servable.signatures.get(name)
-        if signature is None and name not in servable.signature_defs:
-            raise FailedPrecondition(f"Serving signature key \"{name}\" not found.")
+        signature = servable.predict_signature(name)
         method = signature.method_name if signature is not None else servable.signature_defs[name].method_name
         inference.check_predict_method(method, self.core.config.method_name_check)
         if signature is None:

@@ -30,6 +30,7 @@ from tensorflow.core.framework import types_pb2
 from tfpipeline.export.warmup import read_meta_graph
 from tfpipeline.signatures import LOADER_SIGNATURES, PREDICT_METHOD
 
+from .errors import FailedPrecondition
 from .session_loader import open_session, session_call
 
 
@@ -108,6 +109,19 @@ class Servable:
     # Per-signature request batchers, created by the server on first use and stored here so
     # they live exactly as long as this version does (in-flight requests keep both alive).
     batchers: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def predict_signature(self, name: str) -> Signature | None:
+        """The signature a Predict request names (REST and gRPC): the callable one, or None
+        where the SavedModel has that SignatureDef but nothing to call (the loader's
+        `__saved_model_init_op`), which each front end refuses in TF Serving's own way.
+
+        Raises:
+            FailedPrecondition: no SignatureDef of that name, with TF Serving's message.
+        """
+        signature = self.signatures.get(name)
+        if signature is None and name not in self.signature_defs:
+            raise FailedPrecondition(f"Serving signature key \"{name}\" not found.")
+        return signature
 
 
 def warm_up(signature: Signature) -> None:

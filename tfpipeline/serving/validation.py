@@ -26,7 +26,7 @@ import numpy as np
 from tfpipeline.signatures import DEFAULT as DEFAULT_SIGNATURE
 
 from . import fastpath
-from .errors import FailedPrecondition, RequestError
+from .errors import RequestError
 from .servable import Servable, Signature, TensorInfo
 
 
@@ -95,9 +95,7 @@ def _pick_signature(given: Any, servable: Servable) -> Signature:
     if not isinstance(name, str):
         raise RequestError(f"JSON Value: {json.dumps(name)} not formatted correctly. "
                            "'signature_name' key must be a string value.")
-    signature = servable.signatures.get(name)
-    if signature is None and name not in servable.signature_defs:
-        raise FailedPrecondition(f"Serving signature key \"{name}\" not found.")
+    signature = servable.predict_signature(name)
     if signature is None or not signature.inputs:
         # TF Serving reads the JSON by the signature's inputs; with none (the loader's
         # `__saved_model_init_op`, or a signature without inputs) it answers this.
